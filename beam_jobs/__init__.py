@@ -1,0 +1,1 @@
+"""Apache Beam pipelines: `featurize` (videos -> feature records) and `predict` (videos -> label CSVs)."""

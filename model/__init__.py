@@ -1,0 +1,1 @@
+"""The DenseNet121 frame embedder, the video Transformer classifier, training, evaluation and export."""

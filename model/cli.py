@@ -1,0 +1,34 @@
+"""What every command-line entry point shares: user mistakes end as one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a missing path, an empty glob, a mismatched model): one line on stderr."""
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter unless the user asked for it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(run: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run `run(argv)` as a command: INFO logging, and exit status 2 with one stderr line on a UserError.
+
+    Errors of the record contract (`tfrecords_schema.RecordError`) are user mistakes too: they mean the
+    records given do not fit together or with the model.
+    """
+    from tfrecords_schema import RecordError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run(argv)
+    except (UserError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

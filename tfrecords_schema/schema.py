@@ -1,0 +1,308 @@
+"""The feature-record contract: one `tf.train.SequenceExample` per video.
+
+Context (one value per video) says what a reader needs to trust the record; the feature lists hold one
+frame-feature vector and one mask bit per time step, padded to a fixed length. Every key is defined here
+once. Encoding (`encode_video_record`) and decoding (`parse_video_record`, `decode_video_record`) sit side
+by side; turning decoded tensors into model inputs lives in `tfrecords_schema.dataset`.
+
+Frame features are stored either as a float list (`float32`, the default) or, for compact storage, as one
+raw little-endian byte string per frame (`float16`); `FEATURE_ENCODING` names which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+
+# Context keys.
+SCHEMA_VERSION_KEY = "schema/version"
+VIDEO_ID_KEY = "video/id"
+VIDEO_URI_KEY = "video/uri"
+VIDEO_LABEL_KEY = "video/label"
+VIDEO_FINGERPRINT_KEY = "video/fingerprint"
+NUM_VALID_FRAMES_KEY = "video/num_valid_frames"
+FRAME_INDICES_KEY = "video/sampled_frame_indices"
+SAMPLING_KEY = "video/sampling"
+SOURCE_FPS_KEY = "video/source_fps"
+DECODED_FRAME_COUNT_KEY = "video/decoded_frame_count"
+FRAME_HEIGHT_KEY = "video/frame_height"
+FRAME_WIDTH_KEY = "video/frame_width"
+FEATURE_DIM_KEY = "features/dim"
+MAX_SEQ_LENGTH_KEY = "features/max_seq_length"
+FEATURE_ENCODING_KEY = "features/encoding"
+BACKBONE_ID_KEY = "backbone/id"
+IMAGE_SIZE_KEY = "backbone/image_size"
+
+# Feature-list keys.
+FRAME_FEATURES_KEY = "frames/features"  # float_list per step (float32 encoding)
+FRAME_FEATURES_BYTES_KEY = "frames/features_bytes"  # bytes_list per step (float16 encoding)
+FRAME_MASK_KEY = "frames/mask"  # int64 per step: 1 = real frame, 0 = padding
+
+FEATURE_ENCODINGS = ("float32", "float16")
+
+
+class RecordError(ValueError):
+    """A record, or a set of records, that does not fit the contract."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpec:
+    """What every record of one dataset must agree on, so a model can trust them together."""
+
+    feature_dim: int
+    max_seq_length: int
+    backbone_id: str
+    image_size: int
+    sampling: str = "uniform"
+    feature_encoding: str = "float32"
+    schema_version: int = SCHEMA_VERSION
+
+    def mismatches(self, other: "RecordSpec") -> list[str]:
+        """Human-readable differences that make `other` unusable beside `self` (encoding may differ)."""
+        out = []
+        for name in ("feature_dim", "max_seq_length", "backbone_id", "image_size", "sampling", "schema_version"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                out.append(f"{name} {theirs!r} (expected {mine!r})")
+        return out
+
+
+@dataclasses.dataclass
+class VideoRecord:
+    """One video's features and provenance, in NumPy form.
+
+    `features` is `[max_seq_length, feature_dim]` float32, rows past `num_valid_frames` are padding (their
+    content is meaningless; the mask says which rows are real). `frame_indices` are the decoded-frame
+    indices of the valid rows.
+    """
+
+    video_id: str
+    uri: str
+    label: str
+    features: np.ndarray
+    num_valid_frames: int
+    frame_indices: Sequence[int]
+    source_fps: float
+    decoded_frame_count: int
+    frame_height: int
+    frame_width: int
+    backbone_id: str
+    image_size: int
+    sampling: str = "uniform"
+    fingerprint: str = ""
+
+    @property
+    def mask(self) -> np.ndarray:
+        """`[max_seq_length]` int64: 1 for real frames, 0 for padding."""
+        mask = np.zeros(self.features.shape[0], np.int64)
+        mask[: self.num_valid_frames] = 1
+        return mask
+
+    @property
+    def spec(self) -> RecordSpec:
+        return RecordSpec(
+            feature_dim=int(self.features.shape[1]),
+            max_seq_length=int(self.features.shape[0]),
+            backbone_id=self.backbone_id,
+            image_size=int(self.image_size),
+            sampling=self.sampling,
+        )
+
+
+def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values: Sequence[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(values) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def validate_video_record(record: VideoRecord) -> None:
+    """Raise RecordError naming the bad value if `record` breaks the contract."""
+    features = np.asarray(record.features)
+    if features.ndim != 2:
+        raise RecordError(f"frame features must be [T, D], got shape {features.shape}")
+    length = features.shape[0]
+    if not 0 < record.num_valid_frames <= length:
+        raise RecordError(f"num_valid_frames must be in 1..{length}, got {record.num_valid_frames}")
+    if len(record.frame_indices) != record.num_valid_frames:
+        raise RecordError(
+            f"need one sampled frame index per valid frame ({record.num_valid_frames}), "
+            f"got {len(record.frame_indices)}"
+        )
+    if not np.all(np.isfinite(features[: record.num_valid_frames])):
+        raise RecordError(f"frame features of {record.video_id!r} contain NaN or infinity")
+    if not record.video_id:
+        raise RecordError("video_id must not be empty")
+
+
+def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") -> bytes:
+    """Serialize `record` as a SequenceExample. Padding rows are written as zeros."""
+    if feature_encoding not in FEATURE_ENCODINGS:
+        raise RecordError(f"feature encoding must be one of {FEATURE_ENCODINGS}, got {feature_encoding!r}")
+    validate_video_record(record)
+    features = np.asarray(record.features, np.float32).copy()
+    features[record.num_valid_frames :] = 0.0
+    context = {
+        SCHEMA_VERSION_KEY: _ints([SCHEMA_VERSION]),
+        VIDEO_ID_KEY: _bytes([record.video_id.encode()]),
+        VIDEO_URI_KEY: _bytes([record.uri.encode()]),
+        VIDEO_LABEL_KEY: _bytes([record.label.encode()]),
+        VIDEO_FINGERPRINT_KEY: _bytes([record.fingerprint.encode()]),
+        NUM_VALID_FRAMES_KEY: _ints([record.num_valid_frames]),
+        FRAME_INDICES_KEY: _ints(record.frame_indices),
+        SAMPLING_KEY: _bytes([record.sampling.encode()]),
+        SOURCE_FPS_KEY: _floats([float(record.source_fps)]),
+        DECODED_FRAME_COUNT_KEY: _ints([record.decoded_frame_count]),
+        FRAME_HEIGHT_KEY: _ints([record.frame_height]),
+        FRAME_WIDTH_KEY: _ints([record.frame_width]),
+        FEATURE_DIM_KEY: _ints([features.shape[1]]),
+        MAX_SEQ_LENGTH_KEY: _ints([features.shape[0]]),
+        FEATURE_ENCODING_KEY: _bytes([feature_encoding.encode()]),
+        BACKBONE_ID_KEY: _bytes([record.backbone_id.encode()]),
+        IMAGE_SIZE_KEY: _ints([record.image_size]),
+    }
+    if feature_encoding == "float32":
+        frames_key = FRAME_FEATURES_KEY
+        steps = [_floats(row) for row in features]
+    else:
+        frames_key = FRAME_FEATURES_BYTES_KEY
+        steps = [_bytes([row.astype("<f2").tobytes()]) for row in features]
+    feature_lists = {
+        frames_key: tf.train.FeatureList(feature=steps),
+        FRAME_MASK_KEY: tf.train.FeatureList(feature=[_ints([m]) for m in record.mask]),
+    }
+    example = tf.train.SequenceExample(
+        context=tf.train.Features(feature=context),
+        feature_lists=tf.train.FeatureLists(feature_list=feature_lists),
+    )
+    return example.SerializeToString()
+
+
+def _context_value(context, key: str, kind: str, required: bool = True):
+    feature = context.feature.get(key)
+    values = list(getattr(feature, kind).value) if feature is not None else []
+    if not values:
+        if required:
+            raise RecordError(f"record has no {key!r}")
+        return None
+    return values
+
+
+def read_record_spec(serialized: bytes) -> RecordSpec:
+    """The spec of one serialized record, read in Python (cheap: no TF graph)."""
+    try:
+        example = tf.train.SequenceExample.FromString(serialized)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise RecordError(f"not a SequenceExample: {exc}") from None
+    context = example.context
+    version = _context_value(context, SCHEMA_VERSION_KEY, "int64_list")[0]
+    if version != SCHEMA_VERSION:
+        raise RecordError(f"schema version {version} is not supported (this code reads {SCHEMA_VERSION})")
+    encoding = _context_value(context, FEATURE_ENCODING_KEY, "bytes_list", required=False)
+    return RecordSpec(
+        feature_dim=_context_value(context, FEATURE_DIM_KEY, "int64_list")[0],
+        max_seq_length=_context_value(context, MAX_SEQ_LENGTH_KEY, "int64_list")[0],
+        backbone_id=_context_value(context, BACKBONE_ID_KEY, "bytes_list")[0].decode(),
+        image_size=_context_value(context, IMAGE_SIZE_KEY, "int64_list")[0],
+        sampling=_context_value(context, SAMPLING_KEY, "bytes_list")[0].decode(),
+        feature_encoding=encoding[0].decode() if encoding else "float32",
+        schema_version=version,
+    )
+
+
+def decode_video_record(serialized: bytes) -> VideoRecord:
+    """Parse one record into NumPy form (the inverse of `encode_video_record`)."""
+    spec = read_record_spec(serialized)
+    parsed = parse_video_record(tf.constant(serialized), spec)
+    context = tf.train.SequenceExample.FromString(serialized).context
+
+    def one(key, kind):
+        return _context_value(context, key, kind)[0]
+
+    return VideoRecord(
+        video_id=parsed["video_id"].numpy().decode(),
+        uri=parsed["uri"].numpy().decode(),
+        label=parsed["label"].numpy().decode(),
+        features=parsed["features"].numpy(),
+        num_valid_frames=int(parsed["num_valid_frames"].numpy()),
+        frame_indices=[int(i) for i in _context_value(context, FRAME_INDICES_KEY, "int64_list")],
+        source_fps=float(one(SOURCE_FPS_KEY, "float_list")),
+        decoded_frame_count=int(one(DECODED_FRAME_COUNT_KEY, "int64_list")),
+        frame_height=int(one(FRAME_HEIGHT_KEY, "int64_list")),
+        frame_width=int(one(FRAME_WIDTH_KEY, "int64_list")),
+        backbone_id=one(BACKBONE_ID_KEY, "bytes_list").decode(),
+        image_size=int(one(IMAGE_SIZE_KEY, "int64_list")),
+        sampling=one(SAMPLING_KEY, "bytes_list").decode(),
+        fingerprint=parsed["fingerprint"].numpy().decode(),
+    )
+
+
+def _assert_context_equal(video_id: tf.Tensor, found: tf.Tensor, expected, what: str) -> tf.Operation:
+    """Graph assertion that names the record and both values when a record disagrees with its dataset."""
+    return tf.debugging.Assert(
+        tf.equal(found, tf.constant(expected, found.dtype)),
+        [f"record {what} differs from the dataset's ({expected}); video id and value:", video_id, found],
+    )
+
+
+def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.Tensor]:
+    """Graph-mode parse of one serialized record (bytes -> tensors), checked against `spec`.
+
+    Returns a dict: `features` `[T, D]` float32, `mask` `[T]` bool (True = real frame), `num_valid_frames`
+    int64 scalar, `video_id`, `uri`, `label`, `fingerprint` string scalars, `backbone_id` string scalar.
+    A record whose shape or backbone differs from `spec` fails with InvalidArgumentError naming it.
+    """
+    context_spec = {
+        VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        VIDEO_URI_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        VIDEO_LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        VIDEO_FINGERPRINT_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        NUM_VALID_FRAMES_KEY: tf.io.FixedLenFeature([], tf.int64),
+        FEATURE_DIM_KEY: tf.io.FixedLenFeature([], tf.int64),
+        MAX_SEQ_LENGTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        BACKBONE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+    }
+    if spec.feature_encoding == "float32":
+        frames_key = FRAME_FEATURES_KEY
+        frames_spec = tf.io.FixedLenSequenceFeature([spec.feature_dim], tf.float32)
+    else:
+        frames_key = FRAME_FEATURES_BYTES_KEY
+        frames_spec = tf.io.FixedLenSequenceFeature([], tf.string)
+    sequence_spec = {frames_key: frames_spec, FRAME_MASK_KEY: tf.io.FixedLenSequenceFeature([], tf.int64)}
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized, context_features=context_spec, sequence_features=sequence_spec
+    )
+    video_id = context[VIDEO_ID_KEY]
+    checks = [
+        _assert_context_equal(video_id, context[FEATURE_DIM_KEY], spec.feature_dim, "feature dim"),
+        _assert_context_equal(video_id, context[MAX_SEQ_LENGTH_KEY], spec.max_seq_length, "frame count"),
+        _assert_context_equal(video_id, context[BACKBONE_ID_KEY], spec.backbone_id, "backbone"),
+    ]
+    with tf.control_dependencies(checks):
+        if spec.feature_encoding == "float32":
+            features = tf.identity(sequence[frames_key])
+        else:
+            raw = tf.io.decode_raw(sequence[frames_key], tf.float16, little_endian=True)
+            features = tf.cast(raw, tf.float32)
+        features = tf.ensure_shape(features, [spec.max_seq_length, spec.feature_dim])
+    mask = tf.ensure_shape(tf.cast(sequence[FRAME_MASK_KEY], tf.bool), [spec.max_seq_length])
+    return {
+        "features": features,
+        "mask": mask,
+        "num_valid_frames": context[NUM_VALID_FRAMES_KEY],
+        "video_id": video_id,
+        "uri": context[VIDEO_URI_KEY],
+        "label": context[VIDEO_LABEL_KEY],
+        "fingerprint": context[VIDEO_FINGERPRINT_KEY],
+        "backbone_id": context[BACKBONE_ID_KEY],
+    }
