@@ -26,6 +26,8 @@ def main(run: Callable[[list[str] | None], object], argv: list[str] | None = Non
     from tfrecords_schema import RecordError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Beam's type-hint conversion notes are noise at INFO.
+    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
     try:
         run(argv)
     except (UserError, RecordError) as exc:

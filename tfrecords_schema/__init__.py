@@ -12,6 +12,7 @@ from tfrecords_schema.dataset import (
     write_vocabulary,
 )
 from tfrecords_schema.schema import (
+    FEATURE_ENCODINGS,
     SCHEMA_VERSION,
     RecordError,
     RecordSpec,

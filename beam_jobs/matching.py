@@ -1,0 +1,211 @@
+"""Which files are the input videos, what each is called (its video id), and its label.
+
+Matching runs once, in the launching process, so that a user mistake (a missing path, a glob matching
+nothing, a labels CSV naming videos that are not there) stops the job before it starts, and so the job knows
+exactly how many videos it was given. The list is handed to the pipeline through a file in the staging
+folder, so it scales past what fits in a pipeline graph.
+
+Video ids are paths relative to the input root, with forward slashes: `Class/v_Class_g01_c01.avi`. With
+several inputs the root is their common parent folder, so ids stay distinct; inputs on different
+filesystems fall back to full URIs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import os
+import posixpath
+import re
+
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs.frames import DEFAULT_VIDEO_EXTENSIONS
+from model.cli import UserError
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRef:
+    """One input video: its id, where it is, its label ('' when unlabelled), and what the listing saw."""
+
+    video_id: str
+    uri: str
+    label: str = ""
+    size: int = -1
+    mtime: float = 0.0
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard."""
+    match = _GLOB_CHARS.search(pattern)
+    if not match:
+        return pattern
+    head = pattern[: match.start()]
+    return head[: head.rfind("/") + 1] if "/" in head else ""
+
+
+def _list_local(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[tuple[str, int, float]]]:
+    """(root, [(path, size, mtime)]) for a local directory or glob. Broken links are kept (size -1)."""
+    if os.path.isdir(pattern):
+        root = os.path.abspath(pattern)
+        paths = []
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            dirs.sort()
+            paths.extend(os.path.join(folder, name) for name in sorted(files))
+    elif _GLOB_CHARS.search(pattern):
+        root = os.path.abspath(_glob_root(pattern) or ".")
+        paths = [os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
+    elif os.path.lexists(pattern):
+        path = os.path.abspath(pattern)
+        root, paths = os.path.dirname(path), [path]
+    else:
+        raise UserError(f"input {pattern} does not exist")
+    found = []
+    for path in sorted(paths):
+        if not path.lower().endswith(extensions):
+            continue
+        try:
+            stat = os.stat(path)
+            found.append((path, stat.st_size, stat.st_mtime))
+        except OSError:  # a broken symlink: listed, and reported as a failure when read
+            found.append((path, -1, 0.0))
+    return root, found
+
+
+def _list_remote(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[tuple[str, int, float]]]:
+    if not _GLOB_CHARS.search(pattern):
+        if FileSystems.exists(pattern) and not pattern.endswith("/"):
+            root, full = posixpath.dirname(pattern), pattern
+        else:
+            root = pattern.rstrip("/")
+            full = root + "/**"
+    else:
+        root, full = _glob_root(pattern).rstrip("/"), pattern
+    try:
+        metadata = FileSystems.match([full])[0].metadata_list
+    except Exception as exc:  # BeamIOError, auth and bucket errors
+        raise UserError(f"cannot list input {pattern}: {exc}") from None
+    found = [
+        (m.path, m.size_in_bytes, m.last_updated_in_seconds)
+        for m in metadata
+        if m.path.lower().endswith(extensions)
+    ]
+    return root, sorted(found)
+
+
+def _common_root(roots: list[str]) -> str | None:
+    if any(_is_remote(r) for r in roots):
+        schemes = {r.split("://", 1)[0] + "://" + r.split("://", 1)[1].split("/", 1)[0] for r in roots}
+        if len(schemes) > 1 or not all(_is_remote(r) for r in roots):
+            return None
+        return posixpath.commonpath([r.rstrip("/") for r in roots]) if len(roots) > 1 else roots[0].rstrip("/")
+    return os.path.commonpath(roots)
+
+
+def match_videos(
+    inputs: list[str], extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
+) -> list[VideoRef]:
+    """Every video under `inputs` (directories, globs, files; local or remote), sorted by id.
+
+    A directory is searched recursively. Only names ending in one of `extensions` (case-insensitive)
+    count as videos. An input that matches no video is a UserError.
+    """
+    extensions = tuple(e.lower() for e in extensions)
+    listings = []
+    for pattern in inputs:
+        lister = _list_remote if _is_remote(pattern) else _list_local
+        root, found = lister(pattern, extensions)
+        if not found:
+            raise UserError(f"input {pattern} matches no video files (extensions: {' '.join(extensions)})")
+        listings.append((root, found))
+    if len(listings) == 1:
+        common = listings[0][0]
+    else:
+        common = _common_root([root for root, _ in listings])
+    refs: dict[str, VideoRef] = {}
+    for _, found in listings:
+        for path, size, mtime in found:
+            if common is None:
+                video_id = path
+            elif _is_remote(path):
+                video_id = path[len(common) :].lstrip("/")
+            else:
+                video_id = os.path.relpath(path, common).replace(os.sep, "/")
+            uri = path if _is_remote(path) else os.path.abspath(path)
+            refs[video_id] = VideoRef(video_id=video_id, uri=uri, size=size, mtime=mtime)
+    return [refs[key] for key in sorted(refs)]
+
+
+def label_from_folder(ref: VideoRef) -> str:
+    """UCF101 layout: the label is the name of the folder holding the video (`Class/v_Class_g01.avi`)."""
+    parent = posixpath.dirname(ref.uri.replace(os.sep, "/"))
+    return posixpath.basename(parent)
+
+
+def read_labels_csv(path: str) -> dict[str, str]:
+    """`video_name,tag` rows (UCF101 top-5's train.csv/test.csv) -> {video_name: tag}."""
+    if not FileSystems.exists(path):
+        raise UserError(f"labels CSV {path} does not exist")
+    with FileSystems.open(path) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8").read()
+    reader = csv.DictReader(io.StringIO(text))
+    columns = reader.fieldnames or []
+    if set(columns) != {"video_name", "tag"}:
+        raise UserError(f"labels CSV {path} must have exactly the columns video_name,tag; found {','.join(columns) or 'none'}")
+    labels = {}
+    for line, row in enumerate(reader, start=2):
+        name, tag = (row["video_name"] or "").strip(), (row["tag"] or "").strip()
+        if not name or not tag:
+            raise UserError(f"labels CSV {path} line {line}: empty video_name or tag")
+        if labels.get(name, tag) != tag:
+            raise UserError(f"labels CSV {path} gives {name} two tags: {labels[name]} and {tag}")
+        labels[name] = tag
+    if not labels:
+        raise UserError(f"labels CSV {path} has no rows")
+    return labels
+
+
+def attach_labels(
+    refs: list[VideoRef], mode: str, labels_csv: dict[str, str] | None = None
+) -> tuple[list[VideoRef], list[tuple[VideoRef, str]]]:
+    """Give each video its label; return (labelled videos, [(video, reason)] that could not be labelled).
+
+    `mode` is `folder` (parent folder name), `csv` (`labels_csv` keyed by video id or by file name) or
+    `none` (unlabelled inputs). A CSV naming a video that was not matched is a UserError.
+    """
+    if mode == "none":
+        return list(refs), []
+    if mode == "folder":
+        return [dataclasses.replace(r, label=label_from_folder(r)) for r in refs], []
+    assert labels_csv is not None
+    by_name: dict[str, list[VideoRef]] = {}
+    for ref in refs:
+        by_name.setdefault(posixpath.basename(ref.video_id), []).append(ref)
+    labelled, unlabelled, used = [], [], set()
+    for ref in refs:
+        name = posixpath.basename(ref.video_id)
+        if ref.video_id in labels_csv:
+            key = ref.video_id
+        elif name in labels_csv and len(by_name[name]) == 1:
+            key = name
+        else:
+            reason = "not listed in the labels CSV"
+            if name in labels_csv:
+                reason = f"the labels CSV names {name}, which matches {len(by_name[name])} videos; use the video id {ref.video_id}"
+            unlabelled.append((ref, reason))
+            continue
+        used.add(key)
+        labelled.append(dataclasses.replace(ref, label=labels_csv[key]))
+    missing = sorted(set(labels_csv) - used - {n for n in labels_csv if n in by_name})
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"the labels CSV names {len(missing)} video(s) not found in the inputs: {shown}")
+    return labelled, unlabelled
