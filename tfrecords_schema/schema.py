@@ -295,7 +295,7 @@ def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.
             raw = tf.io.decode_raw(sequence[frames_key], tf.float16, little_endian=True)
             features = tf.cast(raw, tf.float32)
         features = tf.ensure_shape(features, [spec.max_seq_length, spec.feature_dim])
-    mask = tf.ensure_shape(tf.cast(sequence[FRAME_MASK_KEY], tf.bool), [spec.max_seq_length])
+        mask = tf.ensure_shape(tf.cast(sequence[FRAME_MASK_KEY], tf.bool), [spec.max_seq_length])
     return {
         "features": features,
         "mask": mask,

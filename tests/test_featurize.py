@@ -1,0 +1,122 @@
+"""The featurize job end to end: generated clips -> sharded records, read back with make_dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_jobs import featurize
+from conftest import REAL_VIDEOS, TEST_FRAMES, TEST_IMAGE_SIZE, featurize_args
+from model.cli import UserError
+from tfrecords_schema import decode_video_record, make_dataset, read_vocabulary
+
+
+def read_records(output):
+    files = sorted(tf.io.gfile.glob(str(output / "features-*.tfrecord")))
+    return {r.video_id: r for r in (decode_video_record(raw) for f in files
+                                    for raw in tf.data.TFRecordDataset(f).as_numpy_iterator())}
+
+
+def failures(output):
+    with open(output / "failures.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
+    expected = {line.split(",")[0]: line.split(",")[1] for line in (clip_set / "labels.csv").read_text().split()[1:]}
+    records = read_records(featurized)
+    assert {vid: r.label for vid, r in records.items()} == expected
+    assert sorted(p.name for p in featurized.glob("features-*")) == [
+        "features-00000-of-00002.tfrecord", "features-00001-of-00002.tfrecord"]
+    assert read_vocabulary(str(featurized / "labels.txt")) == sorted(set(expected.values()))
+    manifest = json.loads((featurized / "manifest.json").read_text())
+    assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (18, 18, 0)
+    assert manifest["backbone_id"] == "densenet121/random-seed1337"
+    assert failures(featurized) == []
+    assert not list(featurized.glob(".staging-*"))
+    for record in records.values():
+        assert record.features.shape == (TEST_FRAMES, 1024) and record.image_size == TEST_IMAGE_SIZE
+        assert record.num_valid_frames == TEST_FRAMES  # every generated clip has >= 12 frames
+        assert record.decoded_frame_count >= 12 and record.frame_indices[0] == 0
+        assert record.frame_indices[-1] >= record.decoded_frame_count - record.decoded_frame_count // TEST_FRAMES
+        assert len(record.fingerprint) == 64 and np.isfinite(record.features).all()
+
+
+def test_make_dataset_reads_the_shards(featurized):
+    vocabulary = read_vocabulary(str(featurized / "labels.txt"))
+    ds = make_dataset(str(featurized / "features-*.tfrecord"), vocabulary=vocabulary, batch_size=5)
+    count, label_counts = 0, np.zeros(len(vocabulary), int)
+    for (features, mask), label_ids in ds:
+        assert features.shape[1:] == (TEST_FRAMES, 1024) and mask.shape[1:] == (TEST_FRAMES,)
+        count += len(label_ids)
+        np.add.at(label_counts, label_ids.numpy(), 1)
+    assert count == 18 and label_counts.tolist() == [3] * 6
+
+
+def test_order_classes_differ_only_in_order(featurized):
+    """growing_i is shrinking_i reversed, so their frame features are (nearly) the same set."""
+    records = read_records(featurized)
+    by_stem = {vid.rsplit(".", 1)[0]: record for vid, record in records.items()}
+    growing, shrinking = by_stem["growing/growing_0000"], by_stem["shrinking/shrinking_0000"]
+    assert growing.decoded_frame_count == shrinking.decoded_frame_count
+    forward = growing.features[: growing.num_valid_frames]
+    backward = shrinking.features[: shrinking.num_valid_frames][::-1]
+    assert not np.allclose(forward, shrinking.features[: shrinking.num_valid_frames], atol=1e-3)
+    assert np.abs(forward - backward).mean() < 0.2 * np.abs(forward).mean() + 1e-6
+
+
+def test_rerun_gives_identical_features_and_refuses_a_finished_output(clip_set, featurized, tmp_path):
+    again = tmp_path / "again"
+    featurize.run(featurize_args(clip_set, again, "--num-shards", "1"))
+    first, second = read_records(featurized), read_records(again)
+    assert first.keys() == second.keys()
+    for vid in first:
+        np.testing.assert_allclose(first[vid].features, second[vid].features, atol=1e-5)
+        assert first[vid].fingerprint == second[vid].fingerprint
+    with pytest.raises(UserError, match="already holds a finished run"):
+        featurize.run(featurize_args(clip_set, again))
+
+
+def test_corrupt_and_unlabelled_files_land_in_failures(clip_set, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "growing").mkdir(parents=True)
+    good = sorted((clip_set / "growing").iterdir())[0]
+    (inputs / "growing" / good.name).write_bytes(good.read_bytes())
+    (inputs / "growing" / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (inputs / "growing" / "empty.avi").write_bytes(b"")
+    output = tmp_path / "out"
+    featurize.run(featurize_args(inputs, output, "--sampling", "first"))
+    rows = {row["video_id"]: row["reason"] for row in failures(output)}
+    assert set(rows) == {"growing/corrupt.mp4", "growing/empty.avi"}
+    assert "cannot open" in rows["growing/corrupt.mp4"] and "0 bytes" in rows["growing/empty.avi"]
+    records = read_records(output)
+    assert list(records) == [f"growing/{good.name}"] and records[f"growing/{good.name}"].sampling == "first"
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (3, 1, 2)
+
+
+@pytest.mark.skipif(not REAL_VIDEOS.is_dir(), reason="../shared/real_videos is absent")
+def test_every_real_clip_yields_a_record_or_a_failure(tmp_path):
+    output = tmp_path / "real"
+    featurize.run(featurize_args(REAL_VIDEOS, output, "--max-seq-length", "4", "--image-size", "32",
+                                 "--batch-size", "64"))
+    videos = [p for p in REAL_VIDEOS.rglob("*") if p.is_file() and p.suffix.lower() != ".md"]
+    records, failed = read_records(output), failures(output)
+    assert len(records) + len(failed) == len(videos) > 20
+    assert all(row["reason"] for row in failed)
+    for record in records.values():
+        assert 1 <= record.num_valid_frames <= 4 and record.frame_width > 0 and record.image_size == 32
+
+
+def test_help_documents_every_flag_with_an_example():
+    out = subprocess.run([sys.executable, "-m", "beam_jobs.featurize", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--input", "--output", "--labels", "--unlabelled", "--max-seq-length", "--image-size",
+                 "--sampling", "--weights", "--num-shards", "--batch-size", "examples:"):
+        assert flag in out

@@ -1,0 +1,145 @@
+"""Encode/decode round trip of the record contract, malformed records, and the tf.data reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecords_schema import (
+    RecordError,
+    VideoRecord,
+    dataset_spec,
+    decode_video_record,
+    encode_video_record,
+    make_dataset,
+    make_decoded_dataset,
+    read_record_spec,
+    read_vocabulary,
+    write_vocabulary,
+)
+
+
+def make_record(video_id="a/v1.avi", label="a", valid=5, length=8, dim=6, backbone="densenet121/random-seed1", seed=0):
+    rng = np.random.default_rng(seed)
+    return VideoRecord(
+        video_id=video_id, uri=f"/data/{video_id}", label=label,
+        features=rng.normal(size=(length, dim)).astype(np.float32), num_valid_frames=valid,
+        frame_indices=list(range(0, 2 * valid, 2)), source_fps=25.0, decoded_frame_count=40,
+        frame_height=240, frame_width=320, backbone_id=backbone, image_size=64, fingerprint="abc123",
+    )
+
+
+def write_records(path, records, encoding="float32"):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(encode_video_record(record, encoding))
+
+
+def test_round_trip_keeps_every_field_and_zeroes_padding():
+    record = make_record()
+    decoded = decode_video_record(encode_video_record(record))
+    assert decoded.video_id == record.video_id and decoded.uri == record.uri and decoded.label == "a"
+    np.testing.assert_array_equal(decoded.features[:5], record.features[:5])
+    assert not decoded.features[5:].any()
+    assert decoded.num_valid_frames == 5 and list(decoded.mask) == [1] * 5 + [0] * 3
+    assert decoded.frame_indices == [0, 2, 4, 6, 8]
+    assert (decoded.source_fps, decoded.decoded_frame_count) == (25.0, 40)
+    assert (decoded.frame_height, decoded.frame_width, decoded.image_size) == (240, 320, 64)
+    assert decoded.backbone_id == record.backbone_id and decoded.fingerprint == "abc123"
+    assert decoded.sampling == "uniform"
+
+
+def test_float16_encoding_is_smaller_and_close():
+    record = make_record(dim=64)
+    small, full = encode_video_record(record, "float16"), encode_video_record(record)
+    assert len(small) < 0.7 * len(full)
+    decoded = decode_video_record(small)
+    np.testing.assert_allclose(decoded.features[:5], record.features[:5], atol=2e-3, rtol=1e-3)
+    assert read_record_spec(small).feature_encoding == "float16"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(num_valid_frames=0), "num_valid_frames"),
+        (dict(num_valid_frames=9), "num_valid_frames"),
+        (dict(frame_indices=[1, 2]), "one sampled frame index per valid frame"),
+        (dict(features=np.zeros((8,), np.float32)), "must be [T, D]"),
+        (dict(video_id=""), "video_id"),
+    ],
+)
+def test_invalid_records_are_refused(change, message):
+    record = make_record()
+    for key, value in change.items():
+        setattr(record, key, value)
+    with pytest.raises(RecordError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        encode_video_record(record)
+
+
+def test_nan_features_are_refused():
+    record = make_record()
+    record.features[1, 1] = np.nan
+    with pytest.raises(RecordError, match="NaN"):
+        encode_video_record(record)
+
+
+def test_malformed_bytes_are_a_record_error():
+    with pytest.raises(RecordError, match="not a SequenceExample"):
+        read_record_spec(b"\x00garbage\xff" * 5)
+    with pytest.raises(RecordError, match="schema/version"):
+        read_record_spec(tf.train.SequenceExample().SerializeToString())
+
+
+def test_make_dataset_batches_labels_and_masks(tmp_path):
+    records = [make_record(f"{label}/v{i}.avi", label, valid=3 + i, seed=i) for i in range(3) for label in "ab"]
+    write_records(tmp_path / "s0.tfrecord", records[:3])
+    write_records(tmp_path / "s1.tfrecord", records[3:])
+    ds = make_dataset(str(tmp_path / "*.tfrecord"), vocabulary=["a", "b"], batch_size=4)
+    batches = list(ds)
+    features, mask = batches[0][0]
+    assert features.shape == (4, 8, 6) and features.dtype == tf.float32 and mask.dtype == tf.bool
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    masks = np.concatenate([b[0][1].numpy() for b in batches])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert sorted(masks.sum(axis=1).tolist()) == [3, 3, 4, 4, 5, 5]
+
+
+def test_unknown_label_fails_with_its_name(tmp_path):
+    write_records(tmp_path / "s.tfrecord", [make_record(label="zebra")])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="zebra"):
+        list(make_dataset(str(tmp_path / "s.tfrecord"), vocabulary=["a"], batch_size=1))
+
+
+def test_shards_of_different_dims_or_backbones_are_refused(tmp_path):
+    write_records(tmp_path / "s0.tfrecord", [make_record()])
+    write_records(tmp_path / "s1.tfrecord", [make_record(dim=7)])
+    with pytest.raises(RecordError, match=r"feature_dim 7 \(expected 6\)"):
+        make_dataset(str(tmp_path / "*.tfrecord"))
+    write_records(tmp_path / "s1.tfrecord", [make_record(backbone="densenet121/imagenet")])
+    with pytest.raises(RecordError, match="backbone_id"):
+        dataset_spec([str(tmp_path / "s0.tfrecord"), str(tmp_path / "s1.tfrecord")])
+
+
+def test_a_mismatched_record_inside_a_shard_fails_in_the_graph(tmp_path):
+    write_records(tmp_path / "s.tfrecord", [make_record(), make_record("b/x.avi", length=9)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="frame count"):
+        list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
+
+
+def test_no_match_and_corrupt_shard_are_record_errors(tmp_path):
+    with pytest.raises(RecordError, match="no feature records match"):
+        make_dataset(str(tmp_path / "none-*.tfrecord"))
+    (tmp_path / "bad.tfrecord").write_bytes(b"not a tfrecord file at all, just text" * 3)
+    with pytest.raises(RecordError, match="not a readable TFRecord"):
+        make_dataset(str(tmp_path / "bad.tfrecord"))
+
+
+def test_vocabulary_round_trip(tmp_path):
+    path = str(tmp_path / "labels.txt")
+    assert write_vocabulary(path, ["b", "a", "b", ""]) == ["a", "b"]
+    assert read_vocabulary(path) == ["a", "b"]
+    with pytest.raises(RecordError, match="comma"):
+        write_vocabulary(path, ["a,b"])
+    with pytest.raises(RecordError, match="does not exist"):
+        read_vocabulary(str(tmp_path / "missing.txt"))
