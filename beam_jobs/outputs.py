@@ -14,6 +14,7 @@ import datetime
 import io
 import json
 import logging
+import os
 import uuid
 from importlib import metadata
 from typing import Iterable
@@ -123,6 +124,9 @@ def publish(
         destinations.append(join(output, relative))
     if sources:
         delete_if_exists(destinations)
+        if "://" not in output:  # object stores have no folders; local renames need them
+            for folder in sorted({os.path.dirname(d) for d in destinations}):
+                os.makedirs(folder, exist_ok=True)
         FileSystems.rename(sources, destinations)
     for name, text in texts.items():
         write_text(join(output, name), text)
