@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_output
+RUNNER := --runner DirectRunner
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
@@ -13,11 +14,34 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# Pinned versions live in setup.py (the same list Beam workers install with --setup_file).
 $(STAMP): setup.py | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The whole pipeline, offline: sample clips -> features -> trained model -> evaluation -> labels.
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(PY) -m beam_jobs.sample_videos $(DEMO)/clips/train --per-class 30 --seed 1
+	$(PY) -m beam_jobs.sample_videos $(DEMO)/clips/heldback --per-class 5 --seed 2
+	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/train --output $(DEMO)/features/train \
+	    --weights random --num-shards 4
+	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/heldback --output $(DEMO)/features/heldback \
+	    --weights random
+	$(PY) -m model.train --train $(DEMO)/features/train --test $(DEMO)/features/heldback \
+	    --output $(DEMO)/model --seed 1
+	$(PY) -m model.evaluate --model $(DEMO)/model --data $(DEMO)/features/heldback --output $(DEMO)/evaluation
+	$(PY) -m beam_jobs.predict $(RUNNER) --input $(DEMO)/clips/heldback --model $(DEMO)/model \
+	    --output $(DEMO)/labels --per-video --show 4
+	@echo
+	@echo "Demo finished. Outputs:"
+	@echo "  clips           $(DEMO)/clips/{train,heldback}/<class>/*"
+	@echo "  feature records $(DEMO)/features/{train,heldback}/ (features-*.tfrecord, labels.txt, manifest.json)"
+	@echo "  model           $(DEMO)/model/ (model.keras, saved_model/, metrics.json, training_curves.png)"
+	@echo "  evaluation      $(DEMO)/evaluation/ (evaluation.json, confusion_matrix.png)"
+	@echo "  labels          $(DEMO)/labels/labels.csv, per_video/, failures.csv, manifest.json"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None,
                         help="DenseNet121 weights file, needed only when the model was trained on features of "
                              "a weights file (imagenet and random backbones are rebuilt from the model)")
+    parser.add_argument("--show", type=int, default=0, metavar="N",
+                        help="print the top-k labels of the first N videos when done, as percentages")
     parser.add_argument("--large-model", action="store_true",
                         help="share one copy of the classifier between the processes of a worker")
     return parser
@@ -405,8 +407,21 @@ def run(argv: list[str] | None = None):
     )
     result = pipeline.run()
     result.wait_until_finish()
+    if args.show:
+        print(describe_rows(outputs.join(args.output, LABELS_FILE), args.show))
     print(f"predict: outputs in {args.output} ({LABELS_FILE}, {outputs.FAILURES_FILE}, manifest.json)")
     return result
+
+
+def describe_rows(labels_csv: str, count: int) -> str:
+    """The first `count` rows of a labels.csv, the way the Keras reference prints predictions."""
+    lines = []
+    for row in list(csv.DictReader(io.StringIO(outputs.read_text(labels_csv))))[:count]:
+        lines.append(f"{row['video_id']}: {row['label']}")
+        for pair in row["top_k"].split(";"):
+            label, _, probability = pair.rpartition(":")
+            lines.append(f"  {label:>16}: {100 * float(probability):6.2f}%")
+    return "\n".join(lines)
 
 
 def _videos_branch(pipeline, args, spec, handler, fmt, previous: PreviousRun | None):

@@ -1,5 +1,10 @@
 """The feature-record contract shared by the featurize job, training and the labelling job."""
 
+import os as _os
+
+# TensorFlow's C++ start-up notes (no GPU found, CPU features) are noise for users of these jobs.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from tfrecords_schema.dataset import (
     VOCABULARY_FILE,
     dataset_spec,
