@@ -1,0 +1,67 @@
+"""The two figures of a training run and an evaluation, rendered to PNG bytes with matplotlib's Agg canvas.
+
+No pyplot: figures are built directly, so nothing depends on (or changes) a global backend or display.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def training_curves_png(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> bytes:
+    """Loss and accuracy per epoch, training and validation side by side.
+
+    `history` maps `epoch` (1-based) and the metric names `loss`, `accuracy`, `val_loss`, `val_accuracy`
+    to one value per epoch; missing metrics are left out of the plot. `best_epoch`, if given, is marked.
+    """
+    epochs = list(history["epoch"])
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    for axes, metric, title in zip(figure.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
+        for key, name, style in ((metric, "training", "-"), (f"val_{metric}", "validation", "--")):
+            if key in history and len(history[key]) == len(epochs):
+                axes.plot(epochs, history[key], style, marker="o" if len(epochs) <= 30 else None,
+                          markersize=3, label=name)
+        if best_epoch:
+            axes.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("cross-entropy" if metric == "loss" else "accuracy")
+        if metric == "accuracy":
+            axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return _png(figure)
+
+
+def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str = "Confusion matrix") -> bytes:
+    """Counts per (true label, predicted label), with the class names on both axes and the count in each cell."""
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.7 * len(labels) + 2.5)
+    figure = Figure(figsize=(size + 1.0, size), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    figure.colorbar(image, ax=axes, shrink=0.8, label="videos")
+    ticks = np.arange(len(labels))
+    axes.set_xticks(ticks, labels, rotation=45, ha="right")
+    axes.set_yticks(ticks, labels)
+    axes.set_xlabel("predicted label")
+    axes.set_ylabel("true label")
+    axes.set_title(title)
+    threshold = matrix.max() / 2.0 if matrix.size else 0
+    for row in range(matrix.shape[0]):
+        for col in range(matrix.shape[1]):
+            axes.text(col, row, str(int(matrix[row, col])), ha="center", va="center",
+                      color="white" if matrix[row, col] > threshold else "black")
+    return _png(figure)

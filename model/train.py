@@ -1,0 +1,609 @@
+"""Train the video classifier on feature records and write a model directory (see model.export).
+
+    python -m model.train --train 'features/train-*.tfrecord' --test 'features/test-*.tfrecord' \\
+        --output models/run-1
+    python -m model.train --train a/ --train b/ --validation val/ --output models/run-2 --seed 3
+    python -m model.train --train features/ --output models/reference --epochs 5 --patience 0
+
+Defaults are the recipe that gave the best held-out accuracy: Adam at 1e-3, batch 16, up to 200 epochs
+with early stopping once the validation loss has not improved for 20 epochs, and the weights of the best
+epoch (lowest validation loss) kept. `--patience 0` turns early stopping off: all `--epochs` run and the
+best epoch's weights are still kept, so `--epochs 5 --patience 0` is the keras-io reference recipe.
+
+Without `--validation`, a `--validation-split` share (0.15) of the training videos is held out, chosen by a
+hash of the video id: the same videos are held out whatever the file order, sharding or seed.
+
+The vocabulary is the `labels.txt` next to the training records (featurize writes one), else the sorted
+labels found in them; records of a label outside it, or whose feature dim, frame count, backbone, image
+size or sampling differ from the first training record's, are refused.
+
+The run is staged in `<output>.partial` (a local temp dir for gs:// outputs; TensorBoard logs under
+`logs/` there while it runs) and renamed to `<output>` only when finished, `metrics.json` written last.
+`--resume` continues an interrupted run from its last finished epoch (same data and settings; the shuffle
+order after the restart differs from an uninterrupted run's). A finished model in `<output>` is replaced
+only with `--overwrite`. The same `--seed` gives the same weights and metrics (TensorFlow op determinism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import shutil
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from model.cli import UserError, main, quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow is imported
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.framework import summary_pb2  # noqa: E402
+
+from model import export  # noqa: E402
+from model.classifier import (  # noqa: E402
+    FEATURES_INPUT,
+    MASK_INPUT,
+    ClassifierConfig,
+    build_classifier,
+    compile_classifier,
+)
+from model.plots import training_curves_png  # noqa: E402
+from tfrecords_schema import (  # noqa: E402
+    VOCABULARY_FILE,
+    RecordSpec,
+    dataset_spec,
+    label_lookup,
+    make_decoded_dataset,
+    match_record_files,
+    read_vocabulary,
+    to_model_inputs,
+)
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_BUCKETS = 10_000
+MAX_SHUFFLE_BUFFER = 50_000
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "train_state.json"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run, as given on the command line."""
+
+    train: tuple[str, ...]
+    output: str
+    validation: tuple[str, ...] = ()
+    validation_split: float = 0.15
+    test: tuple[str, ...] = ()
+    epochs: int = 200
+    patience: int = 20
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    cache: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.patience < 0:
+            raise UserError(f"--patience must be 0 (no early stopping) or more, got {self.patience}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not self.validation and not 0.0 < self.validation_split < 1.0:
+            raise UserError(f"--validation-split must be between 0 and 1, got {self.validation_split}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m model.train",
+        description="Train the video classifier on feature records and write a model directory.",
+    )
+    parser.add_argument("--train", action="append", required=True, metavar="PATTERN",
+                        help="training feature records: a file pattern or a directory (repeatable)")
+    held_out = parser.add_mutually_exclusive_group()
+    held_out.add_argument("--validation", action="append", default=[], metavar="PATTERN",
+                          help="validation records (repeatable); default: a share of the training videos")
+    held_out.add_argument("--validation-split", type=float, default=0.15, metavar="FRACTION",
+                          help="share of training videos held out for validation, by video id hash "
+                               "(default: %(default)s)")
+    parser.add_argument("--test", action="append", default=[], metavar="PATTERN",
+                        help="test records, evaluated once with the final weights (repeatable, optional)")
+    parser.add_argument("--output", required=True, help="model directory to write (local or gs://)")
+    parser.add_argument("--epochs", type=int, default=200,
+                        help="most epochs to train (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=20,
+                        help="stop after this many epochs without a lower validation loss; 0 trains all "
+                             "--epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds weights, dropout and shuffling; same seed, same model (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run staged in <output>.partial")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --output")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="re-read the records every epoch instead of keeping them in memory")
+    args = parser.parse_args(argv)
+    return TrainConfig(
+        train=tuple(args.train),
+        output=args.output,
+        validation=tuple(args.validation),
+        validation_split=args.validation_split,
+        test=tuple(args.test),
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        cache=args.cache,
+    )
+
+
+# --- Records -------------------------------------------------------------------------------------------
+
+
+def in_validation_split(video_ids: tf.Tensor, fraction: float) -> tf.Tensor:
+    """Whether each video id falls in the held-out share `fraction`; depends on the id alone (FarmHash)."""
+    buckets = tf.strings.to_hash_bucket_fast(video_ids, VALIDATION_BUCKETS)
+    return buckets < int(round(fraction * VALIDATION_BUCKETS))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSet:
+    """One named set of records (training, validation or test) and what a first pass found in it."""
+
+    name: str
+    patterns: tuple[str, ...]
+    files: tuple[str, ...]
+    spec: RecordSpec
+    video_ids: np.ndarray  # str, one per record, in file order
+    labels: np.ndarray  # str, one per record
+
+
+def record_failure(exc: tf.errors.OpError, spec: RecordSpec) -> str:
+    """A readable line for a record that failed to parse or check inside tf.data (TensorFlow wraps the
+    cause in iterator and function names)."""
+    text = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"Error in user-defined function passed to .*? transformation with iterator: \S+: ", "", text)
+    return (f"a record does not fit the others (feature_dim {spec.feature_dim}, {spec.max_seq_length} frames, "
+            f"backbone {spec.backbone_id!r}): {text.strip()}")
+
+
+def _scan(name: str, patterns: Sequence[str], spec: RecordSpec | None = None) -> RecordSet:
+    """Match, check and read the ids and labels of one set of records (every record is parsed and checked)."""
+    files = match_record_files(list(patterns))
+    found = dataset_spec(files)
+    if spec is not None and (problems := spec.mismatches(found)):
+        raise UserError(f"{name} records ({', '.join(patterns)}) do not match the training records: "
+                        + "; ".join(problems))
+    pairs = make_decoded_dataset(files, spec=found).map(
+        lambda d: (d["video_id"], d["label"]), num_parallel_calls=tf.data.AUTOTUNE
+    ).batch(4096)
+    ids, labels = [], []
+    try:
+        for batch_ids, batch_labels in pairs:
+            ids.extend(v.decode() for v in batch_ids.numpy())
+            labels.extend(v.decode() for v in batch_labels.numpy())
+    except tf.errors.InvalidArgumentError as exc:
+        raise UserError(f"{name} records: {record_failure(exc, found)}") from None
+    return RecordSet(name, tuple(patterns), tuple(files), found, np.array(ids, dtype=object),
+                     np.array(labels, dtype=object))
+
+
+def _dirname(path: str) -> str:
+    return posixpath.dirname(path) if export.is_remote(path) else os.path.dirname(path)
+
+
+def find_vocabulary(files: Sequence[str]) -> tuple[list[str], str] | None:
+    """The vocabulary file next to the record files and its path, or None if there is none.
+
+    Records from several directories must not come with different vocabularies.
+    """
+    found: dict[tuple[str, ...], str] = {}
+    for directory in sorted({_dirname(f) for f in files}):
+        path = export.join(directory, VOCABULARY_FILE) if directory else VOCABULARY_FILE
+        if tf.io.gfile.exists(path):
+            found.setdefault(tuple(read_vocabulary(path)), path)
+    if len(found) > 1:
+        raise UserError("the training records come with different vocabularies: " + ", ".join(found.values()))
+    if not found:
+        return None
+    (labels, path), = found.items()
+    return list(labels), path
+
+
+def choose_vocabulary(train: RecordSet) -> list[str]:
+    """Sorted label vocabulary: the records' labels.txt if present, else the labels in the records."""
+    if unlabelled := [vid for vid, label in zip(train.video_ids, train.labels) if not label]:
+        raise UserError(f"{len(unlabelled)} training record(s) have no label, e.g. video {unlabelled[0]!r}")
+    if (found := find_vocabulary(train.files)) is not None:
+        labels, path = found
+        logger.info("vocabulary: %d labels from %s", len(labels), path)
+    else:
+        labels = sorted(set(train.labels))
+        logger.info("vocabulary: %d labels found in the training records", len(labels))
+    if len(set(labels)) < 2:
+        raise UserError(f"a classifier needs at least two labels, got {sorted(set(labels))}")
+    return sorted(set(labels))
+
+
+def check_labels(records: RecordSet, vocabulary: Sequence[str]) -> None:
+    known = set(vocabulary)
+    for video_id, label in zip(records.video_ids, records.labels):
+        if label not in known:
+            raise UserError(
+                f"{records.name} record {video_id!r} has label {label!r}, which is not in the vocabulary "
+                f"({', '.join(vocabulary)})"
+            )
+
+
+def _model_dataset(
+    records: RecordSet,
+    table: tf.lookup.StaticHashTable,
+    size: int,
+    keep_validation: bool | None = None,
+    fraction: float = 0.0,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """Unbatched `({"features": [T, D] float32, "mask": [T] bool}, label_id int32)` in file order.
+
+    `keep_validation` True/False keeps only the held-out/the remaining share of a split set, None keeps all;
+    `size` is how many records that leaves (known from the first pass, so Keras knows the epoch length).
+    """
+    ds = make_decoded_dataset(list(records.files), spec=records.spec)
+    if keep_validation is not None:
+        ds = ds.filter(lambda d: tf.equal(in_validation_split(d["video_id"], fraction), keep_validation))
+    ds = ds.map(lambda d: to_model_inputs(d, table), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda inputs, label: ({FEATURES_INPUT: inputs[0], MASK_INPUT: inputs[1]}, label))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(size))
+    return ds.cache() if cache else ds
+
+
+# --- Training state: best weights, early stopping, history, resumption ---------------------------------
+
+
+class TrainingState(keras.callbacks.Callback):
+    """After every epoch: keeps the best weights by validation loss, stops early after `patience` epochs
+    without improvement (0: never), writes `history.csv`, and saves what `--resume` needs (the last model
+    with its optimizer, and this state) so an interrupted run can go on."""
+
+    def __init__(self, staging: str, patience: int, fingerprint: dict, state: dict | None = None):
+        super().__init__()
+        self.staging = staging
+        self.patience = patience
+        self.fingerprint = fingerprint
+        state = state or {}
+        self.epochs_done = state.get("epochs_done", 0)
+        self.best_epoch = state.get("best_epoch", 0)
+        self.best_val_loss = state.get("best_val_loss", math.inf)
+        self.stopped_early = state.get("stopped_early", False)
+        self.history = read_history(os.path.join(staging, export.HISTORY_FILE))[: self.epochs_done]
+
+    @property
+    def best_weights_path(self) -> str:
+        return os.path.join(self.staging, CHECKPOINTS_DIR, "best.weights.h5")
+
+    @property
+    def last_model_path(self) -> str:
+        return os.path.join(self.staging, CHECKPOINTS_DIR, "last.keras")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.epochs_done = epoch + 1
+        val_loss = float(logs.get("val_loss", math.nan))
+        os.makedirs(os.path.join(self.staging, CHECKPOINTS_DIR), exist_ok=True)
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val_loss, self.epochs_done
+            _replace_atomically(self.best_weights_path, self.model.save_weights)
+        metrics = {key: float(logs[key]) for key in HISTORY_COLUMNS[1:] if key in logs}
+        self.history.append({"epoch": self.epochs_done, **metrics})
+        write_history(os.path.join(self.staging, export.HISTORY_FILE), self.history)
+        if self.patience and self.epochs_done - self.best_epoch >= self.patience:
+            self.stopped_early = True
+            self.model.stop_training = True
+            logger.info("early stopping after epoch %d: no lower validation loss since epoch %d",
+                        self.epochs_done, self.best_epoch)
+        _replace_atomically(self.last_model_path, self.model.save)
+        _replace_atomically(os.path.join(self.staging, STATE_FILE), self._write_state)
+
+    def _write_state(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump({"epochs_done": self.epochs_done, "best_epoch": self.best_epoch,
+                       "best_val_loss": self.best_val_loss, "stopped_early": self.stopped_early,
+                       "fingerprint": self.fingerprint}, f, indent=2)
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard logs: per-epoch loss and accuracy in `<log_dir>/train` and `<log_dir>/validation`, tagged
+    `epoch_loss` and `epoch_accuracy` as Keras' TensorBoard callback does, at step = epoch (1-based).
+
+    Written with TensorFlow's core `tf.summary.write`, so only viewing them needs the tensorboard package.
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self.writers = {}
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+            data_class=summary_pb2.DATA_CLASS_SCALAR,
+        )
+        self.metadata = metadata.SerializeToString()
+
+    def on_train_begin(self, logs=None):
+        self.writers = {prefix: tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+                        for prefix, name in (("", "train"), ("val_", "validation"))}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for prefix, writer in self.writers.items():
+            with writer.as_default():
+                for name in ("loss", "accuracy"):
+                    if (value := (logs or {}).get(prefix + name)) is not None:
+                        tf.summary.write(f"epoch_{name}", tf.constant(float(value), tf.float32),
+                                         step=epoch + 1, metadata=self.metadata)
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _replace_atomically(path: str, write) -> None:
+    """`write(tmp)` then rename onto `path`, so a crash never leaves a half-written checkpoint."""
+    stem, ext = os.path.basename(path).split(".", 1)
+    tmp = os.path.join(os.path.dirname(path), f"{stem}-next.{ext}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_history(path: str, rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_history(path: str) -> list[dict]:
+    """Rows of a `history.csv` (epoch as int, metrics as float); [] if there is none."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(io.StringIO(f.read()))]
+
+
+# --- Output directory ----------------------------------------------------------------------------------
+
+
+def staging_dir(output: str) -> str:
+    """Where a run is built before it becomes `output`: beside it, or in the local temp dir for gs://."""
+    if export.is_remote(output):
+        key = hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "video-annotation-train", f"{key}.partial")
+    return os.path.normpath(output) + ".partial"
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+    if not tf.io.gfile.exists(output):
+        return
+    if not tf.io.gfile.isdir(output):
+        raise UserError(f"--output {output} exists and is not a directory")
+    if tf.io.gfile.exists(export.join(output, export.METRICS_FILE)):
+        if not overwrite:
+            raise UserError(f"{output} already holds a trained model; pass --overwrite to replace it")
+    elif tf.io.gfile.listdir(output) and not overwrite:
+        raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
+
+
+def _promote(staging: str, output: str) -> None:
+    """Make the finished `staging` directory `output` (metrics.json arriving last when copying to gs://)."""
+    if export.is_remote(output):
+        export.remove_tree(output)
+        metrics = os.path.join(staging, export.METRICS_FILE)
+        held = os.path.join(os.path.dirname(staging), os.path.basename(staging) + "-metrics.json")
+        os.replace(metrics, held)
+        export.copy_tree(staging, output)
+        tf.io.gfile.copy(held, export.join(output, export.METRICS_FILE), overwrite=True)
+        os.remove(held)
+        shutil.rmtree(staging)
+        return
+    output = os.path.normpath(output)
+    old = None
+    if os.path.isdir(output):
+        old = f"{output}.old-{os.getpid()}"
+        os.replace(output, old)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    os.replace(staging, output)
+    if old:
+        shutil.rmtree(old)
+
+
+# --- The run -------------------------------------------------------------------------------------------
+
+
+def _fingerprint(config: TrainConfig, train: RecordSet, validation: RecordSet | None, vocabulary) -> dict:
+    """What a resumed run must share with the interrupted one."""
+    return {
+        "train_files": list(train.files),
+        "validation_files": list(validation.files) if validation else [],
+        "validation_split": None if validation else config.validation_split,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "labels": list(vocabulary),
+        "record_spec": dataclasses.asdict(train.spec),
+    }
+
+
+def _load_resume_state(staging: str, fingerprint: dict) -> dict:
+    state_path = os.path.join(staging, STATE_FILE)
+    if not os.path.exists(state_path) or not os.path.exists(os.path.join(staging, CHECKPOINTS_DIR, "last.keras")):
+        raise UserError(f"--resume: there is no interrupted run to continue in {staging}")
+    with open(state_path) as f:
+        state = json.load(f)
+    before = state.get("fingerprint", {})
+    if differences := [key for key in fingerprint if before.get(key) != fingerprint[key]]:
+        raise UserError(f"--resume: the interrupted run in {staging} used different {', '.join(differences)}")
+    return state
+
+
+def _evaluate(model: keras.Model, dataset: tf.data.Dataset | None, batch_size: int) -> dict:
+    if dataset is None:
+        return {"loss": None, "accuracy": None}
+    result = model.evaluate(dataset.batch(batch_size), verbose=0, return_dict=True)
+    return {"loss": float(result["loss"]), "accuracy": float(result["accuracy"])}
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Train as the command line says and write the model directory; returns the metrics (metrics.json)."""
+    config = parse_args(argv)
+    _check_output(config.output, config.overwrite)
+
+    train = _scan("training", config.train)
+    validation = _scan("validation", config.validation, train.spec) if config.validation else None
+    test = _scan("test", config.test, train.spec) if config.test else None
+    for other in (validation, test):
+        if other and (shared := sorted(set(train.files) & set(other.files))):
+            raise UserError(f"{shared[0]} is both a training and a {other.name} file")
+    vocabulary = choose_vocabulary(train)
+    for records in (train, validation, test):
+        if records is not None:
+            check_labels(records, vocabulary)
+
+    if validation is None:
+        held_out = in_validation_split(tf.constant(train.video_ids.astype(str)), config.validation_split).numpy()
+        num_train, num_validation = int((~held_out).sum()), int(held_out.sum())
+        if num_validation == 0 or num_train == 0:
+            raise UserError(
+                f"--validation-split {config.validation_split} of {len(held_out)} training videos leaves "
+                f"{num_train} to train on and {num_validation} to validate on; pass --validation records"
+            )
+        train_labels = train.labels[~held_out]
+    else:
+        num_train, num_validation = len(train.labels), len(validation.labels)
+        train_labels = train.labels
+    if test is not None and (leaked := set(test.video_ids) & set(train.video_ids)):
+        logger.warning("%d test video id(s) are also training videos, e.g. %r", len(leaked), sorted(leaked)[0])
+    counts = {label: int((train_labels == label).sum()) for label in vocabulary}
+    logger.info("training on %d videos %s, validating on %d%s", num_train, counts, num_validation,
+                f", testing on {len(test.labels)}" if test else "")
+    if missing := [label for label, count in counts.items() if count == 0]:
+        logger.warning("no training videos for label(s) %s", ", ".join(missing))
+
+    staging = staging_dir(config.output)
+    fingerprint = _fingerprint(config, train, validation, vocabulary)
+    state = _load_resume_state(staging, fingerprint) if config.resume else None
+    if not config.resume and os.path.exists(staging):
+        logger.info("discarding the unfinished run in %s (--resume continues it)", staging)
+        shutil.rmtree(staging)
+    os.makedirs(staging, exist_ok=True)
+
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    table = label_lookup(vocabulary)
+    split = config.validation_split if validation is None else 0.0
+    if validation is None:
+        train_ds = _model_dataset(train, table, num_train, False, split, config.cache)
+        validation_ds = _model_dataset(train, table, num_validation, True, split, config.cache)
+    else:
+        train_ds = _model_dataset(train, table, num_train, cache=config.cache)
+        validation_ds = _model_dataset(validation, table, num_validation, cache=config.cache)
+    test_ds = _model_dataset(test, table, len(test.labels), cache=config.cache) if test else None
+    fit_ds = (train_ds.shuffle(min(num_train, MAX_SHUFFLE_BUFFER), seed=config.seed, reshuffle_each_iteration=True)
+              .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+
+    classifier_config = ClassifierConfig(
+        num_classes=len(vocabulary), max_seq_length=train.spec.max_seq_length, feature_dim=train.spec.feature_dim
+    )
+    tracker = TrainingState(staging, config.patience, fingerprint, state)
+    if state is not None:
+        model = keras.saving.load_model(tracker.last_model_path)
+        logger.info("resuming after epoch %d (best so far: epoch %d)", tracker.epochs_done, tracker.best_epoch)
+    else:
+        model = compile_classifier(build_classifier(classifier_config), config.learning_rate)
+
+    started = time.monotonic()
+    if tracker.epochs_done < config.epochs and not tracker.stopped_early:
+        model.fit(
+            fit_ds,
+            validation_data=validation_ds.batch(config.batch_size),
+            epochs=config.epochs,
+            initial_epoch=tracker.epochs_done,
+            callbacks=[
+                EpochSummaries(os.path.join(staging, export.LOGS_DIR)),
+                tracker,
+            ],
+            shuffle=False,  # fit_ds is shuffled by tf.data, seeded
+            verbose=2,
+        )
+    if tracker.best_epoch:
+        model.load_weights(tracker.best_weights_path)
+    else:
+        logger.warning("the validation loss was never finite; keeping the last epoch's weights")
+
+    final = build_classifier(classifier_config)
+    final.set_weights(model.get_weights())
+    compile_classifier(final, config.learning_rate)
+    scores = {
+        "train": _evaluate(final, train_ds, config.batch_size),
+        "val": _evaluate(final, validation_ds, config.batch_size),
+        "test": _evaluate(final, test_ds, config.batch_size),
+    }
+
+    export.export_model_dir(final, vocabulary, train.spec, staging)
+    history = read_history(os.path.join(staging, export.HISTORY_FILE))
+    columns = {key: [row.get(key, math.nan) for row in history] for key in HISTORY_COLUMNS}
+    curves = training_curves_png(columns, tracker.best_epoch)
+    export.write_file(os.path.join(staging, export.TRAINING_CURVES_FILE), curves)
+    shutil.rmtree(os.path.join(staging, CHECKPOINTS_DIR), ignore_errors=True)
+    os.remove(os.path.join(staging, STATE_FILE))
+    metrics = {
+        "model_id": export.model_id(staging),
+        **{f"{split_name}_{key}": value for split_name, result in scores.items() for key, value in result.items()},
+        "num_train_examples": num_train,
+        "num_val_examples": num_validation,
+        "num_test_examples": len(test.labels) if test else 0,
+        "epochs_run": tracker.epochs_done,
+        "best_epoch": tracker.best_epoch,
+        "best_val_loss": tracker.best_val_loss if tracker.best_epoch else None,
+        "stopped_early": tracker.stopped_early,
+        "seed": config.seed,
+        "labels": list(vocabulary),
+        "train_seconds": round(time.monotonic() - started, 1),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
+        "classifier": dataclasses.asdict(classifier_config),
+    }
+    export.write_json(os.path.join(staging, export.METRICS_FILE), metrics)
+    _check_output(config.output, config.overwrite)
+    _promote(staging, config.output)
+    logger.info("wrote %s: val accuracy %.3f%s (best epoch %d of %d)", config.output, metrics["val_accuracy"],
+                f", test accuracy {metrics['test_accuracy']:.3f}" if test else "", tracker.best_epoch,
+                tracker.epochs_done)
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(main(run))
