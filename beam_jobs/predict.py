@@ -4,14 +4,16 @@
         --input data/new_videos --model models/run1 --output labels/new_videos
 
 Outputs under --output: labels.csv (video_id, video_uri, label, confidence, top_k, one probability column
-per class, model_id; sorted by video id), failures.csv, manifest.json (written last), index.jsonl (what
-the next scheduled run needs), and with --per-video one CSV per video under per_video/, mirroring the input
-layout.
+per class, model_id; sorted by video id), failures.csv, report.html (a page to spot-check the labels:
+thumbnails of the sampled frames, label, confidence, top-k, sortable; see beam_jobs.report), thumbnails/
+(the report's thumbnail strips, one JPEG per video), manifest.json (written last), index.jsonl (what the
+next scheduled run needs), and with --per-video one CSV per video under per_video/, mirroring the input
+layout. Everything appears together when the run finishes.
 
 Scheduled runs are incremental: re-running the same command on the same --output processes only videos that
-are new or changed (by size and modification time, then by content fingerprint) and copies the rows of the
-others from the previous run; removed videos drop out. A different model relabels everything, and so does
---overwrite. Every flag this job does not know goes to Beam's PipelineOptions.
+are new or changed (by size and modification time, then by content fingerprint) and copies the rows (and
+thumbnails) of the others from the previous run; removed videos drop out. A different model relabels
+everything, and so does --overwrite. Every flag this job does not know goes to Beam's PipelineOptions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import posixpath
 import sys
+import time
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -31,7 +34,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import outputs
+from beam_jobs import outputs, report
 from beam_jobs.featurize import add_frame_flags, parse_extensions, validate_frame_args
 from beam_jobs.matching import VideoRef, match_videos
 from beam_jobs.transforms import (
@@ -52,7 +55,8 @@ INDEX_FILE = "index.jsonl"
 PER_VIDEO_DIR = "per_video"
 UNKNOWN_LABEL = "unknown"
 BASE_COLUMNS = ("video_id", "video_uri", "label", "confidence", "top_k")
-OUTPUT_PATTERNS = (LABELS_FILE, INDEX_FILE, outputs.FAILURES_FILE, f"{PER_VIDEO_DIR}/**")
+OUTPUT_PATTERNS = (LABELS_FILE, INDEX_FILE, outputs.FAILURES_FILE, report.REPORT_FILE, f"{PER_VIDEO_DIR}/**",
+                   f"{report.THUMBNAILS_DIR}/**")
 
 EXAMPLES = """examples:
   # label a folder of videos with a trained model (offline demo weights are taken from the model):
@@ -272,8 +276,8 @@ class _SplitKnownContent(beam.DoFn):
 
 @dataclasses.dataclass(frozen=True)
 class _FinishPredict:
-    """Publishes labels.csv, failures.csv, index.jsonl, per-video CSVs and the manifest, once; checks that
-    every matched video is in exactly one of labels.csv and failures.csv."""
+    """Publishes labels.csv, failures.csv, report.html, thumbnails, index.jsonl, per-video CSVs and the
+    manifest, once; checks that every matched video is in exactly one of labels.csv and failures.csv."""
 
     output: str
     staging: str
@@ -282,33 +286,64 @@ class _FinishPredict:
     carried_rows: tuple[dict, ...]
     carried_index: tuple[dict, ...]
     manifest: dict
+    started_at: float = 0.0  # time.time() when the job was launched
+    no_thumbnail: str = "no frames"  # what the report shows for a video without a thumbnail
 
-    def __call__(self, rows, reused_rows, index, failures, per_video):
+    def __call__(self, rows, reused_rows, index, failures, per_video, thumbnails=(), frames_sampled=0):
         all_rows = list(self.carried_rows) + list(reused_rows) + list(rows)
         ids = [row["video_id"] for row in all_rows]
         failed_ids = [f[0] for f in failures]
         if len(set(ids)) != len(ids) or set(ids) & set(failed_ids) or len(ids) + len(failed_ids) != self.videos_matched:
             raise RuntimeError(f"accounting error: {self.videos_matched} matched, {len(ids)} labelled, "
                                f"{len(failed_ids)} failed")
+        labelled = set(ids)
+        thumbnails = [t for t in thumbnails if t[0] in labelled]
         entries = sorted(list(self.carried_index) + list(index), key=lambda e: e["video_id"])
+        reused = len(self.carried_rows) + len(reused_rows)
+        seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
+        summary = {
+            "Videos": f"{self.videos_matched} matched: {len(all_rows)} labelled ({len(rows)} by the model in this "
+                      f"run, {reused} carried over from the previous run), {len(failures)} failed",
+            "Model": f"{self.manifest.get('model', '')} (model id {self.manifest.get('model_id', '')})",
+            "Input": ", ".join(self.manifest.get("inputs", [])),
+            "Output": self.output,
+            "Finished": f"{outputs.now_utc()}, after {seconds:.0f} s",
+        }
+        page = report.render_report(all_rows, failures, {t[0]: t[2] for t in thumbnails}, summary,
+                                    unknown_label=UNKNOWN_LABEL, no_thumbnail=self.no_thumbnail)
         texts = {
             LABELS_FILE: rows_to_csv(all_rows, self.columns),
             outputs.FAILURES_FILE: outputs.failures_csv(failures),
             INDEX_FILE: "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries),
+            report.REPORT_FILE: page,
         }
         manifest = dict(
             self.manifest,
             videos_matched=self.videos_matched,
             videos_labelled=len(all_rows),
             labelled_this_run=len(rows),
-            reused_from_previous_run=len(self.carried_rows) + len(reused_rows),
+            reused_from_previous_run=reused,
             failures=len(failures),
+            frames_sampled=int(frames_sampled),
+            seconds=round(seconds, 1),
         )
-        published = outputs.publish(self.output, self.staging, sorted(per_video), texts, manifest,
-                                     replace_patterns=OUTPUT_PATTERNS)
-        _LOG.info("predict finished: %d of %d videos labelled (%d reused from the previous run), %d failed; "
-                  "outputs in %s", len(all_rows), self.videos_matched, len(all_rows) - len(rows), len(failures),
-                  self.output)
+        staged = sorted(per_video) + sorted(t[1] for t in thumbnails)
+        published = outputs.publish(self.output, self.staging, staged, texts, manifest,
+                                    replace_patterns=OUTPUT_PATTERNS)
+        read = len(rows) + len(reused_rows) + len(failures)  # videos (or records) this run had to open
+        rates = f"{read} {'videos' if frames_sampled else 'inputs'} read at {read / seconds:.2f}/s"
+        if frames_sampled:
+            rates += f", {frames_sampled} frames sampled at {frames_sampled / seconds:.1f} frames/s"
+        _LOG.info("predict finished in %.1f s: %d of %d videos labelled (%d by the model, %d carried over from the "
+                  "previous run), %d failed; %s", seconds, len(all_rows), self.videos_matched, len(rows), reused,
+                  len(failures), rates)
+        files = [f"{LABELS_FILE} ({len(all_rows)} rows)", f"{outputs.FAILURES_FILE} ({len(failures)})",
+                 f"{report.REPORT_FILE} ({len(page) / 1024:.0f} KB)", outputs.MANIFEST_FILE]
+        if thumbnails:
+            files.insert(3, f"{report.THUMBNAILS_DIR}/ ({len(thumbnails)} JPEGs)")
+        if per_video:
+            files.insert(3, f"{PER_VIDEO_DIR}/ ({len(per_video)} CSVs)")
+        _LOG.info("predict outputs in %s: %s", self.output, ", ".join(files))
         return published
 
 
@@ -353,6 +388,7 @@ def run(argv: list[str] | None = None):
     """Build and run the labelling pipeline; return its PipelineResult (finished)."""
     from model.export import load_model_dir
 
+    started_at = time.time()
     args, beam_args = build_parser().parse_known_args(argv)
     validate_frame_args(args)
     if bool(args.input) == bool(args.features):
@@ -388,8 +424,11 @@ def run(argv: list[str] | None = None):
         columns=tuple(label_columns(labels)),
         carried_rows=tuple(carried_rows),
         carried_index=tuple(carried_index),
+        started_at=started_at,
+        no_thumbnail="no frames (labelled from feature records)" if args.features else "no thumbnail",
         manifest={
             "job": "predict",
+            "inputs": list(args.input or args.features),
             "model": args.model,
             "model_id": model_id,
             "labels": list(labels),
@@ -404,12 +443,15 @@ def run(argv: list[str] | None = None):
         index=beam.pvalue.AsList(branch["index"]),
         failures=beam.pvalue.AsList(branch["failures"]),
         per_video=beam.pvalue.AsList(per_video),
+        thumbnails=beam.pvalue.AsList(branch["thumbnails"]),
+        frames_sampled=beam.pvalue.AsSingleton(branch["frames_sampled"]),
     )
     result = pipeline.run()
     result.wait_until_finish()
     if args.show:
         print(describe_rows(outputs.join(args.output, LABELS_FILE), args.show))
-    print(f"predict: outputs in {args.output} ({LABELS_FILE}, {outputs.FAILURES_FILE}, manifest.json)")
+    print(f"predict: outputs in {args.output} ({LABELS_FILE}, {report.REPORT_FILE}, {outputs.FAILURES_FILE}, "
+          f"{outputs.MANIFEST_FILE})")
     return result
 
 
@@ -446,7 +488,8 @@ def _videos_branch(pipeline, args, spec, handler, fmt, previous: PreviousRun | N
 
     videos = pipeline | "MatchVideos" >> ReadVideoList(refs_path)
     decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options)
-    split = decoded.videos | "SplitKnownContent" >> beam.ParDo(_SplitKnownContent(known)).with_outputs(
+    thumbnailed = decoded.videos | "MakeThumbnails" >> report.MakeThumbnails()
+    split = thumbnailed.videos | "SplitKnownContent" >> beam.ParDo(_SplitKnownContent(known)).with_outputs(
         _SplitKnownContent.KNOWN, main="new")
     embedded = split.new | "EmbedFrames" >> EmbedFrames(_weights_flag(weights), spec.image_size, args.batch_size,
                                                          expected_videos=len(todo))
@@ -459,8 +502,25 @@ def _videos_branch(pipeline, args, spec, handler, fmt, previous: PreviousRun | N
     new_index = embedded | "IndexNew" >> beam.Map(lambda v: index_entry(v.ref, v.fingerprint))
     known_index = known_pairs | "IndexKnown" >> beam.Map(lambda pair: pair[1])
     index = (new_index, known_index) | "AllIndex" >> beam.Flatten()
+    # Videos carried over unread keep the thumbnail the previous run made; it is read before publishing
+    # replaces the previous outputs, and staged again with the new ones.
+    carried_thumbnails = (
+        pipeline
+        | "CarriedVideoIds" >> beam.Create([row["video_id"] for row in carried_rows])
+        | "ReadCarriedThumbnails" >> beam.FlatMap(report.read_previous_thumbnail, args.output)
+    )
+    thumbnails = (
+        (thumbnailed[report.THUMBNAILS], carried_thumbnails)
+        | "AllThumbnails" >> beam.Flatten()
+        | "StageThumbnails" >> beam.Map(report.stage_thumbnail, staging)
+    )
+    frames_sampled = (
+        thumbnailed.videos
+        | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
+        | "SumFramesSampled" >> beam.CombineGlobally(sum)
+    )
     branch = {"rows": rows, "reused_rows": reused_rows, "index": index, "failures": decoded[FAILURES],
-              "matched": len(refs)}
+              "matched": len(refs), "thumbnails": thumbnails, "frames_sampled": frames_sampled}
     return branch, staging, carried_rows, carried_index
 
 
@@ -501,7 +561,10 @@ def _features_branch(pipeline, args, spec, handler, fmt):
     index = decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1]))
     failures = pipeline | "NoFailures" >> beam.Create([])
     reused_rows = pipeline | "NoReusedRows" >> beam.Create([])
-    return {"rows": rows, "reused_rows": reused_rows, "index": index, "failures": failures, "matched": count}
+    thumbnails = pipeline | "NoThumbnails" >> beam.Create([])  # records hold no frames
+    frames_sampled = pipeline | "NoFramesSampled" >> beam.Create([0])
+    return {"rows": rows, "reused_rows": reused_rows, "index": index, "failures": failures, "matched": count,
+            "thumbnails": thumbnails, "frames_sampled": frames_sampled}
 
 
 def _iter_records(path: str):

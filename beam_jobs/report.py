@@ -1,0 +1,303 @@
+"""report.html: one static page to spot-check a labelling run, and the thumbnail strips it shows.
+
+The predict job writes `report.html` beside `labels.csv`: a summary, how many videos got each label, one
+row per video (a strip of its sampled frames, its label, the confidence and the top-k) and the failures
+with their reasons. It is a single self-contained file (thumbnails embedded as base64 JPEGs, CSS and a few
+lines of plain JavaScript inline, nothing fetched), so it opens from disk or after downloading it alone
+from a bucket. Clicking a column header sorts by it; the first click on Confidence puts the least
+confident videos first, the ones worth a look.
+
+Thumbnails are made in the pipeline from the sampled frames, before embedding drops them: up to
+`THUMBNAIL_FRAMES` frames, `THUMBNAIL_SIDE` px square, side by side in one small JPEG (about 2-5 KB; base64
+adds a third in the page). Each is also kept as `thumbnails/<video id>.jpg` under the output: a scheduled
+run that carries a video's row over from the previous run (the file did not change) carries its thumbnail
+over from there too, without reading the video again. Videos labelled from feature records
+(`--features`) have no frames, hence no thumbnail.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import pathlib
+import posixpath
+import urllib.parse
+from typing import Iterable, Mapping, Sequence
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from beam_jobs.frames import sample_frame_indices
+
+REPORT_FILE = "report.html"
+THUMBNAILS_DIR = "thumbnails"
+THUMBNAILS = "thumbnails"  # the tag of MakeThumbnails' thumbnail output
+THUMBNAIL_FRAMES = 8
+THUMBNAIL_SIDE = 48
+THUMBNAIL_GAP = 2
+JPEG_QUALITY = 70
+
+
+def thumbnail_strip(frames: np.ndarray, count: int = THUMBNAIL_FRAMES, side: int = THUMBNAIL_SIDE) -> bytes:
+    """Sampled frames `[n, S, S, 3]` uint8 RGB -> JPEG of up to `count` of them, evenly spread, side by side.
+
+    Each tile is `min(side, S)` px square, with a `THUMBNAIL_GAP` px white gap between tiles."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"frames must be uint8 [n, S, S, 3] with n >= 1, got {frames.dtype} {frames.shape}")
+    side = min(side, frames.shape[1])
+    picked = frames[sample_frame_indices(len(frames), count)]
+    width = len(picked) * side + (len(picked) - 1) * THUMBNAIL_GAP
+    strip = np.full((side, width, 3), 255, np.uint8)
+    for position, frame in enumerate(picked):
+        left = position * (side + THUMBNAIL_GAP)
+        strip[:, left : left + side] = cv2.resize(frame, (side, side), interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {strip.shape} thumbnail strip as JPEG")
+    return jpeg.tobytes()
+
+
+def thumbnail_path(video_id: str) -> str:
+    """thumbnails/<video id>.jpg; ids that are URIs keep only their path part (like per_video/)."""
+    relative = video_id.split("://", 1)[-1].lstrip("/")
+    return posixpath.join(THUMBNAILS_DIR, relative + ".jpg")
+
+
+def _join(base: str, relative: str) -> str:
+    return FileSystems.join(base.rstrip("/"), *relative.split("/"))
+
+
+def stage_thumbnail(item: tuple[str, bytes], staging: str) -> tuple[str, str, bytes]:
+    """(video_id, jpeg) -> (video_id, staged path, jpeg), the JPEG written under `staging`."""
+    video_id, jpeg = item
+    path = _join(staging, thumbnail_path(video_id))
+    if "://" not in path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileSystems.create(path, mime_type="image/jpeg") as f:
+        f.write(jpeg)
+    return video_id, path, jpeg
+
+
+def read_previous_thumbnail(video_id: str, output: str) -> Iterable[tuple[str, bytes]]:
+    """The thumbnail a previous run left in `output` for `video_id`, if any (runs before thumbnails existed
+    left none)."""
+    path = _join(output, thumbnail_path(video_id))
+    if FileSystems.exists(path):
+        with FileSystems.open(path) as f:
+            yield video_id, f.read()
+
+
+class MakeThumbnailsDoFn(beam.DoFn):
+    """Video -> the same Video, and `(video_id, JPEG strip)` on the `thumbnails` output.
+
+    The strip is made before the video is passed on because the next step (embedding) drops its frames."""
+
+    def __init__(self):
+        self._made = Metrics.counter("videos", "thumbnails_made")
+
+    def process(self, video):
+        strip = thumbnail_strip(video.sampled.frames)
+        self._made.inc()
+        yield beam.pvalue.TaggedOutput(THUMBNAILS, (video.ref.video_id, strip))
+        yield video
+
+
+class MakeThumbnails(beam.PTransform):
+    """PCollection[Video] with frames -> tagged outputs: main the same videos, `thumbnails` (video_id, jpeg)."""
+
+    def expand(self, videos):
+        return videos | "Strip" >> beam.ParDo(MakeThumbnailsDoFn()).with_outputs(THUMBNAILS, main="videos")
+
+
+# --- The page ------------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 .3em; } h2 { font-size: 1.15em; margin: 1.4em 0 .4em; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; margin: 0; }
+dl.summary dt { color: #666; } dl.summary dd { margin: 0; }
+table { border-collapse: collapse; }
+th, td { padding: 4px 8px; border-bottom: 1px solid #e3e3e3; text-align: left; vertical-align: middle; }
+thead th { position: sticky; top: 0; background: #f6f6f6; border-bottom: 2px solid #ccc; }
+th button { font: inherit; font-weight: bold; border: 0; background: none; padding: 0; cursor: pointer; }
+th button::after { content: " \\2195"; color: #aaa; }
+th[aria-sort="ascending"] button::after { content: " \\25B2"; color: #222; }
+th[aria-sort="descending"] button::after { content: " \\25BC"; color: #222; }
+td.strip img { height: %(side)dpx; display: block; image-rendering: auto; }
+td.strip.none { color: #999; font-size: .85em; }
+td.video { font-family: ui-monospace, monospace; font-size: .9em; word-break: break-all; max-width: 28em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.confidence { min-width: 7em; }
+.meter { position: relative; background: #eee; height: 1.3em; border-radius: 3px; }
+.meter span { position: absolute; inset: 0 auto 0 0; border-radius: 3px; }
+.meter b { position: relative; padding-left: .3em; font-weight: normal; font-variant-numeric: tabular-nums; }
+tr.unknown td.label { color: #b00; font-style: italic; }
+ol.topk { margin: 0; padding-left: 1.4em; } ol.topk li span { color: #555; font-variant-numeric: tabular-nums; }
+.hint { color: #666; font-size: .9em; }
+"""
+
+_SCRIPT = """
+(function () {
+  "use strict";
+  var table = document.getElementById("labels");
+  if (!table) { return; }
+  var body = table.tBodies[0];
+  var headers = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  function compare(x, y) { return x < y ? -1 : x > y ? 1 : 0; }
+  headers.forEach(function (th, column) {
+    var button = th.querySelector("button");
+    if (!button) { return; }
+    button.addEventListener("click", function () {
+      var now = th.getAttribute("aria-sort");
+      var direction = now === "ascending" ? "descending" : now === "descending" ? "ascending"
+                                                                         : (th.dataset.first || "ascending");
+      var sign = direction === "ascending" ? 1 : -1;
+      var numeric = th.dataset.sort === "number";
+      var rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var value = row.cells[column].dataset.value;
+        return numeric ? parseFloat(value) : value;
+      }
+      rows.sort(function (a, b) {
+        // Ties keep video id order, whichever the direction.
+        return sign * compare(key(a), key(b)) || compare(a.dataset.videoId, b.dataset.videoId);
+      });
+      headers.forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", direction);
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+})();
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def parse_top_k(text: str) -> list[tuple[str, float]]:
+    """labels.csv's `top_k` ("label:p;label:p") -> [(label, p)]; labels may themselves contain ':'."""
+    pairs = []
+    for pair in filter(None, text.split(";")):
+        label, _, probability = pair.rpartition(":")
+        pairs.append((label, float(probability)))
+    return pairs
+
+
+def video_link(uri: str) -> str | None:
+    """Where a browser can open the video: file:// for local paths, the Cloud console for gs://."""
+    if uri.startswith("gs://"):
+        return "https://storage.cloud.google.com/" + urllib.parse.quote(uri[len("gs://"):], safe="/")
+    if "://" in uri:
+        return uri if uri.startswith(("http://", "https://")) else None
+    path = pathlib.PurePosixPath(uri)
+    return path.as_uri() if path.is_absolute() else None
+
+
+def _meter_colour(confidence: float) -> str:
+    # red (doubtful) through amber to green (confident)
+    return f"hsl({round(120 * min(max(confidence, 0.0), 1.0))}, 65%, 62%)"
+
+
+def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str, unknown_label: str) -> str:
+    video_id, label = row["video_id"], row["label"]
+    confidence = float(row["confidence"])
+    if thumbnail:
+        data = base64.b64encode(thumbnail).decode("ascii")
+        strip = (f'<td class="strip"><img src="data:image/jpeg;base64,{data}" '
+                 f'alt="sampled frames of {_e(video_id)}"></td>')
+    else:
+        strip = f'<td class="strip none">{_e(no_thumbnail)}</td>'
+    link = video_link(row.get("video_uri", ""))
+    name = f'<a href="{_e(link)}">{_e(video_id)}</a>' if link else _e(video_id)
+    top = "".join(f"<li>{_e(l)} <span>{_percent(p)}</span></li>" for l, p in parse_top_k(row["top_k"]))
+    classes = ' class="unknown"' if label == unknown_label else ""
+    return (
+        f'<tr data-video-id="{_e(video_id)}"{classes}>{strip}'
+        f'<td class="video" data-value="{_e(video_id)}" title="{_e(row.get("video_uri", ""))}">{name}</td>'
+        f'<td class="label" data-value="{_e(label)}">{_e(label)}</td>'
+        f'<td class="confidence" data-value="{confidence:.6f}"><div class="meter">'
+        f'<span style="width:{100 * confidence:.1f}%;background:{_meter_colour(confidence)}"></span>'
+        f"<b>{_percent(confidence)}</b></div></td>"
+        f'<td><ol class="topk">{top}</ol></td></tr>'
+    )
+
+
+def render_report(
+    rows: Sequence[Mapping[str, str]],
+    failures: Iterable[tuple[str, str, str]],
+    thumbnails: Mapping[str, bytes],
+    summary: Mapping[str, object],
+    *,
+    unknown_label: str = "unknown",
+    no_thumbnail: str = "no frames",
+) -> str:
+    """The report page. `rows` are labels.csv rows (strings, as written), `failures` (video_id, uri, reason),
+    `thumbnails` JPEG strips by video id (rows without one show `no_thumbnail`), `summary` the facts shown
+    at the top, in order (name -> value)."""
+    rows = sorted(rows, key=lambda r: r["video_id"])
+    failures = sorted(failures)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["label"]] = counts.get(row["label"], 0) + 1
+    top_k = max((len(parse_top_k(r["top_k"])) for r in rows), default=0)
+    facts = "".join(f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in summary.items())
+    count_rows = "".join(
+        f'<tr><td>{_e(label)}</td><td class="num">{count}</td><td class="num">{_percent(count / len(rows))}</td></tr>'
+        for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
+    body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label) for r in rows)
+    if failures:
+        failure_rows = "\n".join(
+            f'<tr data-video-id="{_e(video_id)}"><td class="video">{_e(video_id)}</td>'
+            f'<td class="video">{_e(uri)}</td><td class="reason">{_e(reason)}</td></tr>'
+            for video_id, uri, reason in failures
+        )
+        failure_section = (
+            '<table id="failures"><thead><tr><th>Video</th><th>URI</th><th>Reason</th></tr></thead>'
+            f"<tbody>\n{failure_rows}\n</tbody></table>"
+        )
+    else:
+        failure_section = '<p id="no-failures">Every video could be read and labelled.</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Labelling report: {len(rows)} videos</title>
+<style>{_STYLE % {"side": THUMBNAIL_SIDE}}</style>
+</head>
+<body>
+<h1>Labelling report</h1>
+<dl class="summary">{facts}</dl>
+<h2>Labels given</h2>
+<table id="label-counts"><thead><tr><th>Label</th><th>Videos</th><th>Share</th></tr></thead>
+<tbody>{count_rows}</tbody></table>
+<h2 id="videos-heading">Videos ({len(rows)})</h2>
+<p class="hint">Click a column header to sort by it; the first click on Confidence shows the least confident
+videos first.</p>
+<table id="labels">
+<thead><tr><th>Sampled frames</th>
+<th data-sort="text" aria-sort="ascending"><button type="button">Video</button></th>
+<th data-sort="text"><button type="button">Label</button></th>
+<th data-sort="number" data-first="ascending"><button type="button">Confidence</button></th>
+<th>Top {top_k}</th></tr></thead>
+<tbody>
+{body_rows}
+</tbody>
+</table>
+<h2 id="failures-heading">Failures ({len(failures)})</h2>
+{failure_section}
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""
+
