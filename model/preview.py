@@ -1,0 +1,346 @@
+"""Preview one video's labels: an animated GIF of the frames the model sees, with its top labels drawn on.
+
+    python -m model.preview clips/growing/growing_0003.mp4 --model models/run1 --out preview.gif
+
+The frames are sampled exactly as the labelling job samples them for this model (the frame count, image
+size and sampling recorded in its preprocessing.json), embedded with the backbone the model was trained on
+(its backbone id names the weights: ImageNet, seeded random, or a weights file given with --weights), and
+classified once; the GIF shows each sampled frame, larger than the model sees it, with the top-k labels and
+their probabilities under it, like the animation of the Keras video-transformer example. The predictions
+are printed too.
+
+Decoding lives here rather than in beam_jobs (model/ never imports beam_jobs/): `read_sampled_frames` is
+the labelling job's `beam_jobs.frames.decode_and_sample` plus a larger copy of each frame for display, and
+tests/test_preview.py checks that both give the same model frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from model.cli import UserError, main, quiet_tensorflow
+
+_LOG = logging.getLogger(__name__)
+
+SAMPLINGS = ("uniform", "first")
+DEFAULT_DISPLAY_SIZE = 256
+MIN_DISPLAY_SIZE = 128
+# Colours (RGB) of the drawing; the bars' colours are what tests measure.
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+TRACK = (225, 225, 225)
+BAR = (46, 125, 220)
+BAR_HEIGHT = 5
+
+EXAMPLES = """examples:
+  # the top 3 labels of one video, drawn on its sampled frames:
+  python -m model.preview data/new/clip_0007.mp4 --model models/run1 --out clip_0007.gif
+
+  # a model trained on features of a DenseNet121 weights file, larger frames, slower animation:
+  python -m model.preview gs://bucket/videos/a.avi --model gs://bucket/models/run2 \\
+      --weights densenet121_notop.h5 --size 384 --fps 4 --out a.gif
+"""
+
+
+@dataclasses.dataclass
+class PreviewFrames:
+    """Frames sampled from one video: `model_frames` `[n, image_size, image_size, 3]` uint8 RGB (what the
+    labelling job embeds), `display_frames` `[n, display_size, display_size, 3]` uint8 RGB (the same frames,
+    larger), `frame_indices` their positions among the `decoded_frame_count` decoded frames."""
+
+    model_frames: np.ndarray
+    display_frames: np.ndarray
+    frame_indices: list[int]
+    decoded_frame_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """What `run` made: the class probabilities `[num_classes]` (in `labels` order), the top-k
+    (label, probability) pairs best first, the sampled frame indices and where the GIF went."""
+
+    probabilities: np.ndarray
+    labels: list[str]
+    top: list[tuple[str, float]]
+    frame_indices: list[int]
+    out: str
+    seconds: float
+
+
+# --- Decoding (must stay in step with beam_jobs/frames.py) ------------------------------------------------
+
+
+def sample_frame_indices(num_frames: int, max_seq_length: int, sampling: str = "uniform") -> list[int]:
+    """Indices of the frames to keep from `num_frames` frames: `max_seq_length` spread evenly from first to
+    last (`uniform`) or the first ones (`first`); all of them when there are not more."""
+    if num_frames <= max_seq_length:
+        return list(range(num_frames))
+    if sampling == "first":
+        return list(range(max_seq_length))
+    return [int(i) for i in np.round(np.linspace(0, num_frames - 1, max_seq_length)).astype(int)]
+
+
+def _as_bgr8(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.dtype != np.uint8:  # 16-bit sources
+        frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(float(frame.max()), 1.0))
+    return frame
+
+
+def _square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resize to `size`, BGR -> RGB."""
+    height, width = frame_bgr.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = frame_bgr[top : top + side, left : left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.cvtColor(cv2.resize(square, (size, size), interpolation=interpolation), cv2.COLOR_BGR2RGB)
+
+
+def read_sampled_frames(path: str, max_seq_length: int, image_size: int, sampling: str = "uniform",
+                        display_size: int = DEFAULT_DISPLAY_SIZE) -> PreviewFrames:
+    """Decode the local video `path` and sample up to `max_seq_length` frames the way the labelling job does:
+    frames are counted as they decode; `uniform` keeps every stride-th frame, doubling the stride whenever
+    `2 * max_seq_length` are held, then picks `max_seq_length` evenly; `first` keeps the first ones."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    kept: list[tuple[int, np.ndarray, np.ndarray]] = []
+    stride, count = 1, 0
+    try:
+        if not capture.isOpened():
+            raise UserError(f"{path}: cannot open as a video (not a video file, or an unsupported container/codec)")
+        while not (sampling == "first" and count >= max_seq_length) and capture.grab():
+            if count % stride == 0:
+                ok, frame = capture.retrieve()
+                if ok and frame is not None and frame.size:
+                    frame = _as_bgr8(frame)
+                    kept.append((count, _square_rgb(frame, image_size), _square_rgb(frame, display_size)))
+                    if sampling == "uniform" and len(kept) >= 2 * max_seq_length:
+                        kept = kept[::2]
+                        stride *= 2
+            count += 1
+    finally:
+        capture.release()
+    if not kept:
+        reason = "no decodable frames" if count == 0 else f"none of {count} frames could be decoded"
+        raise UserError(f"{path}: {reason}")
+    chosen = [kept[p] for p in sample_frame_indices(len(kept), max_seq_length, sampling)]
+    return PreviewFrames(
+        model_frames=np.stack([c[1] for c in chosen]),
+        display_frames=np.stack([c[2] for c in chosen]),
+        frame_indices=[c[0] for c in chosen],
+        decoded_frame_count=count,
+    )
+
+
+# --- Drawing -----------------------------------------------------------------------------------------------
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    import matplotlib
+
+    # matplotlib (a dependency already) ships DejaVu Sans: the same text on every machine, no system fonts.
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where things go on a preview frame of side `size`: the frame on top, then one line per label (text,
+    then a bar `BAR_HEIGHT` px high whose filled part is the probability)."""
+
+    size: int
+    lines: int
+
+    @property
+    def font_size(self) -> int:
+        return max(11, self.size // 18)
+
+    @property
+    def pad(self) -> int:
+        return max(6, self.size // 32)
+
+    @property
+    def line_height(self) -> int:
+        return self.font_size + BAR_HEIGHT + 9
+
+    @property
+    def height(self) -> int:
+        return self.size + 2 * self.pad + self.lines * self.line_height
+
+    def bar_box(self, line: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the bar track of `line` (0 = best), right/bottom exclusive."""
+        top = self.size + self.pad + line * self.line_height + self.font_size + 4
+        return self.pad, top, self.size - self.pad, top + BAR_HEIGHT
+
+
+def draw_frame(frame: np.ndarray, top: Sequence[tuple[str, float]], position: int, total: int):
+    """One GIF frame (a PIL image): the display frame `[S, S, 3]`, a 'k/n' counter on it, and the top labels
+    with percentages and bars under it."""
+    from PIL import Image, ImageDraw
+
+    layout = Layout(frame.shape[0], len(top))
+    image = Image.new("RGB", (layout.size, layout.height), BACKGROUND)
+    image.paste(Image.fromarray(frame), (0, 0))
+    draw = ImageDraw.Draw(image)
+    font = _font(layout.font_size)
+    counter = f"{position + 1}/{total}"
+    left, upper, right, lower = draw.textbbox((0, 0), counter, font=font)
+    draw.rectangle((0, 0, right - left + 2 * layout.pad, lower + layout.pad), fill=(0, 0, 0))
+    draw.text((layout.pad, layout.pad // 2), counter, fill=(255, 255, 255), font=font)
+    for line, (label, probability) in enumerate(top):
+        bar_left, bar_top, bar_right, bar_bottom = layout.bar_box(line)
+        text_top = bar_top - layout.font_size - 4
+        draw.text((bar_left, text_top), f"{line + 1}. {label}", fill=TEXT, font=font)
+        percent = f"{100 * probability:.1f}%"
+        draw.text((bar_right, text_top), percent, fill=TEXT, font=font, anchor="ra")
+        draw.rectangle((bar_left, bar_top, bar_right - 1, bar_bottom - 1), fill=TRACK)
+        filled = round((bar_right - bar_left) * min(max(probability, 0.0), 1.0))
+        if filled:
+            draw.rectangle((bar_left, bar_top, bar_left + filled - 1, bar_bottom - 1), fill=BAR)
+    return image
+
+
+def gif_bytes(frames: np.ndarray, top: Sequence[tuple[str, float]], fps: float) -> bytes:
+    """The animated GIF (looping) of `frames` `[n, S, S, 3]` with `top` drawn on each."""
+    images = [draw_frame(frame, top, i, len(frames)) for i, frame in enumerate(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                   loop=0)
+    return buffer.getvalue()
+
+
+# --- The command -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model.preview",
+        description="Write an animated GIF of the frames a model sees in one video, with the model's top labels "
+                    "and probabilities drawn on it; print the top labels.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("video", metavar="VIDEO", help="the video file (local or gs://)")
+    parser.add_argument("--model", required=True, help="model directory written by python -m model.train")
+    parser.add_argument("--out", required=True, metavar="GIF", help="where to write the GIF (local or gs://)")
+    parser.add_argument("--top-k", type=int, default=3, help="labels drawn and printed (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=DEFAULT_DISPLAY_SIZE,
+                        help="side of the frames in the GIF, in pixels (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=10.0, help="GIF frames per second (default: %(default)s)")
+    parser.add_argument("--weights", default=None,
+                        help="DenseNet121 weights file, needed only when the model was trained on features of "
+                             "a weights file (imagenet and random backbones are rebuilt from the model)")
+    return parser
+
+
+def _validate(args) -> None:
+    if not args.out.lower().endswith(".gif"):
+        raise UserError(f"--out must name a .gif file, got {args.out}")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.size < MIN_DISPLAY_SIZE:
+        raise UserError(f"--size must be at least {MIN_DISPLAY_SIZE} pixels, got {args.size}")
+    if not 0 < args.fps <= 100:
+        raise UserError(f"--fps must be within (0, 100], got {args.fps:g}")
+
+
+def _write(path: str, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all (local: a temporary file renamed into place)."""
+    if "://" in path:
+        from model.export import write_file
+
+        write_file(path, data)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".preview-", suffix=".gif", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the GIF is an ordinary file
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _read_video(uri: str, spec, display_size: int) -> PreviewFrames:
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(uri):
+        raise UserError(f"video {uri} does not exist")
+    if tf.io.gfile.isdir(uri):
+        raise UserError(f"{uri} is a directory; give one video file")
+    if "://" not in uri:
+        return read_sampled_frames(uri, spec.max_seq_length, spec.image_size, spec.sampling, display_size)
+    with tempfile.TemporaryDirectory(prefix="preview-") as scratch:
+        local = os.path.join(scratch, "video" + os.path.splitext(uri)[1])
+        tf.io.gfile.copy(uri, local)
+        return read_sampled_frames(local, spec.max_seq_length, spec.image_size, spec.sampling, display_size)
+
+
+def classify_frames(loaded, frames: np.ndarray, weights) -> np.ndarray:
+    """Sampled frames `[n, S, S, 3]` uint8 -> class probabilities `[num_classes]` from the loaded model
+    directory, with the features padded to its frame count and masked as the labelling job does."""
+    from model.backbone import FrameEmbedder
+
+    features = FrameEmbedder(weights, loaded.spec.image_size)(frames)
+    length = loaded.spec.max_seq_length
+    padded = np.zeros((1, length, features.shape[1]), np.float32)
+    padded[0, : len(features)] = features
+    mask = np.zeros((1, length), bool)
+    mask[0, : len(features)] = True
+    probabilities = np.asarray(loaded.model.predict_on_batch({"features": padded, "mask": mask}), np.float64)[0]
+    return probabilities / probabilities.sum()
+
+
+def run(argv: Sequence[str] | None = None) -> Preview:
+    """Make the preview the command line asks for; returns what it made."""
+    started = time.monotonic()
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    from model import backbone
+    from model.export import load_model_dir
+
+    loaded = load_model_dir(args.model)
+    weights = backbone.weights_for_backbone_id(loaded.spec.backbone_id, args.weights)
+    backbone.ensure_available(weights)
+    frames = _read_video(args.video, loaded.spec, args.size)
+    probabilities = classify_frames(loaded, frames.model_frames, weights)
+    order = np.argsort(-probabilities, kind="stable")[: args.top_k]
+    top = [(loaded.labels[i], float(probabilities[i])) for i in order]
+    _write(args.out, gif_bytes(frames.display_frames, top, args.fps))
+    seconds = time.monotonic() - started
+    print(f"{args.video}: {top[0][0]}")
+    for label, probability in top:
+        print(f"  {label:>16}: {100 * probability:6.2f}%")
+    print(f"preview: {len(frames.frame_indices)} sampled frames (of {frames.decoded_frame_count}) -> {args.out} "
+          f"in {seconds:.1f} s")
+    return Preview(probabilities, list(loaded.labels), top, frames.frame_indices, args.out, seconds)
+
+
+if __name__ == "__main__":
+    quiet_tensorflow()
+    sys.exit(main(run))
