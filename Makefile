@@ -43,6 +43,10 @@ demo: $(STAMP)
 	@echo "  evaluation      $(DEMO)/evaluation/ (evaluation.json, confusion_matrix.png)"
 	@echo "  labels          $(DEMO)/labels/labels.csv, per_video/, failures.csv, manifest.json"
 
+# Speed, memory, size and accuracy benchmarks; writes bench/RESULTS.md and bench/results.json.
+bench: $(STAMP)
+	$(PY) -m bench.run
+
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
