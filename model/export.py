@@ -80,11 +80,15 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def copy_tree(source: str, destination: str) -> None:
-    """Copy a local directory tree to a local or gs:// directory."""
-    for directory, _, files in os.walk(source):
-        target = join(destination, *os.path.relpath(directory, source).split(os.sep)) if directory != source \
-            else destination
+def copy_tree(source: str, destination: str, exclude: Sequence[str] = ()) -> None:
+    """Copy a local directory tree to a local or gs:// directory, leaving out the top-level `exclude` names."""
+    for directory, subdirectories, files in os.walk(source):
+        if directory == source:
+            subdirectories[:] = [name for name in subdirectories if name not in exclude]
+            files = [name for name in files if name not in exclude]
+            target = destination
+        else:
+            target = join(destination, *os.path.relpath(directory, source).split(os.sep))
         tf.io.gfile.makedirs(target)
         for name in files:
             tf.io.gfile.copy(os.path.join(directory, name), join(target, name), overwrite=True)

@@ -405,7 +405,9 @@ def staging_dir(output: str) -> str:
     return os.path.normpath(output) + ".partial"
 
 
-def _check_output(output: str, overwrite: bool) -> None:
+def _check_output(output: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to replace a finished model, or a directory of something else, unless told to. With `resume`,
+    an unfinished output (an interrupted copy to gs://) may be replaced."""
     if not tf.io.gfile.exists(output):
         return
     if not tf.io.gfile.isdir(output):
@@ -413,22 +415,26 @@ def _check_output(output: str, overwrite: bool) -> None:
     if tf.io.gfile.exists(export.join(output, export.METRICS_FILE)):
         if not overwrite:
             raise UserError(f"{output} already holds a trained model; pass --overwrite to replace it")
-    elif tf.io.gfile.listdir(output) and not overwrite:
+    elif tf.io.gfile.listdir(output) and not (overwrite or resume):
         raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
 
 
 def _promote(staging: str, output: str) -> None:
-    """Make the finished `staging` directory `output` (metrics.json arriving last when copying to gs://)."""
+    """Make the finished `staging` directory `output`, without its checkpoints and resumption state.
+
+    Locally a rename. To gs:// a copy with metrics.json last; the staging directory, checkpoints included,
+    is removed only after it, so if the copy fails `--resume` copies again instead of training again.
+    """
+    resumption = (CHECKPOINTS_DIR, STATE_FILE)
     if export.is_remote(output):
         export.remove_tree(output)
-        metrics = os.path.join(staging, export.METRICS_FILE)
-        held = os.path.join(os.path.dirname(staging), os.path.basename(staging) + "-metrics.json")
-        os.replace(metrics, held)
-        export.copy_tree(staging, output)
-        tf.io.gfile.copy(held, export.join(output, export.METRICS_FILE), overwrite=True)
-        os.remove(held)
+        export.copy_tree(staging, output, exclude=(*resumption, export.METRICS_FILE))
+        tf.io.gfile.copy(os.path.join(staging, export.METRICS_FILE), export.join(output, export.METRICS_FILE),
+                         overwrite=True)
         shutil.rmtree(staging)
         return
+    shutil.rmtree(os.path.join(staging, CHECKPOINTS_DIR), ignore_errors=True)
+    os.remove(os.path.join(staging, STATE_FILE))
     output = os.path.normpath(output)
     old = None
     if os.path.isdir(output):
@@ -479,7 +485,7 @@ def _evaluate(model: keras.Model, dataset: tf.data.Dataset | None, batch_size: i
 def run(argv: Sequence[str] | None = None) -> dict:
     """Train as the command line says and write the model directory; returns the metrics (metrics.json)."""
     config = parse_args(argv)
-    _check_output(config.output, config.overwrite)
+    _check_output(config.output, config.overwrite, config.resume)
 
     train = _scan("training", config.train)
     validation = _scan("validation", config.validation, train.spec) if config.validation else None
@@ -545,7 +551,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     else:
         model = compile_classifier(build_classifier(classifier_config), config.learning_rate)
 
-    started = time.monotonic()
+    started = time.monotonic()  # train_seconds: this session's model.fit only
     if tracker.epochs_done < config.epochs and not tracker.stopped_early:
         model.fit(
             fit_ds,
@@ -559,6 +565,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
             shuffle=False,  # fit_ds is shuffled by tf.data, seeded
             verbose=2,
         )
+    train_seconds = round(time.monotonic() - started, 1)
     if tracker.best_epoch:
         model.load_weights(tracker.best_weights_path)
     else:
@@ -578,8 +585,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
     columns = {key: [row.get(key, math.nan) for row in history] for key in HISTORY_COLUMNS}
     curves = training_curves_png(columns, tracker.best_epoch)
     export.write_file(os.path.join(staging, export.TRAINING_CURVES_FILE), curves)
-    shutil.rmtree(os.path.join(staging, CHECKPOINTS_DIR), ignore_errors=True)
-    os.remove(os.path.join(staging, STATE_FILE))
     metrics = {
         "model_id": export.model_id(staging),
         **{f"{split_name}_{key}": value for split_name, result in scores.items() for key, value in result.items()},
@@ -592,12 +597,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "stopped_early": tracker.stopped_early,
         "seed": config.seed,
         "labels": list(vocabulary),
-        "train_seconds": round(time.monotonic() - started, 1),
+        "train_seconds": train_seconds,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
         "classifier": dataclasses.asdict(classifier_config),
     }
     export.write_json(os.path.join(staging, export.METRICS_FILE), metrics)
-    _check_output(config.output, config.overwrite)
+    _check_output(config.output, config.overwrite, config.resume)
     _promote(staging, config.output)
     logger.info("wrote %s: val accuracy %.3f%s (best epoch %d of %d)", config.output, metrics["val_accuracy"],
                 f", test accuracy {metrics['test_accuracy']:.3f}" if test else "", tracker.best_epoch,

@@ -172,11 +172,27 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     assert [row["epoch"] for row in read_history(output)] == [1, 2, 3, 4]
 
 
-def test_remote_output_is_staged_locally_then_copied(data):
+def test_remote_output_is_staged_locally_then_copied(data, monkeypatch):
     # ram:// stands in for gs://: the run is staged locally and copied, metrics.json last.
     output = "ram://test-train/model"
-    metrics = train.run(["--train", str(data / "train"), "--output", output, "--epochs", "2"])
+    args = ["--train", str(data / "train"), "--output", output, "--epochs", "2"]
+    copy_file = tf.io.gfile.copy
+
+    def network_down(source, destination, overwrite=False):
+        if destination.endswith("saved_model.pb"):
+            raise tf.errors.UnavailableError(None, None, "network down")
+        copy_file(source, destination, overwrite=overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", network_down)
+    with pytest.raises(tf.errors.UnavailableError):
+        train.run(args)
+    monkeypatch.undo()
+    assert tf.io.gfile.exists(output + "/model.keras") and not tf.io.gfile.exists(output + "/metrics.json")
+    # The copy is retried from the staged run; training is not repeated.
+    metrics = train.run(args + ["--resume"])
+    assert metrics["epochs_run"] == 2 and metrics["train_seconds"] == 0.0
     assert tf.io.gfile.exists(output + "/metrics.json") and tf.io.gfile.exists(output + "/saved_model")
+    assert not tf.io.gfile.exists(output + "/checkpoints") and not tf.io.gfile.exists(output + "/train_state.json")
     assert load_model_dir(output).model_id == metrics["model_id"]
     assert not os.path.exists(train.staging_dir(output))
     with pytest.raises(UserError, match="--overwrite"):
