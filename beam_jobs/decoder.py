@@ -3,23 +3,53 @@
 OpenCV's FFmpeg backend can block on a damaged stream or take the whole process down on a malformed one.
 `IsolatedDecoder` sends each file to one long-lived child process and waits at most `timeout_s`: a child
 that runs late is killed and the file is reported as timed out; a child that dies is reported as a crash;
-either way a fresh child takes the next file. The child imports only OpenCV and NumPy, so it starts fast.
+either way a fresh child takes the next file. The child imports only OpenCV and NumPy, so it starts fast,
+and the time limit starts only once it is ready, so a slow start is never charged to a file.
+
+The child's stderr goes to a scratch file: what FFmpeg prints while a file is decoded tells a damaged file
+from one whose container merely states a wrong frame count (see frames.py), and stays out of the job's log.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import tempfile
 
 from beam_jobs.frames import DecodeError, SampledFrames, decode_and_sample
 
 _LOG = logging.getLogger(__name__)
 
+READY = "ready"
+START_TIMEOUT_S = 120.0
+_LOG_LIMIT = 1 << 16
+
+
+def _stderr_to_scratch_file() -> int:
+    """Point this process's stderr (fd 2, where FFmpeg writes) at an unlinked scratch file; return its fd.
+
+    O_APPEND keeps writes at the end after the file is truncated between videos."""
+    fd, path = tempfile.mkstemp(prefix="decoder-stderr-")
+    os.close(fd)
+    log_fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    os.unlink(path)
+    os.dup2(log_fd, 2)
+    return log_fd
+
 
 def _serve(connection) -> None:
-    """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason)."""
+    """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason).
+
+    Sends READY first, once its imports are done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log_fd = _stderr_to_scratch_file()
+
+    def decoder_log() -> str:
+        return os.pread(log_fd, _LOG_LIMIT, 0).decode("utf-8", "replace")
+
+    connection.send(READY)
     while True:
         try:
             request = connection.recv()
@@ -27,19 +57,22 @@ def _serve(connection) -> None:
             return
         if request is None:
             return
+        os.ftruncate(log_fd, 0)
         try:
-            connection.send(("ok", decode_and_sample(*request)))
+            connection.send(("ok", decode_and_sample(*request, decoder_log=decoder_log)))
         except DecodeError as exc:
             connection.send(("error", str(exc)))
         except Exception as exc:  # an OpenCV error on a damaged file is the file's fault, not ours
-            connection.send(("error", f"decoder error: {type(exc).__name__}: {exc}"))
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            connection.send(("error", f"decoder error: {type(exc).__name__}: {first_line}"))
 
 
 class IsolatedDecoder:
     """Decode files in a child process with a per-file time limit. Not thread-safe; one per DoFn."""
 
-    def __init__(self, timeout_s: float = 120.0):
+    def __init__(self, timeout_s: float = 120.0, start_timeout_s: float = START_TIMEOUT_S):
         self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
         self._context = multiprocessing.get_context("spawn")
         self._process = None
         self._connection = None
@@ -50,6 +83,17 @@ class IsolatedDecoder:
         self._process.start()
         child.close()
         self._connection = parent
+        try:
+            ready = parent.poll(self.start_timeout_s) and parent.recv() == READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:  # the machine, not a file, is at fault: stop the job
+            self._process.join(timeout=1)
+            code = self._process.exitcode
+            self._stop(kill=True)
+            if code is None:
+                raise RuntimeError(f"the frame decoder process did not start within {self.start_timeout_s:g}s")
+            raise RuntimeError(f"the frame decoder process exited while starting (exit code {code})")
 
     def _stop(self, kill: bool) -> None:
         if self._process is None:
@@ -77,10 +121,13 @@ class IsolatedDecoder:
             self._connection.send((path, max_seq_length, image_size, sampling))
             if not self._connection.poll(self.timeout_s):
                 self._stop(kill=True)
-                raise DecodeError(f"decoding timed out after {self.timeout_s:g}s")
+                raise DecodeError(f"decoding timed out after {self.timeout_s:g}s (--decode-timeout)")
             status, value = self._connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
-            code = self._process.exitcode if self._process is not None else None
+            code = None
+            if self._process is not None:
+                self._process.join(timeout=5)
+                code = self._process.exitcode
             self._stop(kill=True)
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise DecodeError(f"the decoder crashed on this file ({how})") from None
