@@ -52,14 +52,26 @@ def _glob_root(pattern: str) -> str:
     return head[: head.rfind("/") + 1] if "/" in head else ""
 
 
+def _walk_files(root: str) -> list[str]:
+    """Every file under `root`, following links to folders but entering each folder once, so a link that
+    points back up the tree neither loops nor lists the same videos under a second id."""
+    paths, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs.sort()
+        paths.extend(os.path.join(folder, name) for name in sorted(files))
+    return paths
+
+
 def _list_local(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[tuple[str, int, float]]]:
     """(root, [(path, size, mtime)]) for a local directory or glob. Broken links are kept (size -1)."""
     if os.path.isdir(pattern):
         root = os.path.abspath(pattern)
-        paths = []
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            dirs.sort()
-            paths.extend(os.path.join(folder, name) for name in sorted(files))
+        paths = _walk_files(root)
     elif _GLOB_CHARS.search(pattern):
         root = os.path.abspath(_glob_root(pattern) or ".")
         paths = [os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 
@@ -113,6 +114,18 @@ def _read_error(uri: str, exc: OSError) -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "an unusual file type"
+
+
 class DecodeFramesDoFn(beam.DoFn):
     """VideoRef -> Video with sampled frames, decoded in an isolated child process (see decoder.py)."""
 
@@ -131,6 +144,9 @@ class DecodeFramesDoFn(beam.DoFn):
     def _local_copy(self, ref: VideoRef) -> tuple[str, str]:
         """(local path, content fingerprint); remote files are copied to scratch space first."""
         if "://" not in ref.uri:
+            mode = os.stat(ref.uri).st_mode
+            if not stat.S_ISREG(mode):  # reading a named pipe would block this worker for good
+                raise DecodeError(f"not a regular file ({_file_kind(mode)})")
             with open(ref.uri, "rb") as source:
                 return ref.uri, _copy_and_hash(source, None)
         suffix = os.path.splitext(ref.uri)[1]
@@ -141,6 +157,9 @@ class DecodeFramesDoFn(beam.DoFn):
     def process(self, ref: VideoRef):
         try:
             path, fingerprint = self._local_copy(ref)
+        except DecodeError as exc:
+            yield self._failure(ref, str(exc))
+            return
         except OSError as exc:
             yield self._failure(ref, _read_error(ref.uri, exc))
             return
