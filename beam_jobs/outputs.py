@@ -2,15 +2,19 @@
 
 A job writes everything into a staging folder inside its output (`.staging-<run id>/`). Its last step,
 `PublishOutputs`, runs once after every write has finished: it removes a previous run's outputs (with
-`--overwrite`), moves the staged files to their final names, and writes `manifest.json` last. A run killed
-before that leaves only the staging folder, which no reader looks at, and no `manifest.json`: the manifest
-is the mark of a finished output. The next run removes stale staging folders.
+`--overwrite`), moves the staged files to their final names, and moves `manifest.json` into place last; every
+file, the manifest included, is written whole under its staging name first, so no final name ever holds a
+half-written file. A run killed before that leaves only the staging folder, which no reader looks at, and no
+`manifest.json`: the manifest is the mark of a finished output. The next run removes stale staging folders.
+The staging folder is created by the first file written into it, so a run stopped by a user mistake before
+it writes anything leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime
+import glob
 import io
 import json
 import logging
@@ -79,18 +83,17 @@ def prepare_output(output: str, overwrite: bool) -> str:
     manifest = join(output, MANIFEST_FILE)
     if FileSystems.exists(manifest) and not overwrite:
         raise UserError(f"{output} already holds a finished run ({MANIFEST_FILE}); pass --overwrite to replace it")
-    # Local globs list the folders themselves; object stores list the objects inside them.
-    stale = matching(join(output, STAGING_PREFIX + "*" + ("/**" if "://" in output else "")))
+    if "://" in output:  # object stores: the objects under the staging prefixes
+        stale = matching(join(output, STAGING_PREFIX + "*/**"))
+    else:  # local: the folders themselves (FileSystems.match lists files only, and not empty folders)
+        stale = sorted(glob.glob(os.path.join(glob.escape(output), STAGING_PREFIX + "*")))
     if stale:
         _LOG.warning("removing %d staged file(s) left by a run that did not finish", len(stale))
         try:
             FileSystems.delete(stale)
         except Exception as exc:  # best effort: stale staging is never read
             _LOG.warning("could not remove stale staging files: %s", exc)
-    staging = join(output, STAGING_PREFIX + uuid.uuid4().hex[:12])
-    if "://" not in output:
-        FileSystems.mkdirs(staging)
-    return staging
+    return join(output, STAGING_PREFIX + uuid.uuid4().hex[:12])
 
 
 def failures_csv(failures: Iterable[tuple[str, str, str]]) -> str:
@@ -113,30 +116,38 @@ def publish(
     manifest: dict,
     replace_patterns: Iterable[str] = (),
 ) -> dict:
-    """Move `staged_files` (paths under `staging`) and `texts` ({name: content}) into `output`, then write
-    the manifest. Files matching `replace_patterns` (a previous run's outputs) are removed first."""
+    """Move `staged_files` (paths under `staging`) and `texts` ({name: content}) into `output`, then the
+    manifest. Files matching `replace_patterns` (a previous run's outputs) are removed first."""
+    manifest = dict(manifest, finished_at=now_utc(), package_versions=package_versions())
+    staged_texts = []
+    for name, text in texts.items():
+        staged_texts.append(join(staging, name))
+        write_text(staged_texts[-1], text)
+    staged_manifest = join(staging, MANIFEST_FILE)
+    write_text(staged_manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
     delete_if_exists([join(output, MANIFEST_FILE)])
     delete_if_exists([p for pattern in replace_patterns for p in matching(join(output, pattern))])
-    sources, destinations = [], []
-    for path in staged_files:
-        relative = path[len(staging.rstrip("/")) + 1 :]
-        sources.append(path)
-        destinations.append(join(output, relative))
-    if sources:
-        delete_if_exists(destinations)
-        if "://" not in output:  # object stores have no folders; local renames need them
-            for folder in sorted({os.path.dirname(d) for d in destinations}):
-                os.makedirs(folder, exist_ok=True)
-        FileSystems.rename(sources, destinations)
-    for name, text in texts.items():
-        write_text(join(output, name), text)
-    manifest = dict(manifest, finished_at=now_utc(), package_versions=package_versions())
-    write_text(join(output, MANIFEST_FILE), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _move(output, staging, list(staged_files) + staged_texts)
+    _move(output, staging, [staged_manifest])
     try:
-        FileSystems.delete([staging])
+        if "://" in staging or os.path.exists(staging):
+            FileSystems.delete([staging])
     except Exception as exc:  # leftovers are removed by the next run
         _LOG.warning("could not remove staging folder %s: %s", staging, exc)
     return manifest
+
+
+def _move(output: str, staging: str, staged: list[str]) -> None:
+    """Rename files under `staging` to the same relative names under `output`."""
+    if not staged:
+        return
+    destinations = [join(output, path[len(staging.rstrip("/")) + 1 :]) for path in staged]
+    delete_if_exists(destinations)
+    if "://" not in output:  # object stores have no folders; local renames need them
+        for folder in sorted({os.path.dirname(d) for d in destinations}):
+            os.makedirs(folder, exist_ok=True)
+    FileSystems.rename(staged, destinations)
 
 
 def _call_ignoring_element(_, finish, **views):
