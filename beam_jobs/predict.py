@@ -356,8 +356,10 @@ def _write_per_video(row: dict, staging: str, labels: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_jobs.predict",
-        description="Label videos (or feature records) with a trained model; write labels.csv with the full "
-                    "class distribution per video. Unknown flags go to Beam's PipelineOptions.",
+        description="Label videos (or feature records) with a trained model: labels.csv with the full class\n"
+                    "distribution per video, failures.csv, and report.html, a page with thumbnails of each\n"
+                    "video's frames, sortable by confidence, to spot-check the labels. Every flag not listed\n"
+                    "below goes to Beam's PipelineOptions (--runner, --temp_location, ...).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

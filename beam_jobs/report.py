@@ -122,21 +122,23 @@ dl.summary { display: grid; grid-template-columns: max-content auto; gap: .15em 
 dl.summary dt { color: #666; } dl.summary dd { margin: 0; }
 table { border-collapse: collapse; }
 th, td { padding: 4px 8px; border-bottom: 1px solid #e3e3e3; text-align: left; vertical-align: middle; }
-thead th { position: sticky; top: 0; background: #f6f6f6; border-bottom: 2px solid #ccc; }
+thead th { position: sticky; top: 0; background: #f6f6f6; border-bottom: 2px solid #ccc; white-space: nowrap; }
 th button { font: inherit; font-weight: bold; border: 0; background: none; padding: 0; cursor: pointer; }
 th button::after { content: " \\2195"; color: #aaa; }
 th[aria-sort="ascending"] button::after { content: " \\25B2"; color: #222; }
 th[aria-sort="descending"] button::after { content: " \\25BC"; color: #222; }
 td.strip img { height: %(side)dpx; display: block; image-rendering: auto; }
 td.strip.none { color: #999; font-size: .85em; }
-td.video { font-family: ui-monospace, monospace; font-size: .9em; word-break: break-all; max-width: 28em; }
+td.video { font-family: ui-monospace, monospace; font-size: .9em; overflow-wrap: anywhere; min-width: 10em;
+           max-width: 28em; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.confidence { min-width: 7em; }
 .meter { position: relative; background: #eee; height: 1.3em; border-radius: 3px; }
 .meter span { position: absolute; inset: 0 auto 0 0; border-radius: 3px; }
 .meter b { position: relative; padding-left: .3em; font-weight: normal; font-variant-numeric: tabular-nums; }
 tr.unknown td.label { color: #b00; font-style: italic; }
-ol.topk { margin: 0; padding-left: 1.4em; } ol.topk li span { color: #555; font-variant-numeric: tabular-nums; }
+ol.topk { margin: 0; padding-left: 1.4em; white-space: nowrap; }
+ol.topk li span { color: #555; font-variant-numeric: tabular-nums; }
 .hint { color: #666; font-size: .9em; }
 """
 
