@@ -193,6 +193,15 @@ class Layout:
         return self.pad, top, self.size - self.pad, top + BAR_HEIGHT
 
 
+def fit_text(draw, text: str, font, width: float) -> str:
+    """`text`, cut short with an ellipsis where it would be wider than `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "\u2026", font=font) > width:
+        text = text[:-1]
+    return text + "\u2026"
+
+
 def draw_frame(frame: np.ndarray, top: Sequence[tuple[str, float]], position: int, total: int):
     """One GIF frame (a PIL image): the display frame `[S, S, 3]`, a 'k/n' counter on it, and the top labels
     with percentages and bars under it."""
@@ -210,8 +219,9 @@ def draw_frame(frame: np.ndarray, top: Sequence[tuple[str, float]], position: in
     for line, (label, probability) in enumerate(top):
         bar_left, bar_top, bar_right, bar_bottom = layout.bar_box(line)
         text_top = bar_top - layout.font_size - 4
-        draw.text((bar_left, text_top), f"{line + 1}. {label}", fill=TEXT, font=font)
         percent = f"{100 * probability:.1f}%"
+        room = bar_right - bar_left - draw.textlength(" " + percent, font=font)
+        draw.text((bar_left, text_top), fit_text(draw, f"{line + 1}. {label}", font, room), fill=TEXT, font=font)
         draw.text((bar_right, text_top), percent, fill=TEXT, font=font, anchor="ra")
         draw.rectangle((bar_left, bar_top, bar_right - 1, bar_bottom - 1), fill=TRACK)
         filled = round((bar_right - bar_left) * min(max(probability, 0.0), 1.0))
@@ -235,8 +245,9 @@ def gif_bytes(frames: np.ndarray, top: Sequence[tuple[str, float]], fps: float) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.preview",
-        description="Write an animated GIF of the frames a model sees in one video, with the model's top labels "
-                    "and probabilities drawn on it; print the top labels.",
+        description="Write an animated GIF of the frames a model sees in one video (sampled as the labelling\n"
+                    "job samples them), with the model's top labels and probabilities drawn on it; print the\n"
+                    "top labels.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -145,6 +145,23 @@ def test_draw_frame_grows_the_panel_with_top_k_and_fills_bars_by_probability():
     assert bar_lengths(image, layout) == [track, round(track / 2), round(track / 4), 0]
 
 
+def test_long_labels_are_cut_short_before_their_percentage():
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = preview._font(12)
+    assert preview.fit_text(draw, "1. Punch", font, 200) == "1. Punch"
+    cut = preview.fit_text(draw, "1. ApplyEyeMakeupAndThenSomeMoreWords", font, 90)
+    assert cut.startswith("1. ApplyEye") and cut.endswith("\u2026") and draw.textlength(cut, font=font) <= 90
+    long_label = np.asarray(preview.draw_frame(np.zeros((128, 128, 3), np.uint8), [("x" * 80, 0.5)], 0, 1))
+    layout = preview.Layout(128, 1)
+    left, top, right, _ = layout.bar_box(0)
+    inked = (long_label[top - layout.font_size - 4 : top - 2, left:right].min(axis=2) < 128).any(axis=0)
+    assert inked[-3:].any()  # the percentage ends at the right edge
+    blank_runs = "".join("." if ink else " " for ink in inked[len(inked) // 2 :]).split(".")
+    assert max(map(len, blank_runs)) >= 3  # a space between the cut label and the percentage: no overlap
+
+
 # --- Mistakes ---------------------------------------------------------------------------------------------
 
 
