@@ -19,6 +19,8 @@ REQUIRED = [
 EXTRAS = {
     "test": [
         "pytest==9.2.0",
+        # A local Cloud Storage server for the gs:// tests (tests/test_gcs.py).
+        "gcp-storage-emulator==2026.7.19",
     ],
 }
 
