@@ -579,4 +579,8 @@ if __name__ == "__main__":
     from model.cli import main, quiet_tensorflow
 
     quiet_tensorflow()
-    sys.exit(main(run))
+    # The importable module's run, not this script's: run as a script, this file's classes (ModelInput, the
+    # DoFns) would belong to __main__, which the SDK workers of portable and multi-process runners lack.
+    from beam_jobs import predict
+
+    sys.exit(main(predict.run))
