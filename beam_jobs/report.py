@@ -8,8 +8,8 @@ from a bucket. Clicking a column header sorts by it; the first click on Confiden
 confident videos first, the ones worth a look.
 
 Thumbnails are made in the pipeline from the sampled frames, before embedding drops them: up to
-`THUMBNAIL_FRAMES` frames, `THUMBNAIL_SIDE` px square, side by side in one small JPEG (about 2-5 KB; base64
-adds a third in the page). Each is also kept as `thumbnails/<video id>.jpg` under the output: a scheduled
+`THUMBNAIL_FRAMES` frames, `THUMBNAIL_SIDE` px square, side by side in one small JPEG (5 KB on average for
+real clips, 3.5 KB for the synthetic ones; base64 adds a third, so the page grows by about 8 KB a video). Each is also kept as `thumbnails/<video id>.jpg` under the output: a scheduled
 run that carries a video's row over from the previous run (the file did not change) carries its thumbnail
 over from there too, without reading the video again. Videos labelled from feature records
 (`--features`) have no frames, hence no thumbnail.
@@ -94,7 +94,7 @@ def read_previous_thumbnail(video_id: str, output: str) -> Iterable[tuple[str, b
 class MakeThumbnailsDoFn(beam.DoFn):
     """Video -> the same Video, and `(video_id, JPEG strip)` on the `thumbnails` output.
 
-    The strip is made before the video is passed on because the next step (embedding) drops its frames."""
+    The strip is made before the video is passed on: embedding drops the frames, in place."""
 
     def __init__(self):
         self._made = Metrics.counter("videos", "thumbnails_made")
