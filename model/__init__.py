@@ -1,6 +1,5 @@
 """The DenseNet121 frame embedder, the video Transformer classifier, training, evaluation and export."""
 
-import os as _os
+from tfrecords_schema._quiet import import_tensorflow_quietly
 
-# TensorFlow's C++ start-up notes (no GPU found, CPU features) are noise for users of these jobs.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import_tensorflow_quietly()

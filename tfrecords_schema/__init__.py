@@ -1,11 +1,11 @@
 """The feature-record contract shared by the featurize job, training and the labelling job."""
 
-import os as _os
 
-# TensorFlow's C++ start-up notes (no GPU found, CPU features) are noise for users of these jobs.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfrecords_schema._quiet import import_tensorflow_quietly
 
-from tfrecords_schema.dataset import (
+import_tensorflow_quietly()
+
+from tfrecords_schema.dataset import (  # noqa: E402
     VOCABULARY_FILE,
     dataset_spec,
     label_lookup,
@@ -16,7 +16,7 @@ from tfrecords_schema.dataset import (
     to_model_inputs,
     write_vocabulary,
 )
-from tfrecords_schema.schema import (
+from tfrecords_schema.schema import (  # noqa: E402
     FEATURE_ENCODINGS,
     SCHEMA_VERSION,
     RecordError,
