@@ -99,6 +99,7 @@ class _StorageProxy(http.server.ThreadingHTTPServer):
     """An HTTPS proxy that sends TensorFlow's Cloud Storage requests to the emulator and refuses all others."""
 
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self, emulator: str, tls: ssl.SSLContext):
         self.emulator, self.tls = emulator, tls
@@ -130,7 +131,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 class _ForwardHandler(http.server.BaseHTTPRequestHandler):
-    """One decrypted client connection: each request goes to the emulator unchanged (same path, headers)."""
+    """One decrypted client connection: each request goes to the emulator with the same method, path and headers
+    (only an empty media upload is rewritten, see `_as_multipart`)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -231,10 +233,11 @@ class GcsWorld:
 def gcs(tmp_path_factory):
     work = tmp_path_factory.mktemp("gcs")
     port = _free_port()
+    log = open(work / "emulator.log", "wb")
     emulator = subprocess.Popen(
         [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
          "--in-memory", "--default-bucket", BUCKET, "-q"],
-        stdout=subprocess.DEVNULL, stderr=open(work / "emulator.log", "wb"), cwd=work)
+        stdout=subprocess.DEVNULL, stderr=log, cwd=work)
     proxy = None
     try:
         host = f"127.0.0.1:{port}"
@@ -270,7 +273,9 @@ def gcs(tmp_path_factory):
             proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
             env.update(https_proxy=proxy_url, HTTPS_PROXY=proxy_url, CURL_CA_BUNDLE=str(certificate[0]),
                        GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator-token", NO_GCE_CHECK="true",
-                       GCS_RETRY_CONFIG_MAX_RETRIES="2")  # a broken request fails in seconds, not minutes
+                       # The emulator serves one request at a time with a short listen queue, so tf.data's
+                       # parallel reads can be refused now and then: retry as often, but sooner.
+                       GCS_RETRY_CONFIG_INIT_DELAY_TIME_US="100000", GCS_RETRY_CONFIG_MAX_DELAY_TIME_US="2000000")
         yield GcsWorld(EmulatedBucket(host, BUCKET), env, certificate is not None)
     finally:
         if proxy is not None:
@@ -282,6 +287,7 @@ def gcs(tmp_path_factory):
         except subprocess.TimeoutExpired:
             emulator.kill()
             emulator.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")
