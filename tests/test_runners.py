@@ -8,7 +8,8 @@
   the classifier shared between them (`--large-model`).
 
 Outputs must equal the in-process run: the same record ids with features within 1e-5, the same labels.txt
-and failures.csv, the same labels.csv rows and per-video files.
+and failures.csv, the same labels.csv rows and per-video files. Several DoFn instances on concurrent threads
+of one process (`--direct_running_mode=multi_threading`) must give the same records too.
 
 Not covered: environment PROCESS needs the SDK container's `boot` executable (not on PyPI), and real
 Flink or Spark job servers need their Java jars; both are documented in docs/SCALE.md.
@@ -222,6 +223,17 @@ def test_multi_processing_direct_runner_matches_in_process(clips, in_process, tm
     predict.run(["--features", str(features), "--model", str(in_process["model"]), "--output", str(labels),
                  "--per-video", "--classifier-batch-size", "3", "--large-model", *MULTI_PROCESS_ARGS])
     assert_same_labels(labels, in_process["labels"])
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "EmbedFramesDoFn builds one DenseNet121 per DoFn instance; DoFn instances on concurrent threads of one "
+    "process build at the same time, and keras.utils.set_random_seed seeds process-global generators, so "
+    "--weights random gives each thread a different network. Fix: share one embedder per process "
+    "(apache_beam.utils.shared.Shared). Not strict: it is a race, which a quiet machine may not lose."))
+def test_featurize_on_concurrent_threads_matches_in_process(clips, in_process, tmp_path):
+    features = _featurize(clips, tmp_path / "features", [
+        "--runner", "DirectRunner", "--direct_running_mode", "multi_threading", "--direct_num_workers", "4"])
+    assert_same_records(features, in_process["features"])
 
 
 @pytest.mark.xfail(strict=True, reason=(
