@@ -8,7 +8,7 @@ RUNNER := --runner DirectRunner
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,18 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
-test: $(STAMP)
+# The report test drives Debian's chromium headless; installed here when missing and apt-get can run
+# (as root). Without it that one test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the report test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium fonts-dejavu-core >/dev/null; \
+	  else echo "chromium not installed and apt-get unavailable: the browser test will skip"; fi; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 clean:

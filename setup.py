@@ -14,6 +14,7 @@ REQUIRED = [
     "numpy==2.4.6",
     "google-cloud-storage==3.17.1",
     "matplotlib==3.11.2",
+    "pillow==12.3.0",
 ]
 
 EXTRAS = {

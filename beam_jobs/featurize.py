@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -124,9 +125,11 @@ class _FinishFeaturize:
     staging: str
     videos_matched: int
     manifest: dict
+    started_at: float = 0.0  # time.time() when the job was launched
 
-    def __call__(self, shards, labels, failures, written):
+    def __call__(self, shards, labels, failures, written, frames=0):
         written = int(written)
+        seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
         if written + len(failures) != self.videos_matched:
             raise RuntimeError(
                 f"lost videos: {self.videos_matched} matched, {written} written, {len(failures)} failed"
@@ -137,6 +140,8 @@ class _FinishFeaturize:
             videos_matched=self.videos_matched,
             records_written=written,
             failures=len(failures),
+            frames_sampled=int(frames),
+            seconds=round(seconds, 1),
             labels=vocabulary,
             shards=sorted(s.rsplit("/", 1)[-1] for s in shards),
         )
@@ -148,8 +153,11 @@ class _FinishFeaturize:
             manifest,
             replace_patterns=OUTPUT_PATTERNS,
         )
-        _LOG.info("featurize finished: %d of %d videos written to %d shard(s), %d failed; outputs in %s",
-                  written, self.videos_matched, len(shards), len(failures), self.output)
+        _LOG.info("featurize finished in %.1f s: %d of %d videos written to %d shard(s), %d failed; "
+                  "%.2f videos/s, %d frames at %.1f frames/s; outputs in %s (%s, %s, %s, %s)",
+                  seconds, written, self.videos_matched, len(shards), len(failures),
+                  (written + len(failures)) / seconds, frames, frames / seconds, self.output,
+                  f"{SHARD_PREFIX}-*{SHARD_SUFFIX}", VOCABULARY_FILE, outputs.FAILURES_FILE, outputs.MANIFEST_FILE)
         return published
 
 
@@ -159,6 +167,7 @@ def _count(pcoll, label: str):
 
 def run(argv: list[str] | None = None):
     """Build and run the featurize pipeline; return its PipelineResult (finished)."""
+    started_at = time.time()
     args, beam_args = build_parser().parse_known_args(argv)
     validate_frame_args(args)
     if args.max_seq_length < 1 or args.image_size < 32:
@@ -184,6 +193,7 @@ def run(argv: list[str] | None = None):
         output=args.output,
         staging=staging,
         videos_matched=matched,
+        started_at=started_at,
         manifest={
             "job": "featurize",
             "inputs": args.input,
@@ -196,9 +206,9 @@ def run(argv: list[str] | None = None):
 
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     videos = pipeline | "MatchVideos" >> ReadVideoList(refs_path)
-    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options)
+    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=len(refs))
     embedded = decoded.videos | "EmbedFrames" >> EmbedFrames(
-        args.weights, args.image_size, args.batch_size, expected_videos=len(refs))
+        args.weights, args.image_size, args.batch_size, expected_videos=len(refs), job_id=staging)
     records = embedded | "EncodeRecords" >> beam.Map(encode_video, frame_options, weights.backbone_id,
                                                       args.feature_encoding)
     shards = records | "WriteFeatureRecords" >> beam.io.WriteToTFRecord(
@@ -214,6 +224,9 @@ def run(argv: list[str] | None = None):
         labels=beam.pvalue.AsList(labels),
         failures=beam.pvalue.AsList(failures),
         written=beam.pvalue.AsSingleton(_count(records, "CountRecords")),
+        frames=beam.pvalue.AsSingleton(
+            embedded | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
+            | "SumFramesSampled" >> beam.CombineGlobally(sum)),
     )
     result = pipeline.run()
     result.wait_until_finish()

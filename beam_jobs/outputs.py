@@ -131,7 +131,9 @@ def publish(
     _move(output, staging, list(staged_files) + staged_texts)
     _move(output, staging, [staged_manifest])
     try:
-        if "://" in staging or os.path.exists(staging):
+        if "://" in staging:  # object stores have no folders: remove what is left inside (the input list)
+            delete_if_exists(matching(staging.rstrip("/") + "/**"))
+        elif os.path.exists(staging):
             FileSystems.delete([staging])
     except Exception as exc:  # leftovers are removed by the next run
         _LOG.warning("could not remove staging folder %s: %s", staging, exc)

@@ -407,8 +407,8 @@ def run(argv: list[str] | None = None):
     handler = KeyedModelHandler(VideoClassifierHandler(args.model, args.classifier_batch_size, args.large_model))
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     if args.features:
+        branch = _features_branch(pipeline, args, spec, handler, fmt)  # checks the records first
         staging = outputs.prepare_output(args.output, overwrite=True)
-        branch = _features_branch(pipeline, args, spec, handler, fmt)
         carried_rows, carried_index = [], []
     else:
         branch, staging, carried_rows, carried_index = _videos_branch(pipeline, args, spec, handler, fmt, previous)
@@ -489,12 +489,12 @@ def _videos_branch(pipeline, args, spec, handler, fmt, previous: PreviousRun | N
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
 
     videos = pipeline | "MatchVideos" >> ReadVideoList(refs_path)
-    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options)
+    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=len(todo))
     thumbnailed = decoded.videos | "MakeThumbnails" >> report.MakeThumbnails()
     split = thumbnailed.videos | "SplitKnownContent" >> beam.ParDo(_SplitKnownContent(known)).with_outputs(
         _SplitKnownContent.KNOWN, main="new")
     embedded = split.new | "EmbedFrames" >> EmbedFrames(_weights_flag(weights), spec.image_size, args.batch_size,
-                                                         expected_videos=len(todo))
+                                                         expected_videos=len(todo), job_id=staging)
     keyed_inputs = embedded | "ModelInputs" >> beam.Map(video_model_input, spec.max_seq_length)
     predictions = keyed_inputs | "Classify" >> RunInference(handler)
     video_refs = embedded | "KeyRefs" >> beam.Map(lambda v: (v.ref.video_id, v.ref))

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 
 import apache_beam as beam
@@ -126,11 +127,74 @@ def _file_kind(mode: int) -> str:
     return "an unusual file type"
 
 
+class Progress:
+    """One job's progress in this worker process, logged every `interval_s` seconds while its decode and
+    embed steps are set up: videos embedded of those matched, failures so far, frames/s.
+
+    DecodeFramesDoFn and EmbedFramesDoFn of one job share one `Progress` through `Progress.of(job_id)`; a
+    daemon thread logs, so a line comes even while one long video decodes. Counts are this process's share
+    (a distributed runner has one per worker process); Beam's counters hold the totals.
+    """
+
+    _jobs: dict[str, "Progress"] = {}
+    _jobs_lock = threading.Lock()
+
+    def __init__(self, job_id: str, expected_videos: int, interval_s: float):
+        self.job_id, self.expected_videos, self.interval_s = job_id, expected_videos, interval_s
+        self._lock = threading.Lock()
+        self._users = 0
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+        self.failed = self.embedded = self.frames = 0
+
+    @classmethod
+    def of(cls, job_id: str, expected_videos: int = 0, interval_s: float = 10.0) -> "Progress":
+        """The job's Progress, started; each caller (a DoFn's setup) must `release()` it (in teardown)."""
+        with cls._jobs_lock:
+            progress = cls._jobs.get(job_id)
+            if progress is None:
+                progress = cls._jobs[job_id] = cls(job_id, expected_videos, interval_s)
+                threading.Thread(target=progress._log_every_interval, daemon=True, name="progress").start()
+            progress._users += 1
+            return progress
+
+    def release(self) -> None:
+        with self._jobs_lock:
+            self._users -= 1
+            if self._users == 0:
+                self._stop.set()
+                self._jobs.pop(self.job_id, None)
+
+    def count(self, failed: int = 0, embedded: int = 0, frames: int = 0) -> None:
+        with self._lock:
+            self.failed += failed
+            self.embedded += embedded
+            self.frames += frames
+
+    def line(self) -> str:
+        with self._lock:
+            elapsed = max(time.monotonic() - self._started, 1e-9)
+            of = f"/{self.expected_videos}" if self.expected_videos else ""
+            return (f"progress: {self.embedded + self.failed}{of} videos done ({self.embedded} embedded, "
+                    f"{self.failed} failed so far); {self.frames} frames at {self.frames / elapsed:.1f} frames/s; "
+                    f"{elapsed:.0f} s")
+
+    def _finished(self) -> bool:
+        with self._lock:
+            return bool(self.expected_videos) and self.embedded + self.failed >= self.expected_videos
+
+    def _log_every_interval(self) -> None:
+        while not self._stop.wait(self.interval_s) and not self._finished():
+            _LOG.info("%s", self.line())
+
+
 class DecodeFramesDoFn(beam.DoFn):
     """VideoRef -> Video with sampled frames, decoded in an isolated child process (see decoder.py)."""
 
-    def __init__(self, options: FrameOptions):
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
         self._options = options
+        self._job_id = job_id
+        self._expected = expected_videos
         self._decoded = Metrics.counter("videos", "videos_decoded")
         self._failed = Metrics.counter("videos", "videos_failed")
         self._frames = Metrics.counter("videos", "frames_sampled")
@@ -140,6 +204,7 @@ class DecodeFramesDoFn(beam.DoFn):
 
         self._decoder = IsolatedDecoder(timeout_s=self._options.decode_timeout_s)
         self._scratch = tempfile.mkdtemp(prefix="decode-")
+        self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
 
     def _local_copy(self, ref: VideoRef) -> tuple[str, str]:
         """(local path, content fingerprint); remote files are copied to scratch space first."""
@@ -183,6 +248,8 @@ class DecodeFramesDoFn(beam.DoFn):
 
     def _failure(self, ref: VideoRef, reason: str):
         self._failed.inc()
+        if self._progress:
+            self._progress.count(failed=1)
         _LOG.warning("skipping %s: %s", ref.uri, reason)
         return beam.pvalue.TaggedOutput(FAILURES, (ref.video_id, ref.uri, reason))
 
@@ -190,17 +257,22 @@ class DecodeFramesDoFn(beam.DoFn):
         if getattr(self, "_decoder", None) is not None:
             self._decoder.close()
         shutil.rmtree(getattr(self, "_scratch", ""), ignore_errors=True)
+        if getattr(self, "_progress", None) is not None:
+            self._progress.release()
+            self._progress = None
 
 
 class DecodeFrames(beam.PTransform):
-    """PCollection[VideoRef] -> tagged outputs: main PCollection[Video], `failures` (id, uri, reason)."""
+    """PCollection[VideoRef] -> tagged outputs: main PCollection[Video], `failures` (id, uri, reason).
 
-    def __init__(self, options: FrameOptions):
+    With a `job_id` (the same one given to EmbedFrames), progress is logged every 10 s (see Progress)."""
+
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
         super().__init__()
-        self._options = options
+        self._dofn = DecodeFramesDoFn(options, job_id, expected_videos)
 
     def expand(self, refs):
-        return refs | "Decode" >> beam.ParDo(DecodeFramesDoFn(self._options)).with_outputs(FAILURES, main="videos")
+        return refs | "Decode" >> beam.ParDo(self._dofn).with_outputs(FAILURES, main="videos")
 
 
 class EmbedFramesDoFn(beam.DoFn):
@@ -209,18 +281,20 @@ class EmbedFramesDoFn(beam.DoFn):
     `keep_frames`."""
 
     def __init__(self, weights: str, image_size: int, batch_size: int, keep_frames: bool = False,
-                 expected_videos: int = 0):
+                 expected_videos: int = 0, job_id: str = ""):
         self._weights = weights
         self._image_size = image_size
         self._batch_size = batch_size
         self._keep_frames = keep_frames
         self._expected = expected_videos
+        self._job_id = job_id
         self._embedded = Metrics.counter("videos", "videos_embedded")
         self._batches = Metrics.counter("videos", "embedding_batches")
 
     def setup(self):
         from model.backbone import FrameEmbedder, resolve_weights
 
+        self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
         self._embedder = FrameEmbedder(resolve_weights(self._weights), self._image_size)
         self._done_videos = 0
         self._done_frames = 0
@@ -261,6 +335,8 @@ class EmbedFramesDoFn(beam.DoFn):
         self._batches.inc()
         self._queued_frames -= len(features)
         self._done_frames += len(features)
+        if self._progress:
+            self._progress.count(frames=len(features))
         cursor = 0
         for take in owners:
             self._partial.append(features[cursor : cursor + take])
@@ -268,17 +344,26 @@ class EmbedFramesDoFn(beam.DoFn):
             self._offset += take
             video = self._queue[0]
             if self._offset == len(video.sampled.frames):
-                video.features = np.concatenate(self._partial)
-                if not self._keep_frames:
-                    video.sampled = dataclasses.replace(video.sampled, frames=None)
+                # A new element: Beam forbids changing the input in place.
+                sampled = video.sampled if self._keep_frames else dataclasses.replace(video.sampled, frames=None)
+                video = dataclasses.replace(video, sampled=sampled, features=np.concatenate(self._partial))
                 self._queue.pop(0)
                 self._offset, self._partial = 0, []
                 self._embedded.inc()
                 self._done_videos += 1
+                if self._progress:
+                    self._progress.count(embedded=1)
                 yield video
         self._log_progress()
 
+    def teardown(self):
+        if getattr(self, "_progress", None) is not None:
+            self._progress.release()
+            self._progress = None
+
     def _log_progress(self):
+        if self._progress:  # it logs by itself
+            return
         now = time.monotonic()
         if now - self._last_log < 10:
             return
@@ -290,12 +375,13 @@ class EmbedFramesDoFn(beam.DoFn):
 
 
 class EmbedFrames(beam.PTransform):
-    """PCollection[Video] -> PCollection[Video] with DenseNet121 features."""
+    """PCollection[Video] -> PCollection[Video] with DenseNet121 features. With a `job_id` (the same one
+    given to DecodeFrames), progress is logged every 10 s (see Progress)."""
 
     def __init__(self, weights: str, image_size: int, batch_size: int, keep_frames: bool = False,
-                 expected_videos: int = 0):
+                 expected_videos: int = 0, job_id: str = ""):
         super().__init__()
-        self._dofn = EmbedFramesDoFn(weights, image_size, batch_size, keep_frames, expected_videos)
+        self._dofn = EmbedFramesDoFn(weights, image_size, batch_size, keep_frames, expected_videos, job_id)
 
     def expand(self, videos):
         return videos | "Embed" >> beam.ParDo(self._dofn)

@@ -36,13 +36,20 @@ EVALUATION_DIR = "evaluation"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m model.evaluate",
-                                     description="Evaluate a model directory on labelled feature records.")
+    parser = argparse.ArgumentParser(
+        prog="python -m model.evaluate",
+        description="Evaluate a model directory on labelled feature records: accuracy, per-class precision, "
+                    "recall and F1, a confusion matrix (JSON and PNG) and the misclassified videos.",
+        epilog="""example:
+  python -m model.evaluate --model models/run1 --data features/test --output models/run1/evaluation
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="model directory written by model.train (local or gs://)")
     parser.add_argument("--data", action="append", required=True, metavar="PATTERN",
                         help="labelled feature records: a file pattern or a directory (repeatable)")
     parser.add_argument("--output", help=f"where to write the results (default: <model>/{EVALUATION_DIR})")
-    parser.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=64, help="videos per evaluation step (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _png(figure: Figure) -> bytes:
@@ -37,9 +38,14 @@ def training_curves_png(history: Mapping[str, Sequence[float]], best_epoch: int 
             axes.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
         axes.set_title(title)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel("cross-entropy" if metric == "loss" else "accuracy")
         if metric == "accuracy":
             axes.set_ylim(-0.02, 1.02)
+        else:  # an early spike would flatten the rest of the curve
+            values = [v for key in (metric, f"val_{metric}") for v in history.get(key, [])]
+            if values:
+                axes.set_ylim(0, min(max(values), 3 * float(np.median(values))) * 1.05 + 1e-6)
         axes.grid(alpha=0.3)
         axes.legend()
     return _png(figure)
@@ -48,19 +54,23 @@ def training_curves_png(history: Mapping[str, Sequence[float]], best_epoch: int 
 def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str = "Confusion matrix") -> bytes:
     """Counts per (true label, predicted label), with the class names on both axes and the count in each cell."""
     matrix = np.asarray(matrix)
-    size = max(4.0, 0.7 * len(labels) + 2.5)
+    many = len(labels) > 30  # past that, cell numbers and full-size names no longer fit
+    size = min(max(4.0, 0.7 * len(labels) + 2.5), 24.0)
     figure = Figure(figsize=(size + 1.0, size), layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
-    figure.colorbar(image, ax=axes, shrink=0.8, label="videos")
+    colorbar = figure.colorbar(image, ax=axes, shrink=0.8, label="videos")
+    colorbar.locator = MaxNLocator(integer=True)
+    colorbar.update_ticks()
     ticks = np.arange(len(labels))
-    axes.set_xticks(ticks, labels, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels)
+    font = 5 if many else None
+    axes.set_xticks(ticks, labels, rotation=90 if many else 45, ha="center" if many else "right", fontsize=font)
+    axes.set_yticks(ticks, labels, fontsize=font)
     axes.set_xlabel("predicted label")
     axes.set_ylabel("true label")
     axes.set_title(title)
     threshold = matrix.max() / 2.0 if matrix.size else 0
-    for row in range(matrix.shape[0]):
+    for row in range(0 if not many else matrix.shape[0], matrix.shape[0]):
         for col in range(matrix.shape[1]):
             axes.text(col, row, str(int(matrix[row, col])), ha="center", va="center",
                       color="white" if matrix[row, col] > threshold else "black")

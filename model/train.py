@@ -116,6 +116,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
         prog="python -m model.train",
         description="Train the video classifier on feature records and write a model directory.",
+        epilog="""examples:
+  # defaults: early stopping on validation loss (patience 20, up to 200 epochs), 15% held out by video id
+  python -m model.train --train features/train --test features/test --output models/run1
+
+  # the Keras reference recipe: 5 epochs, no early stopping
+  python -m model.train --train 'features/train/features-*.tfrecord' --epochs 5 --patience 0 --output models/ref
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--train", action="append", required=True, metavar="PATTERN",
                         help="training feature records: a file pattern or a directory (repeatable)")
@@ -133,7 +141,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--patience", type=int, default=20,
                         help="stop after this many epochs without a lower validation loss; 0 trains all "
                              "--epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=16, help="videos per training step (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds weights, dropout and shuffling; same seed, same model (default: %(default)s)")
