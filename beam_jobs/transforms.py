@@ -23,6 +23,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -290,12 +291,16 @@ class EmbedFramesDoFn(beam.DoFn):
         self._job_id = job_id
         self._embedded = Metrics.counter("videos", "videos_embedded")
         self._batches = Metrics.counter("videos", "embedding_batches")
+        # One DenseNet per worker process, however many threads run this DoFn.
+        self._shared_embedder = shared.Shared()
 
     def setup(self):
         from model.backbone import FrameEmbedder, resolve_weights
 
         self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
-        self._embedder = FrameEmbedder(resolve_weights(self._weights), self._image_size)
+        weights, image_size = self._weights, self._image_size
+        self._embedder = self._shared_embedder.acquire(
+            lambda: FrameEmbedder(resolve_weights(weights), image_size), tag=f"{weights}@{image_size}")
         self._done_videos = 0
         self._done_frames = 0
         self._started = None

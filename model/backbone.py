@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 
 import numpy as np
 
@@ -28,6 +29,7 @@ _LOG = logging.getLogger(__name__)
 BACKBONE_NAME = "densenet121"
 FEATURE_DIM = 1024
 DEFAULT_RANDOM_SEED = 1337
+_RANDOM_BUILD_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +141,10 @@ def build_densenet(weights: BackboneWeights, image_size: int):
             "DenseNet121 uses RANDOM weights (seed %d): features are not ImageNet features; "
             "use this for demos, tests and synthetic data only", weights.seed,
         )
-        keras.utils.set_random_seed(weights.seed)
-        return keras.applications.DenseNet121(weights=None, **kwargs)
+        # The seed is process-global: builds on other threads must not draw from it meanwhile.
+        with _RANDOM_BUILD_LOCK:
+            keras.utils.set_random_seed(weights.seed)
+            return keras.applications.DenseNet121(weights=None, **kwargs)
     model = keras.applications.DenseNet121(weights=None, **kwargs)
     path = weights.path
     if path.startswith("gs://"):
