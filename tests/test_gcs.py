@@ -364,9 +364,8 @@ def test_featurize_reads_videos_from_gcs_and_writes_records_there(gcs, clips, fe
     assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (4, 4, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="outputs.publish deletes the gs:// staging 'folder' as one object; "
-                                      "on GCS the objects under .staging-<id>/ stay until the next run")
 def test_no_staging_objects_are_left_on_gcs(gcs, featurized_gcs):
+    """Object stores have no folders: deleting `.staging-<id>` as one path would leave every object under it."""
     assert [n for n in gcs.bucket.list("features/") if "/.staging-" in n] == []
 
 

@@ -225,22 +225,17 @@ def test_multi_processing_direct_runner_matches_in_process(clips, in_process, tm
     assert_same_labels(labels, in_process["labels"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "EmbedFramesDoFn builds one DenseNet121 per DoFn instance; DoFn instances on concurrent threads of one "
-    "process build at the same time, and keras.utils.set_random_seed seeds process-global generators, so "
-    "--weights random gives each thread a different network. Fix: share one embedder per process "
-    "(apache_beam.utils.shared.Shared). Not strict: it is a race, which a quiet machine may not lose."))
 def test_featurize_on_concurrent_threads_matches_in_process(clips, in_process, tmp_path):
+    """DoFn instances on four threads of one process share one DenseNet121: with --weights random, a network
+    built per thread from the process-global seed differed from thread to thread."""
     features = _featurize(clips, tmp_path / "features", [
         "--runner", "DirectRunner", "--direct_running_mode", "multi_threading", "--direct_num_workers", "4"])
     assert_same_records(features, in_process["features"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "python -m beam_jobs.predict defines ModelInput in __main__; SDK workers cannot unpickle "
-    "__main__.ModelInput, so every portable or multi-process run from the command line fails. "
-    "Fix: the __main__ block calls the importable module's run (see docs/SCALE.md)."))
 def test_predict_from_the_command_line_on_the_portable_runner(in_process, portable_args, tmp_path):
+    """`python -m beam_jobs.predict` as users run it: its classes must not belong to `__main__`, which SDK
+    workers cannot import."""
     output = tmp_path / "labels"
     done = subprocess.run(
         [sys.executable, "-m", "beam_jobs.predict", "--features", str(in_process["features"]), "--model",
