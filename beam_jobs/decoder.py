@@ -12,13 +12,15 @@ from one whose container merely states a wrong frame count (see frames.py), and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 
-from beam_jobs.frames import DecodeError, SampledFrames, decode_and_sample
+from model.frames import DecodeError, SampledFrames, decode_and_sample
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,6 +69,25 @@ def _serve(connection) -> None:
             connection.send(("error", f"decoder error: {type(exc).__name__}: {first_line}"))
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """A spawned child normally re-imports the launching module (`python -m beam_jobs.featurize` and, with
+    it, TensorFlow): seconds and hundreds of MB per decoder for nothing, since the child needs OpenCV only.
+    Hiding `__main__`'s name and path while the child starts keeps it from doing so."""
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if main and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__["__spec__"] = None
+            main.__dict__.pop("__file__", None)
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+
+
 class IsolatedDecoder:
     """Decode files in a child process with a per-file time limit. Not thread-safe; one per DoFn."""
 
@@ -80,7 +101,8 @@ class IsolatedDecoder:
     def _start(self) -> None:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(target=_serve, args=(child,), daemon=True, name="frame-decoder")
-        self._process.start()
+        with _main_module_hidden():
+            self._process.start()
         child.close()
         self._connection = parent
         try:

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs
-from beam_jobs.frames import DEFAULT_VIDEO_EXTENSIONS, SAMPLINGS
+from model.frames import DEFAULT_VIDEO_EXTENSIONS, SAMPLINGS
 from beam_jobs.matching import attach_labels, match_videos, read_labels_csv
 from beam_jobs.transforms import (
     FAILURES,

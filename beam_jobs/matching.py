@@ -22,7 +22,7 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.frames import DEFAULT_VIDEO_EXTENSIONS
+from model.frames import DEFAULT_VIDEO_EXTENSIONS
 from model.cli import UserError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

@@ -27,7 +27,7 @@ import logging
 import posixpath
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np

@@ -30,7 +30,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beam_jobs.frames import sample_frame_indices
+from model.frames import sample_frame_indices
 
 REPORT_FILE = "report.html"
 THUMBNAILS_DIR = "thumbnails"

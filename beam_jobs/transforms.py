@@ -27,7 +27,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs.frames import DecodeError, SampledFrames
+from model.frames import DecodeError, SampledFrames
 from beam_jobs.matching import VideoRef
 from tfrecords_schema import VideoRecord, encode_video_record
 

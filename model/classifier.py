@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import keras
-from keras import layers, ops
+from model.cli import quiet_tensorflow
+
+quiet_tensorflow()  # before Keras imports TensorFlow
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 FEATURES_INPUT = "features"
 MASK_INPUT = "mask"

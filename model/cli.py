@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Callable
 
@@ -13,8 +12,10 @@ class UserError(Exception):
 
 
 def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up chatter unless the user asked for it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow now, without its native start-up notes on stderr (see tfrecords_schema._quiet)."""
+    from tfrecords_schema._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 def main(run: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:

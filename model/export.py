@@ -25,8 +25,12 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
-import keras
-import tensorflow as tf
+from model.cli import quiet_tensorflow
+
+quiet_tensorflow()  # before Keras imports TensorFlow
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 # Importing model.classifier registers its custom layers, so model.keras files load.
 from model.classifier import FEATURES_INPUT, MASK_INPUT

@@ -144,7 +144,8 @@ class SampledFrames:
     """Frames sampled from one video.
 
     `frames` is `[n, image_size, image_size, 3]` uint8 RGB with `n <= max_seq_length` (no padding here);
-    `frame_indices` are their positions among the decoded frames.
+    `frame_indices` are their positions among the decoded frames. `display_frames`, when asked for, are
+    the same frames at a display size.
     """
 
     frames: np.ndarray
@@ -153,6 +154,7 @@ class SampledFrames:
     source_fps: float
     frame_height: int
     frame_width: int
+    display_frames: np.ndarray | None = None
 
 
 def sample_frame_indices(num_frames: int, max_seq_length: int, sampling: str = "uniform") -> list[int]:
@@ -198,12 +200,14 @@ def decode_and_sample(
     sampling: str = "uniform",
     timeout_s: float | None = None,
     decoder_log: Callable[[], str] | None = None,
+    display_size: int | None = None,
 ) -> SampledFrames:
     """Decode the local video file `path` and sample up to `max_seq_length` frames.
 
     Raises DecodeError with a readable reason when the file is not a decodable video, is damaged (see the
     module docstring; needs `decoder_log`, a function returning what FFmpeg printed to stderr while this
-    file was decoded) or decoding runs past `timeout_s` seconds.
+    file was decoded) or decoding runs past `timeout_s` seconds. With `display_size`, the result also holds
+    the same frames at that size in `display_frames`, for pictures.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -217,7 +221,7 @@ def decode_and_sample(
             fps = 0.0
         stated_count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
         stated_count = int(stated_count) if np.isfinite(stated_count) and stated_count > 0 else 0
-        kept: list[tuple[int, np.ndarray]] = []
+        kept: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         stride, count, height, width = 1, 0, 0, 0
         while True:
             if sampling == "first" and count >= max_seq_length:
@@ -230,7 +234,8 @@ def decode_and_sample(
                 ok, frame = capture.retrieve()
                 if ok and frame is not None and frame.size:
                     height, width = frame.shape[:2]
-                    kept.append((count, _to_rgb_frame(frame, image_size)))
+                    display = _to_rgb_frame(frame, display_size) if display_size else None
+                    kept.append((count, _to_rgb_frame(frame, image_size), display))
                     if sampling == "uniform" and len(kept) >= 2 * max_seq_length:
                         kept = kept[::2]
                         stride *= 2
@@ -252,10 +257,11 @@ def decode_and_sample(
     positions = sample_frame_indices(len(kept), max_seq_length, sampling)
     chosen = [kept[p] for p in positions]
     return SampledFrames(
-        frames=np.stack([frame for _, frame in chosen]),
-        frame_indices=[index for index, _ in chosen],
+        frames=np.stack([frame for _, frame, _ in chosen]),
+        frame_indices=[index for index, _, _ in chosen],
         decoded_frame_count=count,
         source_fps=fps,
         frame_height=height,
         frame_width=width,
+        display_frames=np.stack([display for _, _, display in chosen]) if display_size else None,
     )

@@ -9,9 +9,7 @@ classified once; the GIF shows each sampled frame, larger than the model sees it
 their probabilities under it, like the animation of the Keras video-transformer example. The predictions
 are printed too.
 
-Decoding lives here rather than in beam_jobs (model/ never imports beam_jobs/): `read_sampled_frames` is
-the labelling job's `beam_jobs.frames.decode_and_sample` plus a larger copy of each frame for display, and
-tests/test_preview.py checks that both give the same model frames.
+Frames come from `model.frames.decode_and_sample`, the decoder the featurize and labelling jobs use.
 """
 
 from __future__ import annotations
@@ -26,14 +24,13 @@ import tempfile
 import time
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from model.cli import UserError, main, quiet_tensorflow
+from model.frames import DecodeError, decode_and_sample
 
 _LOG = logging.getLogger(__name__)
 
-SAMPLINGS = ("uniform", "first")
 DEFAULT_DISPLAY_SIZE = 256
 MIN_DISPLAY_SIZE = 128
 # Colours (RGB) of the drawing; the bars' colours are what tests measure.
@@ -78,73 +75,22 @@ class Preview:
     seconds: float
 
 
-# --- Decoding (must stay in step with beam_jobs/frames.py) ------------------------------------------------
-
-
-def sample_frame_indices(num_frames: int, max_seq_length: int, sampling: str = "uniform") -> list[int]:
-    """Indices of the frames to keep from `num_frames` frames: `max_seq_length` spread evenly from first to
-    last (`uniform`) or the first ones (`first`); all of them when there are not more."""
-    if num_frames <= max_seq_length:
-        return list(range(num_frames))
-    if sampling == "first":
-        return list(range(max_seq_length))
-    return [int(i) for i in np.round(np.linspace(0, num_frames - 1, max_seq_length)).astype(int)]
-
-
-def _as_bgr8(frame: np.ndarray) -> np.ndarray:
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    if frame.dtype != np.uint8:  # 16-bit sources
-        frame = cv2.convertScaleAbs(frame, alpha=255.0 / max(float(frame.max()), 1.0))
-    return frame
-
-
-def _square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, resize to `size`, BGR -> RGB."""
-    height, width = frame_bgr.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = frame_bgr[top : top + side, left : left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.cvtColor(cv2.resize(square, (size, size), interpolation=interpolation), cv2.COLOR_BGR2RGB)
+# --- Decoding ---------------------------------------------------------------------------------------------
 
 
 def read_sampled_frames(path: str, max_seq_length: int, image_size: int, sampling: str = "uniform",
                         display_size: int = DEFAULT_DISPLAY_SIZE) -> PreviewFrames:
-    """Decode the local video `path` and sample up to `max_seq_length` frames the way the labelling job does:
-    frames are counted as they decode; `uniform` keeps every stride-th frame, doubling the stride whenever
-    `2 * max_seq_length` are held, then picks `max_seq_length` evenly; `first` keeps the first ones."""
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    kept: list[tuple[int, np.ndarray, np.ndarray]] = []
-    stride, count = 1, 0
+    """Decode the local video `path` and sample frames exactly as the labelling job does (`model.frames`),
+    with a larger copy of each for display. A video that cannot be used is a UserError."""
     try:
-        if not capture.isOpened():
-            raise UserError(f"{path}: cannot open as a video (not a video file, or an unsupported container/codec)")
-        while not (sampling == "first" and count >= max_seq_length) and capture.grab():
-            if count % stride == 0:
-                ok, frame = capture.retrieve()
-                if ok and frame is not None and frame.size:
-                    frame = _as_bgr8(frame)
-                    kept.append((count, _square_rgb(frame, image_size), _square_rgb(frame, display_size)))
-                    if sampling == "uniform" and len(kept) >= 2 * max_seq_length:
-                        kept = kept[::2]
-                        stride *= 2
-            count += 1
-    finally:
-        capture.release()
-    if not kept:
-        reason = "no decodable frames" if count == 0 else f"none of {count} frames could be decoded"
-        raise UserError(f"{path}: {reason}")
-    chosen = [kept[p] for p in sample_frame_indices(len(kept), max_seq_length, sampling)]
+        sampled = decode_and_sample(path, max_seq_length, image_size, sampling, display_size=display_size)
+    except DecodeError as exc:
+        raise UserError(f"{path}: {exc}") from None
     return PreviewFrames(
-        model_frames=np.stack([c[1] for c in chosen]),
-        display_frames=np.stack([c[2] for c in chosen]),
-        frame_indices=[c[0] for c in chosen],
-        decoded_frame_count=count,
+        model_frames=sampled.frames,
+        display_frames=sampled.display_frames,
+        frame_indices=sampled.frame_indices,
+        decoded_frame_count=sampled.decoded_frame_count,
     )
 
 

@@ -27,7 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from beam_jobs import featurize, predict
 from beam_jobs.decoder import IsolatedDecoder
-from beam_jobs.frames import DecodeError, describe_unopenable
+from model.frames import DecodeError, describe_unopenable
 from beam_jobs.matching import match_videos
 from beam_jobs.sample_videos import render_clip, write_clip
 from beam_jobs.transforms import FAILURES, DecodeFrames, DecodeFramesDoFn, FrameOptions
@@ -401,7 +401,7 @@ def test_a_decoder_that_dies_is_a_crash_failure_and_is_replaced(corpus):
 
 MEASURE_PEAK_RSS = """
 import sys
-from beam_jobs.frames import decode_and_sample
+from model.frames import decode_and_sample
 
 def status_kb(key):
     with open("/proc/self/status") as f:

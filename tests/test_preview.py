@@ -61,7 +61,7 @@ REAL_CLIPS = ("Punch/v_Punch_g03_c01.avi", "CricketShot/v_CricketShot_g04_c01_rg
 
 @pytest.mark.parametrize("sampling", ["uniform", "first"])
 def test_preview_samples_the_frames_the_labelling_job_samples(clips, tmp_path, sampling):
-    from beam_jobs.frames import decode_and_sample
+    from model.frames import decode_and_sample
     from beam_jobs.sample_videos import render_clip, write_clip
 
     short = tmp_path / "short.avi"  # fewer frames than the model takes
