@@ -1,0 +1,184 @@
+"""Why test accuracy falls short, tried without touching the product: train `python -m model.train` (default
+settings) on the accuracy benchmark's records after a change to the features, and evaluate on the test and
+time-shuffled test records changed the same way. Not part of `make bench`; quoted in bench/ANALYSIS.md.
+
+    python -m bench.diagnose_accuracy [--per-class 30] [--seed 0] [--variant standardized]
+
+Variants:
+  standardized  every feature dimension shifted and scaled by the mean and standard deviation of the
+                training set's valid frames (what a `keras.layers.Normalization` adapted on the training
+                records, as the classifier's first layer, would do).
+  scaled        all features multiplied by one number, 1 / the standard deviation of all training values,
+                so they are on the scale of the positional embedding's initial values and beyond, with
+                the relative sizes of the dimensions kept.
+  curve         no change to the features: the product's classifier and recipe (Adam 1e-3, batch 16, the
+                trainer's validation split) trained in this process for --epochs epochs without early
+                stopping, with the test accuracy per class and time-shuffled accuracy after every epoch: what
+                the model reaches on unseen clips at any epoch, and which classes hold it back.
+
+Also prints the feature statistics that motivate it (scale of the random-weight DenseNet121 features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench import accuracy
+from bench.data import clip_set, featurized, read_records, rewrite_records
+from bench.harness import TRAIN_SOURCES, cached, log, python_module, run_job
+
+
+def valid_frames(records_dir: Path) -> np.ndarray:
+    from tfrecords_schema import decode_video_record
+
+    records = [decode_video_record(r) for r in read_records(records_dir)]
+    return np.concatenate([r.features[: r.num_valid_frames] for r in records])
+
+
+def feature_statistics(records_dir: Path) -> dict:
+    from tfrecords_schema import decode_video_record
+
+    records = [decode_video_record(r) for r in read_records(records_dir)]
+    frames = np.concatenate([r.features[: r.num_valid_frames] for r in records])
+    within = np.mean([r.features[: r.num_valid_frames].std(0).mean() for r in records])
+    return {
+        "frames": len(frames), "mean": float(frames.mean()), "std": float(frames.std()),
+        "max_abs": float(np.abs(frames).max()),
+        "median_frame_l2_norm": float(np.median(np.linalg.norm(frames, axis=1))),
+        "median_per_dim_std": float(np.median(frames.std(0))), "mean_within_video_per_dim_std": float(within),
+        "constant_dims": int((frames.std(0) == 0).sum()),
+    }
+
+
+def standardize(mean: np.ndarray, std: np.ndarray):
+    """A `change` for `rewrite_records`: valid frames become (features - mean) / std."""
+    def change(record):
+        features = record.features.copy()
+        n = record.num_valid_frames
+        features[:n] = (features[:n] - mean) / std
+        features[n:] = 0.0
+        record.features = features.astype(np.float32)
+        return record
+    return change
+
+
+def _arrays(records_dir: Path, labels: list[str]):
+    from tfrecords_schema import decode_video_record
+
+    records = [decode_video_record(r) for r in read_records(records_dir)]
+    features = np.stack([r.features for r in records]).astype(np.float32)
+    mask = np.stack([r.mask.astype(bool) for r in records])
+    y = np.array([labels.index(r.label) for r in records])
+    return records, {"features": features, "mask": mask}, y
+
+
+def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, args) -> None:
+    import keras
+    import tensorflow as tf
+
+    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
+    from model.train import in_validation_split
+
+    labels = sorted({r for r in (Path(train) / "labels.txt").read_text().split()})
+    records, x, y = _arrays(train, labels)
+    held = in_validation_split(tf.constant([r.video_id for r in records]), 0.15).numpy()
+    fit_x = {k: v[~held] for k, v in x.items()}
+    val_x = {k: v[held] for k, v in x.items()}
+    _, test_x, test_y = _arrays(test, labels)
+    _, shuffled_x, shuffled_y = _arrays(shuffled, labels)
+    keras.utils.set_random_seed(args.seed)
+    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=len(labels))), 1e-3)
+    rows = []
+
+    class PerEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            predicted = model.predict(test_x, verbose=0, batch_size=64).argmax(-1)
+            shuffled_predicted = model.predict(shuffled_x, verbose=0, batch_size=64).argmax(-1)
+            train_predicted = model.predict(fit_x, verbose=0, batch_size=64).argmax(-1)
+            rows.append({
+                "epoch": epoch + 1, "loss": logs["loss"], "val_loss": logs["val_loss"],
+                "val_accuracy": logs["val_accuracy"],
+                "train_accuracy_no_dropout": float((train_predicted == y[~held]).mean()),
+                "test_accuracy": float((predicted == test_y).mean()),
+                "shuffled_test_accuracy": float((shuffled_predicted == shuffled_y).mean()),
+                "test_accuracy_per_class": {label: float((predicted[test_y == i] == i).mean())
+                                            for i, label in enumerate(labels)},
+            })
+            row = rows[-1]
+            log(f"epoch {epoch + 1}: val_loss {logs['val_loss']:.3f}, train {row['train_accuracy_no_dropout']:.3f}, "
+                f"test {row['test_accuracy']:.3f}, shuffled {row['shuffled_test_accuracy']:.3f}")
+
+    model.fit(fit_x, y[~held], validation_data=(val_x, y[held]), batch_size=16, epochs=args.epochs,
+              callbacks=[PerEpoch()], verbose=0)
+    best_val = min(rows, key=lambda r: r["val_loss"])
+    best_test = max(rows, key=lambda r: r["test_accuracy"])
+    summary = {
+        "epochs": args.epochs, "train_videos": int((~held).sum()), "val_videos": int(held.sum()),
+        "at_lowest_val_loss": {k: best_val[k] for k in ("epoch", "test_accuracy", "shuffled_test_accuracy",
+                                                        "test_accuracy_per_class")},
+        "best_test_accuracy_any_epoch": {k: best_test[k] for k in ("epoch", "test_accuracy", "shuffled_test_accuracy",
+                                                                   "test_accuracy_per_class")},
+        "last_epoch": rows[-1],
+    }
+    (directory / "result.json").write_text(json.dumps({"summary": summary, "epochs": rows}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.diagnose_accuracy")
+    parser.add_argument("--per-class", type=int, default=30)
+    parser.add_argument("--test-per-class", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=("standardized", "scaled", "curve"), default="standardized")
+    parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
+    args = parser.parse_args(argv)
+    train_all = featurized(clip_set(args.per_class, accuracy.TRAIN_SEED), "accuracy-train")
+    test = featurized(clip_set(args.test_per_class, accuracy.TEST_SEED), "accuracy-test")
+    sets = accuracy.derived_records(train_all, test, sorted({10, 20, args.per_class}))
+    train = sets[f"train-{args.per_class}-float32"]
+    print("feature statistics of the training records:", json.dumps(feature_statistics(train), indent=2))
+
+    if args.variant == "curve":
+        params = {"train": str(train), "test": str(test), "variant": "curve", "seed": args.seed, "epochs": args.epochs}
+        directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
+                              lambda d: learning_curve(d, train, test, sets["test-shuffled-float32"], args))
+        print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))
+        return 0
+
+    def build(directory: Path) -> None:
+        frames = valid_frames(train)
+        if args.variant == "standardized":
+            mean, std = frames.mean(0), frames.std(0)
+            std[std == 0] = 1.0
+        else:
+            mean, std = np.zeros(frames.shape[1], np.float32), np.full(frames.shape[1], frames.std(), np.float32)
+        change = standardize(mean, std)
+        for name, source in (("train", train), ("test", test), ("test-shuffled", sets["test-shuffled-float32"])):
+            rewrite_records(source, directory / name, change=change)
+        model = directory / "model"
+        log(f"training on {args.variant} features (default settings, seed {args.seed})")
+        job = run_job(f"diagnose-{args.variant}-{args.per_class}pc-seed{args.seed}", python_module(
+            "model.train", "--train", str(directory / "train"), "--test", str(directory / "test"),
+            "--output", str(model), "--seed", str(args.seed))).check()
+        metrics = json.loads((model / "metrics.json").read_text())
+        result = {
+            "variant": args.variant, "per_class": args.per_class, "seed": args.seed,
+            "test_accuracy": metrics["test_accuracy"], "val_accuracy": metrics["val_accuracy"],
+            "shuffled_test_accuracy": accuracy.evaluate(model, directory / "test-shuffled"),
+            "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+            "train_seconds": metrics["train_seconds"], "wall_s": round(job.wall_s, 1),
+        }
+        (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    params = {"train": str(train), "test": str(test), "variant": args.variant, "seed": args.seed}
+    directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",), build)
+    print(json.dumps(json.loads((directory / "result.json").read_text()), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
