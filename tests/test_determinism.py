@@ -19,7 +19,7 @@ from beam_jobs.sample_videos import write_sample_set
 from tfrecords_schema import decode_video_record
 
 FRAMES, IMAGE_SIZE = 4, 32
-RUN_SPECIFIC = {"finished_at", "output"}  # manifest fields that name the run rather than describe the data
+RUN_SPECIFIC = {"finished_at", "output", "seconds"}  # manifest fields that name the run rather than describe the data
 
 
 def read_records(output) -> dict:
