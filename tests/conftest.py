@@ -6,6 +6,7 @@ small (`TEST_IMAGE_SIZE`) so the suite stays fast on 2 cores.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from pathlib import Path
@@ -27,6 +28,22 @@ def featurize_args(inputs, output, *extra) -> list[str]:
         args += ["--input", str(path)]
     return args + ["--output", str(output), "--weights", "random", "--image-size", str(TEST_IMAGE_SIZE),
                    "--max-seq-length", str(TEST_FRAMES), "--runner", "DirectRunner", *map(str, extra)]
+
+
+def read_records(output) -> dict:
+    """{video id: VideoRecord} of every features-*.tfrecord shard under `output`."""
+    import tensorflow as tf
+
+    from tfrecords_schema import decode_video_record
+
+    files = sorted(tf.io.gfile.glob(str(Path(output) / "features-*.tfrecord")))
+    return {r.video_id: r for r in (decode_video_record(raw) for f in files
+                                    for raw in tf.data.TFRecordDataset(f).as_numpy_iterator())}
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ are cheap.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -22,7 +21,6 @@ import wave
 import cv2
 import numpy as np
 import pytest
-import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 
 from beam_jobs import featurize, predict
@@ -31,7 +29,7 @@ from model.frames import DecodeError, describe_unopenable
 from beam_jobs.matching import match_videos
 from beam_jobs.sample_videos import render_clip, write_clip
 from beam_jobs.transforms import FAILURES, DecodeFrames, DecodeFramesDoFn, FrameOptions
-from tfrecords_schema import decode_video_record
+from conftest import read_csv, read_records
 
 FRAMES, IMAGE_SIZE = 4, 32
 LONG_CLIP_FRAMES = 20_000
@@ -179,15 +177,8 @@ def build_corpus(root) -> None:
         (bad / "unreadable.avi").chmod(0)
 
 
-def read_records(output) -> dict:
-    files = sorted(tf.io.gfile.glob(str(output / "features-*.tfrecord")))
-    return {r.video_id: r for r in (decode_video_record(raw) for f in files
-                                    for raw in tf.data.TFRecordDataset(f).as_numpy_iterator())}
 
 
-def read_csv(path) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -6,31 +6,22 @@ the runner's choice), features within 1e-5, everything else exactly; labels.csv 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from beam_jobs import featurize, predict
 from beam_jobs.sample_videos import write_sample_set
-from tfrecords_schema import decode_video_record
+from conftest import read_csv, read_records
 
 FRAMES, IMAGE_SIZE = 4, 32
 RUN_SPECIFIC = {"finished_at", "output", "seconds"}  # manifest fields that name the run rather than describe the data
 
 
-def read_records(output) -> dict:
-    files = sorted(tf.io.gfile.glob(str(output / "features-*.tfrecord")))
-    return {r.video_id: r for r in (decode_video_record(raw) for f in files
-                                    for raw in tf.data.TFRecordDataset(f).as_numpy_iterator())}
 
 
-def read_rows(path) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def labelled_twice(clips, featurized_twice, tmp_path_factory):
 
 def test_predict_twice_gives_the_same_labels(labelled_twice):
     labels, (first, second) = labelled_twice
-    rows, again = read_rows(first / "labels.csv"), read_rows(second / "labels.csv")
+    rows, again = read_csv(first / "labels.csv"), read_csv(second / "labels.csv")
     assert len(rows) == 6 and [r["video_id"] for r in rows] == [r["video_id"] for r in again]
     probability_columns = [f"p_{label}" for label in labels] + ["confidence"]
     for row, other in zip(rows, again):

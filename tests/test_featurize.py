@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from beam_jobs import featurize
-from conftest import REAL_VIDEOS, TEST_FRAMES, TEST_IMAGE_SIZE, featurize_args
+from conftest import REAL_VIDEOS, TEST_FRAMES, TEST_IMAGE_SIZE, featurize_args, read_csv, read_records
 from model.cli import UserError
-from tfrecords_schema import decode_video_record, make_dataset, read_vocabulary
+from tfrecords_schema import make_dataset, read_vocabulary
 
 
-def read_records(output):
-    files = sorted(tf.io.gfile.glob(str(output / "features-*.tfrecord")))
-    return {r.video_id: r for r in (decode_video_record(raw) for f in files
-                                    for raw in tf.data.TFRecordDataset(f).as_numpy_iterator())}
 
 
 def failures(output):
-    with open(output / "failures.csv") as f:
-        return list(csv.DictReader(f))
+    return read_csv(output / "failures.csv")
 
 
 def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
