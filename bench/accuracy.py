@@ -34,18 +34,21 @@ SHUFFLE_SEED = 5
 KEEP_MODEL = (30, 0, "float32")  # the labelling benchmark uses this model
 
 
-def evaluate(model_dir: Path, records: Path) -> float:
-    """Accuracy of the model directory on the records, in this process."""
+def evaluate(model_dir: Path, records: Path, with_predictions: bool = False):
+    """Accuracy of the model directory on the records, in this process; with `with_predictions`, also the
+    predicted label ids and the probabilities: (accuracy, [N], [N, classes])."""
     from model.export import load_model_dir
     from tfrecords_schema import make_dataset
 
     loaded = load_model_dir(str(model_dir))
-    correct = total = 0
-    for (features, mask), labels in make_dataset(str(records), vocabulary=loaded.labels, batch_size=64):
-        predicted = np.argmax(loaded.model.predict_on_batch({"features": features, "mask": mask}), axis=-1)
-        correct += int((predicted == labels.numpy()).sum())
-        total += len(predicted)
-    return correct / total
+    probabilities, labels = [], []
+    for (features, mask), label_ids in make_dataset(str(records), vocabulary=loaded.labels, batch_size=64):
+        probabilities.append(np.asarray(loaded.model.predict_on_batch({"features": features, "mask": mask})))
+        labels.append(label_ids.numpy())
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    predicted = probabilities.argmax(-1)
+    accuracy = float((predicted == labels).mean())
+    return (accuracy, predicted, probabilities) if with_predictions else accuracy
 
 
 def derived_records(train: Path, test: Path, sizes: list[int]) -> dict[str, Path]:
@@ -144,6 +147,9 @@ def accuracy(sizes: list[int], seeds: list[int], float16_seeds: list[int], test_
     paired = [r for r in runs if r["per_class"] == max(sizes) and r["encoding"] == "float32"
               and r["seed"] in float16_seeds]
     float32_paired = median(r["test_accuracy"] for r in paired)
+    # The storage question alone: the same float32-trained model on the test records stored both ways.
+    accuracy32, predicted32, probabilities32 = evaluate(model_dir, sets["test-float32"], with_predictions=True)
+    accuracy16, predicted16, probabilities16 = evaluate(model_dir, sets["test-float16"], with_predictions=True)
     return {
         "train_clips_seed": TRAIN_SEED, "test_clips_seed": TEST_SEED, "test_per_class": test_per_class,
         "train_videos_all": runs[0]["train_examples"] + runs[0]["val_examples"],
@@ -154,6 +160,11 @@ def accuracy(sizes: list[int], seeds: list[int], float16_seeds: list[int], test_
         "float16": float16,
         "float32_same_seeds_test_accuracy": float32_paired,
         "float16_minus_float32_points": round(100 * (float16["test_accuracy_median"] - float32_paired), 2),
+        "same_model_float32_test_accuracy": accuracy32,
+        "same_model_float16_test_accuracy": accuracy16,
+        "same_model_float16_minus_float32_points": round(100 * (accuracy16 - accuracy32), 2),
+        "same_model_predictions_agree": float(np.mean(predicted16 == predicted32)),
+        "same_model_max_probability_difference": float(np.abs(probabilities16 - probabilities32).max()),
         "runs": runs,
         "labelling_model": str(model_dir) if model_dir else None,
         "test_clips": str(test_clips),

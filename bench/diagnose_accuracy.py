@@ -14,7 +14,9 @@ Variants:
   curve         no change to the features: the product's classifier and recipe (Adam 1e-3, batch 16, the
                 trainer's validation split) trained in this process for --epochs epochs without early
                 stopping, with the test accuracy per class and time-shuffled accuracy after every epoch: what
-                the model reaches on unseen clips at any epoch, and which classes hold it back.
+                the model reaches on unseen clips at any epoch, and which classes hold it back. With
+                --reduce-lr-on-plateau, the learning rate halves whenever the validation loss has not
+                improved for 5 epochs (down to 1e-5): does a settling learning rate lift the test accuracy?
 
 Also prints the feature statistics that motivate it (scale of the random-weight DenseNet121 features).
 """
@@ -101,7 +103,8 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
             shuffled_predicted = model.predict(shuffled_x, verbose=0, batch_size=64).argmax(-1)
             train_predicted = model.predict(fit_x, verbose=0, batch_size=64).argmax(-1)
             rows.append({
-                "epoch": epoch + 1, "loss": logs["loss"], "val_loss": logs["val_loss"],
+                "epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+                "loss": logs["loss"], "val_loss": logs["val_loss"],
                 "val_accuracy": logs["val_accuracy"],
                 "train_accuracy_no_dropout": float((train_predicted == y[~held]).mean()),
                 "test_accuracy": float((predicted == test_y).mean()),
@@ -113,8 +116,11 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
             log(f"epoch {epoch + 1}: val_loss {logs['val_loss']:.3f}, train {row['train_accuracy_no_dropout']:.3f}, "
                 f"test {row['test_accuracy']:.3f}, shuffled {row['shuffled_test_accuracy']:.3f}")
 
+    callbacks = [PerEpoch()]
+    if args.reduce_lr_on_plateau:
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=5, min_lr=1e-5))
     model.fit(fit_x, y[~held], validation_data=(val_x, y[held]), batch_size=16, epochs=args.epochs,
-              callbacks=[PerEpoch()], verbose=0)
+              callbacks=callbacks, verbose=0)
     best_val = min(rows, key=lambda r: r["val_loss"])
     best_test = max(rows, key=lambda r: r["test_accuracy"])
     summary = {
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=("standardized", "scaled", "curve"), default="standardized")
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
+    parser.add_argument("--reduce-lr-on-plateau", action="store_true", help="for --variant curve")
     args = parser.parse_args(argv)
     train_all = featurized(clip_set(args.per_class, accuracy.TRAIN_SEED), "accuracy-train")
     test = featurized(clip_set(args.test_per_class, accuracy.TEST_SEED), "accuracy-test")
@@ -144,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.variant == "curve":
         params = {"train": str(train), "test": str(test), "variant": "curve", "seed": args.seed, "epochs": args.epochs}
+        if args.reduce_lr_on_plateau:
+            params["reduce_lr_on_plateau"] = True
         directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
                               lambda d: learning_curve(d, train, test, sets["test-shuffled-float32"], args))
         print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))

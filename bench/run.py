@@ -4,6 +4,7 @@
                                    # 2 idle cores once the accuracy runs are cached
     python -m bench.run --full     # bigger N, more runs and seeds; the accuracy runs take long the first time
     python -m bench.run --refresh  # rebuild every cached clip set, record set and accuracy run it uses
+    python -m bench.run --render   # measure nothing: rewrite RESULTS.md from results.json and ANALYSIS.md
 
 Targets are checked here and printed as PASS/FAIL; nothing here is a timed test of `make test`. The first
 run featurizes the accuracy clips and trains the accuracy models, which takes far longer than 10 minutes on
@@ -223,11 +224,14 @@ def check_targets(results: dict) -> list[dict]:
     add("7b. the same models with the test frames shuffled in time", "<= 40%",
         f"{100 * top['shuffled_test_accuracy_median']:.1f}%",
         top["shuffled_test_accuracy_median"] <= TARGETS["shuffled_test_accuracy"], "chance is 16.7%")
-    diff = a["float16_minus_float32_points"]
-    add("6. float16 records: accuracy within 0.5 points of float32", "|diff| <= 0.5", f"{diff:+.2f} points",
-        abs(diff) <= TARGETS["float16_accuracy_points"],
-        f"{100 * a['float16']['test_accuracy_median']:.1f}% vs {100 * a['float32_same_seeds_test_accuracy']:.1f}% "
-        f"(same seeds); {f['bytes_per_video']['float16_over_float32']:.2f}x the bytes")
+    diff = a["same_model_float16_minus_float32_points"]
+    add("6. float16 records: accuracy within 0.5 points of float32 (the same model on the test records stored "
+        "both ways)", "|diff| <= 0.5", f"{diff:+.2f} points", abs(diff) <= TARGETS["float16_accuracy_points"],
+        f"{100 * a['same_model_float16_test_accuracy']:.1f}% vs {100 * a['same_model_float32_test_accuracy']:.1f}%, "
+        f"{100 * a['same_model_predictions_agree']:.1f}% of predictions identical; retrained on float16 records: "
+        f"{a['float16_minus_float32_points']:+.2f} points ({100 * a['float16']['test_accuracy_median']:.1f}% vs "
+        f"{100 * a['float32_same_seeds_test_accuracy']:.1f}%, seeds {a['float16']['seeds']}); "
+        f"{f['bytes_per_video']['float16_over_float32']:.2f}x the bytes")
     return checks
 
 
@@ -371,7 +375,13 @@ def _accuracy(f: dict, a: dict) -> list[str]:
         f"{pct(a['float16']['test_accuracy_median'])} |",
         "",
         "Bytes per video: the finished shards (TFRecord framing included) over their videos, from real featurize runs "
-        "on the same N clips. Accuracy: the same seeds, trained and tested on the same records re-encoded as float16.",
+        "on the same N clips. Accuracy: models of the same seeds trained and tested on the same records re-encoded "
+        "as float16 (what `--feature-encoding float16` writes for the same features). A retrained model follows a "
+        "different path (training here swings by several points from one epoch to the next, see ANALYSIS.md), so "
+        "the storage question is answered by the same model on both encodings of the test records: "
+        f"{pct(a['same_model_float32_test_accuracy'])} (float32) vs {pct(a['same_model_float16_test_accuracy'])} "
+        f"(float16), {pct(a['same_model_predictions_agree'])} of the predictions identical, probabilities within "
+        f"{a['same_model_max_probability_difference']:.1e}.",
         "",
         "## 7. Accuracy (issue 3): default `model.train` settings, `--weights random`",
         "",
@@ -425,7 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="the default: fits in 10 minutes once cached")
     mode.add_argument("--full", action="store_true", help="more clips, runs and seeds")
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing; rewrite RESULTS.md from results.json (after editing ANALYSIS.md)")
     args = parser.parse_args(argv)
+    if args.render:
+        RESULTS_MD.write_text(write_markdown(json.loads(RESULTS_JSON.read_text())))
+        print(f"wrote {RESULTS_MD.relative_to(REPO)} from {RESULTS_JSON.relative_to(REPO)}")
+        return 0
     settings = FULL if args.full else QUICK
     harness.REFRESH["enabled"] = args.refresh
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
