@@ -103,7 +103,7 @@ def training_run(sets: dict[str, Path], per_class: int, seed: int, encoding: str
 
     params = {"train": str(train), "test": str(test), "shuffled": str(shuffled), "seed": seed,
               "per_class": per_class, "encoding": encoding}
-    directory, hit = cached("training", params, TRAIN_SOURCES + ("bench/accuracy.py",), build)
+    directory, hit = cached("training", params, TRAIN_SOURCES, build)
     result = json.loads((directory / "result.json").read_text())
     made = provenance(directory)
     result.update(cached=hit, made_at=made["made_at"], git_head=made["git_head"],

@@ -5,6 +5,7 @@ time-shuffled test records changed the same way. Not part of `make bench`; quote
     python -m bench.diagnose_accuracy [--per-class 30] [--seed 0] [--variant standardized]
 
 Variants:
+  plain         no change: the default recipe on --per-class training clips (e.g. more than the benchmark's 30).
   standardized  every feature dimension shifted and scaled by the mean and standard deviation of the
                 training set's valid frames (what a `keras.layers.Normalization` adapted on the training
                 records, as the classifier's first layer, would do).
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=("standardized", "scaled", "curve"), default="standardized")
+    parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve"), default="standardized")
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
     parser.add_argument("--reduce-lr-on-plateau", action="store_true", help="for --variant curve")
     args = parser.parse_args(argv)
@@ -160,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(directory: Path) -> None:
         frames = valid_frames(train)
-        if args.variant == "standardized":
+        if args.variant == "plain":
+            mean, std = np.zeros(frames.shape[1], np.float32), np.ones(frames.shape[1], np.float32)
+        elif args.variant == "standardized":
             mean, std = frames.mean(0), frames.std(0)
             std[std == 0] = 1.0
         else:

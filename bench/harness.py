@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -248,6 +249,23 @@ def run_job(name: str, argv: Sequence[str], probe: Callable[[], float] | None = 
         cpu_s=cpu, peak_rss_mb=peak["rss"] / 1024, peak_pss_mb=peak["pss"] / 1024,
         peak_processes=peak["processes"], samples=samples, log_path=str(log_path), load_before=load,
     )
+
+
+_PROGRESS_LINE = re.compile(r"progress: .*?; (\d+) frames at [\d.]+ frames/s; (\d+) s$")
+
+
+def progress_frames_per_s(log_path: str) -> float:
+    """Frames/s between the first and the last progress line a job logged (beam_jobs.transforms.Progress logs
+    frames embedded and seconds since its start every 10 s): a steady rate that leaves start-up out. NaN
+    with fewer than two lines."""
+    points = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            if match := _PROGRESS_LINE.search(line.rstrip()):
+                points.append((int(match.group(2)), int(match.group(1))))
+    if len(points) < 2 or points[-1][0] == points[0][0]:
+        return float("nan")
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -413,7 +413,7 @@ def _accuracy(f: dict, a: dict) -> list[str]:
            "No source that decides these runs has changed since. ")
         + (f"Featurize sources changed since the records were made: {', '.join(records_changed)}; " if records_changed
            else "")
-        + f"today's code recomputes the first cached test records' features to within "
+        + "Today's code recomputes the features of the first cached test records to within "
         f"{f['accuracy_records_reproduced_max_abs_diff']:.1e} (max abs difference). `--refresh` rebuilds them all.",
         "",
     ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import featurize_args, read_records, record_files
-from bench.harness import REPO, WORK_DIR, JobRun, log, run_job, tree_bytes
+from bench.harness import REPO, WORK_DIR, JobRun, log, progress_frames_per_s, run_job, tree_bytes
 
 IMAGE_SIZE = 128
 FRAMES_PER_VIDEO = 20
@@ -135,6 +135,7 @@ class FeaturizeRun:
             "cpu_s": round(self.job.cpu_s, 2), "whole_job_frames_per_s": round(self.whole_job_frames_per_s, 2),
             "whole_job_videos_per_s": round(self.videos / self.job.wall_s, 3),
             "steady_state": {k: round(v, 5) if isinstance(v, float) else v for k, v in self.steady_state().items()},
+            "steady_frames_per_s_from_progress_log": round(progress_frames_per_s(self.job.log_path), 2),
             "first_record_after_s": round(self.startup_s(), 2), "peak_rss_mb": round(self.job.peak_rss_mb, 1),
             "peak_pss_mb": round(self.job.peak_pss_mb, 1), "peak_processes": self.job.peak_processes,
             "bytes_per_video": round(self.record_bytes / self.videos, 1), "load_before": self.job.load_before,
