@@ -1,9 +1,12 @@
 """A/B a change to the product before proposing it: the featurize job from this checkout against the same
-job from patched copies of the packages (beam_jobs/, model/, tfrecords_schema/ under each --variant's
-root, e.g. bench/_work/proto), taking turns, on the same clips. Prints and writes (bench/_work/prototype.json) steady
-and whole-job frames/s, time to the first record, peak RSS and PSS per run and their medians.
+job from patched copies of the packages (beam_jobs/, model/, tfrecords_schema/), taking turns, on the same
+clips. A --variant is NAME=DIFF[+DIFF...] (unified diffs applied in order to a fresh copy under
+bench/_work/variants/NAME) or NAME=DIR (a copy made by hand). Prints and writes (bench/_work/prototype.json)
+steady and whole-job frames/s, time to the first record, peak RSS and PSS per run and their medians.
 
-    python -m bench.prototype --variant child=bench/_work/proto --variant prefetch=bench/_work/proto2
+    python -m bench.prototype --per-class 16 --rounds 3 \
+        --variant tolist=bench/proposals/encode-float32-from-lists.diff \
+        --variant ahead=bench/proposals/encode-float32-from-lists.diff+bench/proposals/decode-one-video-ahead.diff
 
 Not part of `make bench`; the figures it produced are quoted in bench/ANALYSIS.md.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +25,27 @@ from bench.data import clip_set
 from bench.harness import REPO, WORK_DIR, load_average, log, median
 
 
+PACKAGES = ("beam_jobs", "model", "tfrecords_schema")
+
+
+def variant_root(name: str, spec: str) -> Path:
+    """The root of a patched copy: `spec` is a directory, or diffs joined by '+' applied to a fresh copy."""
+    if Path(spec).is_dir():
+        return Path(spec).resolve()
+    root = WORK_DIR / "variants" / name
+    shutil.rmtree(root, ignore_errors=True)
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for diff in spec.split("+"):
+        subprocess.run(["patch", "-p1", "-s", "-d", str(root), "-i", str(Path(diff).resolve())], check=True)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.prototype")
-    parser.add_argument("--variant", action="append", required=True, metavar="NAME=ROOT",
-                        help="a name and the root of a patched copy of the packages (repeatable)")
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME=DIFF[+DIFF]|NAME=DIR",
+                        help="a name and the diffs to apply to a copy of the packages, or a patched copy's root "
+                             "(repeatable)")
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--rounds", type=int, default=3)
@@ -31,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     clips = clip_set(args.per_class, args.seed)
     variants = {"current": REPO}
     for text in args.variant:
-        name, _, root = text.partition("=")
-        variants[name] = Path(root).resolve()
+        name, _, spec = text.partition("=")
+        variants[name] = variant_root(name, spec)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, root in variants.items():
