@@ -43,10 +43,12 @@ FEATURIZE_SOURCES = (
 )
 TRAIN_SOURCES = ("model/train.py", "model/classifier.py", "tfrecords_schema/schema.py", "tfrecords_schema/dataset.py")
 REFRESH = {"enabled": False}  # set by `python -m bench.run --refresh`: rebuild every cache entry used
+_REFRESHED: set[Path] = set()  # entries rebuilt in this process
 
 
-def median(values: Iterable[float]) -> float:
-    values = [v for v in values if v is not None]
+def median(values: Iterable[float | None]) -> float:
+    """Median of the values that are neither None nor NaN; NaN if there are none."""
+    values = [v for v in values if v is not None and v == v]
     return statistics.median(values) if values else float("nan")
 
 
@@ -297,10 +299,6 @@ def file_digest(path: str) -> str:
         return "missing"
 
 
-def sources_digest(paths: Iterable[str]) -> str:
-    return hashlib.sha256(json.dumps({p: file_digest(p) for p in sorted(set(paths))}).encode()).hexdigest()[:12]
-
-
 def cache_key(params: dict) -> str:
     return hashlib.sha256(json.dumps([CACHE_VERSION, params], sort_keys=True).encode()).hexdigest()[:12]
 
@@ -316,14 +314,11 @@ def cached(kind: str, params: dict, sources: Iterable[str], build: Callable[[Pat
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     build(directory)
-    provenance = {"params": params, "made_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                  "git_head": git_state()["head"], "sources": {p: file_digest(p) for p in sorted(set(sources))}}
-    (directory / COMPLETE_MARK).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    made = {"params": params, "made_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_head": git_state()["head"],
+            "sources": {p: file_digest(p) for p in sorted(set(sources))}}
+    (directory / COMPLETE_MARK).write_text(json.dumps(made, indent=2, sort_keys=True) + "\n")
     _REFRESHED.add(directory)
     return directory, False
-
-
-_REFRESHED: set[Path] = set()
 
 
 def provenance(directory: Path) -> dict:

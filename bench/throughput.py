@@ -73,9 +73,9 @@ class BareModel:
 
 class ReferenceExtractor:
     """The keras-io example's feature extractor and loop: `keras.Model(inputs, DenseNet121(preprocess_input(
-    inputs)))` and one `feature_extractor.predict(frame[None])` per frame. `verbose=0` (the example prints
-    a progress bar per frame, which would only slow it further) and a warm-up call before timing, so the
-    figure flatters the reference; decoding is not included on either side of its ratio."""
+    inputs)))` and one `feature_extractor.predict(frame[None])` per frame, with `verbose=0` (the example
+    prints a progress bar per call, which bench.diagnose_embedder finds costs nothing measurable) and a
+    warm-up call before timing; decoding is not included on either side of its ratio."""
 
     def __init__(self):
         import keras
