@@ -103,8 +103,11 @@ def test_hue_forward_turns_the_shape_colour_forward(seed):
                       for frame in frames])
     turned = np.degrees(hues[-1] - hues[0])
     assert turned == pytest.approx(params.hue_end - params.hue_start, abs=6)
-    assert 90 <= turned <= 186
+    assert 144 <= turned <= 246
     assert np.all(np.diff(hues) > 0)
+    # Always from red (within 20 degrees, plus rounding) towards the cool end, never across red.
+    start = (np.degrees(hues[0]) + 180.0) % 360.0 - 180.0
+    assert -26 <= start <= 26
 
 
 @pytest.mark.parametrize("label", sv.CLASSES)
