@@ -57,10 +57,10 @@ class Settings:
 
 
 QUICK = Settings("quick", per_class=2, rounds=3, bare_frames=320, reference_frames=40, batch_size=32,
-                 train_videos=600, train_epochs=4, train_runs=1, accuracy_sizes=(10, 20, 30),
+                 train_videos=600, train_epochs=4, train_runs=1, accuracy_sizes=(10, 20, 30, 60),
                  accuracy_seeds=(0,), float16_seeds=(0,), test_per_class=20, labelling_runs=1)
 FULL = Settings("full", per_class=4, rounds=3, bare_frames=640, reference_frames=100, batch_size=32,
-                train_videos=600, train_epochs=8, train_runs=3, accuracy_sizes=(10, 20, 30),
+                train_videos=600, train_epochs=8, train_runs=3, accuracy_sizes=(10, 20, 30, 60),
                 accuracy_seeds=(0, 1, 2), float16_seeds=(0, 1, 2), test_per_class=20, labelling_runs=3)
 
 TARGETS = {

@@ -167,7 +167,7 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="batch_size"):
         train.run(args + ["--resume", "--batch-size", "8"])
     metrics = train.run(args + ["--resume"])
-    # --patience 0: no early stopping, all --epochs run (the reference recipe is --epochs 5 --patience 0).
+    # --patience 0: no early stopping, all --epochs run (the reference recipe is --epochs 5 --patience 0 --lr-patience 0).
     assert metrics["epochs_run"] == 4 and not metrics["stopped_early"]
     assert [row["epoch"] for row in read_history(output)] == [1, 2, 3, 4]
 
@@ -236,3 +236,42 @@ def test_cli_refuses_mismatched_records_with_one_line(data, tmp_path):
     assert ours == [f"error: validation records ({tmp_path / 'narrow'}) do not match the training records: "
                     "feature_dim 8 (expected 16)"]
     assert not os.path.exists(tmp_path / "model") and not os.path.exists(tmp_path / "model.partial")
+
+
+def test_learning_rate_halves_when_the_validation_loss_stalls_and_survives_resume(tmp_path):
+    import keras
+
+    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
+
+    staging = str(tmp_path / "run.partial")
+    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
+    state = train.TrainingState(staging, patience=0, fingerprint={}, lr_patience=2)
+    state.set_model(model)
+    # Best at epoch 1, then no improvement: halved after epochs 3 and 5; a new best at 6 restarts the count.
+    for epoch, val_loss in enumerate([1.0, 1.1, 1.2, 1.3, 1.4, 0.9, 1.0]):
+        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": val_loss, "val_accuracy": 0.5})
+    rates = [row["learning_rate"] for row in read_history(staging)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+    assert state.best_epoch == 6 and state.last_lr_change == 5
+    # --resume takes the lowered rate from the last model and the count from the state file.
+    with open(os.path.join(staging, train.STATE_FILE)) as f:
+        resumed = train.TrainingState(staging, patience=0, fingerprint={}, state=json.load(f), lr_patience=2)
+    reloaded = keras.saving.load_model(resumed.last_model_path)
+    assert float(keras.ops.convert_to_numpy(reloaded.optimizer.learning_rate)) == pytest.approx(2.5e-4)
+    resumed.set_model(reloaded)
+    resumed.on_epoch_end(7, {"loss": 1.0, "val_loss": 1.0})  # two epochs since the best (6): halved again
+    assert float(keras.ops.convert_to_numpy(reloaded.optimizer.learning_rate)) == pytest.approx(1.25e-4)
+    assert train.MIN_LEARNING_RATE < 1.25e-4
+
+
+def test_lr_patience_zero_keeps_the_learning_rate(tmp_path):
+    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
+
+    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
+    state = train.TrainingState(str(tmp_path / "run.partial"), patience=0, fingerprint={}, lr_patience=0)
+    state.set_model(model)
+    for epoch in range(5):
+        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0 + epoch, "val_accuracy": 0.5})
+    assert [row["learning_rate"] for row in read_history(str(tmp_path / "run.partial"))] == pytest.approx([1e-3] * 5)
+    with pytest.raises(UserError, match="--lr-patience"):
+        train.parse_args(["--train", "x", "--output", "y", "--lr-patience", "-1"])
