@@ -4,9 +4,10 @@ clips. A --variant is NAME=DIFF[+DIFF...] (unified diffs applied in order to a f
 bench/_work/variants/NAME) or NAME=DIR (a copy made by hand). Prints and writes (bench/_work/prototype.json)
 steady and whole-job frames/s, time to the first record, peak RSS and PSS per run and their medians.
 
-    python -m bench.prototype --per-class 16 --rounds 3 \
-        --variant tolist=bench/proposals/encode-float32-from-lists.diff \
-        --variant ahead=bench/proposals/encode-float32-from-lists.diff+bench/proposals/decode-one-video-ahead.diff
+    python -m bench.prototype --per-class 16 --rounds 3 --variant ahead=bench/proposals/decode-one-video-ahead.diff
+
+(The ANALYSIS.md figures were taken before commit 6f9cd5a applied the other proposal, float32 records built
+from lists, to the product; its diff is in that commit.)
 
 Not part of `make bench`; the figures it produced are quoted in bench/ANALYSIS.md.
 """

@@ -368,7 +368,7 @@ def _accuracy(f: dict, a: dict) -> list[str]:
     lines = [
         "## 6. Record size",
         "",
-        "| encoding | bytes per video (20 frames x 1024) | test accuracy, 30 clips per class |",
+        f"| encoding | bytes per video (20 frames x 1024) | test accuracy, {a['float16']['per_class']} clips per class |",
         "|---|---|---|",
         f"| float32 (default) | {f['bytes_per_video']['float32']:.0f} | {pct(a['float32_same_seeds_test_accuracy'])} |",
         f"| float16 (`--feature-encoding float16`) | {f['bytes_per_video']['float16']:.0f} | "
