@@ -3,7 +3,7 @@
     python -m model.train --train 'features/train-*.tfrecord' --test 'features/test-*.tfrecord' \\
         --output models/run-1
     python -m model.train --train a/ --train b/ --validation val/ --output models/run-2 --seed 3
-    python -m model.train --train features/ --output models/reference --epochs 5 --patience 0
+    python -m model.train --train features/ --output models/reference --epochs 5 --patience 0 --lr-patience 0
 
 Defaults are the recipe that gave the best held-out accuracy: Adam starting at 1e-3, halved whenever the
 validation loss has not improved for 5 epochs (`--lr-patience`, down to 1e-5), batch 16, up to 200 epochs
