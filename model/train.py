@@ -129,7 +129,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
   python -m model.train --train features/train --test features/test --output models/run1
 
   # the Keras reference recipe: 5 epochs at a constant learning rate, no early stopping
-  python -m model.train --train 'features/train/features-*.tfrecord' --epochs 5 --patience 0 --lr-patience 0 \
+  python -m model.train --train 'features/train/features-*.tfrecord' --epochs 5 --patience 0 --lr-patience 0 \\
       --output models/ref
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
