@@ -177,10 +177,6 @@ def build_corpus(root) -> None:
         (bad / "unreadable.avi").chmod(0)
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")

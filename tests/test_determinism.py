@@ -20,10 +20,6 @@ FRAMES, IMAGE_SIZE = 4, 32
 RUN_SPECIFIC = {"finished_at", "output", "seconds"}  # manifest fields that name the run rather than describe the data
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")

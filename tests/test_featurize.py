@@ -15,8 +15,6 @@ from model.cli import UserError
 from tfrecords_schema import make_dataset, read_vocabulary
 
 
-
-
 def failures(output):
     return read_csv(output / "failures.csv")
 
