@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 from bench.harness import WORK_DIR, log, progress_frames_per_s, python_module, run_job
-
-FRAMES_PER_VIDEO = 20  # the generated clips have 24-72 frames; each gives max_seq_length = 20
+from bench.throughput import FRAMES_PER_VIDEO
 
 
 def label_videos(name: str, clips: Path, model: Path, batch_size: int = 32) -> dict:
