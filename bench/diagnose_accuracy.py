@@ -18,6 +18,13 @@ Variants:
                 the model reaches on unseen clips at any epoch, and which classes hold it back. With
                 --reduce-lr-on-plateau, the learning rate halves whenever the validation loss has not
                 improved for 5 epochs (down to 1e-5): does a settling learning rate lift the test accuracy?
+                Training-recipe options for the curve, one change at a time against the same seed:
+                --learning-rate, --lr-patience N (halve after N epochs without a lower validation loss;
+                --reduce-lr-on-plateau is --lr-patience 5), --clipnorm, --position-init-scale (the half-width
+                of the positional embedding's initial uniform values; Keras's is 0.05), and --augment with
+                any of drop:P (each real frame masked out with probability P), noise:SIGMA (Gaussian noise
+                added to the features) and crop:F (a random contiguous window of at least F of the real
+                frames, stretched back over them): ways to make the model learn order from fewer clips.
 
 Also prints the feature statistics that motivate it (scale of the random-weight DenseNet121 features).
 """
@@ -34,6 +41,7 @@ import numpy as np
 from bench import accuracy
 from bench.data import clip_set, featurized, read_records, rewrite_records
 from bench.harness import TRAIN_SOURCES, cached, log, python_module, run_job
+from bench.run import QUICK
 
 
 def valid_frames(records_dir: Path) -> np.ndarray:
@@ -80,6 +88,47 @@ def _arrays(records_dir: Path, labels: list[str]):
     return records, {"features": features, "mask": mask}, y
 
 
+AUGMENTATIONS = ("drop", "noise", "crop")
+CURVE_DEFAULTS = {"lr_patience": 0, "learning_rate": 1e-3, "clipnorm": 0.0, "position_init_scale": None, "augment": ""}
+
+
+def parse_augment(text: str) -> dict[str, float]:
+    """`drop:0.25,crop:0.6` -> {"drop": 0.25, "crop": 0.6}."""
+    chosen = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition(":")
+        if name not in AUGMENTATIONS or not value:
+            raise SystemExit(f"--augment: expected NAME:VALUE with NAME one of {', '.join(AUGMENTATIONS)}, got {item!r}")
+        chosen[name] = float(value)
+    return chosen
+
+
+def augmenter(chosen: dict[str, float]):
+    """A tf.data map function `(inputs, label) -> (inputs, label)` applying the `chosen` augmentations."""
+    import tensorflow as tf
+
+    def augment(inputs, label):
+        features, mask = inputs["features"], inputs["mask"]
+        if chosen.get("crop"):
+            real = tf.reduce_sum(tf.cast(mask, tf.int32))
+            count = tf.cast(real, tf.float32)
+            window = tf.maximum(2.0, tf.round(count * tf.random.uniform([], chosen["crop"], 1.0)))
+            start = tf.floor(tf.random.uniform([]) * (count - window + 1.0))
+            steps = tf.cast(tf.range(tf.shape(mask)[0]), tf.float32)
+            source = start + steps * (window - 1.0) / tf.maximum(count - 1.0, 1.0)
+            index = tf.minimum(tf.cast(tf.round(source), tf.int32), real - 1)
+            features = tf.where(mask[:, None], tf.gather(features, index), features)
+        if chosen.get("drop"):
+            kept = tf.logical_and(tf.random.uniform(tf.shape(mask)) >= chosen["drop"], mask)
+            enough = tf.reduce_sum(tf.cast(kept, tf.int32)) >= 2
+            mask = tf.cond(enough, lambda: kept, lambda: mask)
+        if chosen.get("noise"):
+            features = features + tf.random.normal(tf.shape(features), stddev=chosen["noise"])
+        return {"features": features, "mask": mask}, label
+
+    return augment
+
+
 def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, args) -> None:
     import keras
     import tensorflow as tf
@@ -95,7 +144,19 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     _, test_x, test_y = _arrays(test, labels)
     _, shuffled_x, shuffled_y = _arrays(shuffled, labels)
     keras.utils.set_random_seed(args.seed)
-    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=len(labels))), 1e-3)
+    model = build_classifier(ClassifierConfig(num_classes=len(labels)))
+    if args.clipnorm:
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.learning_rate, clipnorm=args.clipnorm),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    else:
+        compile_classifier(model, args.learning_rate)
+    if args.position_init_scale is not None:
+        embedding = model.get_layer("frame_position_embedding")
+        # Keras's "uniform" initializer draws from [-0.05, 0.05]; rescale the same draw.
+        embedding.set_weights([embedding.get_weights()[0] * (args.position_init_scale / 0.05)])
+    augment = augmenter(parse_augment(args.augment))
+    fit_ds = (tf.data.Dataset.from_tensor_slices((fit_x, y[~held])).shuffle(len(y), seed=args.seed)
+              .map(augment).batch(16).prefetch(2))
     rows = []
 
     class PerEpoch(keras.callbacks.Callback):
@@ -118,10 +179,11 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
                 f"test {row['test_accuracy']:.3f}, shuffled {row['shuffled_test_accuracy']:.3f}")
 
     callbacks = [PerEpoch()]
-    if args.reduce_lr_on_plateau:
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=5, min_lr=1e-5))
-    model.fit(fit_x, y[~held], validation_data=(val_x, y[held]), batch_size=16, epochs=args.epochs,
-              callbacks=callbacks, verbose=0)
+    if args.lr_patience:
+        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=args.lr_patience, min_lr=1e-5))
+    model.fit(fit_ds, validation_data=(val_x, y[held]), epochs=args.epochs, callbacks=callbacks, verbose=0,
+              shuffle=False)  # fit_ds is shuffled by tf.data, seeded
     best_val = min(rows, key=lambda r: r["val_loss"])
     best_test = max(rows, key=lambda r: r["test_accuracy"])
     summary = {
@@ -142,18 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve"), default="standardized")
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
-    parser.add_argument("--reduce-lr-on-plateau", action="store_true", help="for --variant curve")
+    parser.add_argument("--reduce-lr-on-plateau", dest="lr_patience", action="store_const", const=5,
+                        help="for --variant curve: --lr-patience 5")
+    parser.add_argument("--lr-patience", type=int, default=0, help="for --variant curve (0: constant rate)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="for --variant curve")
+    parser.add_argument("--clipnorm", type=float, default=0.0, help="for --variant curve (0: none)")
+    parser.add_argument("--position-init-scale", type=float, default=None, help="for --variant curve")
+    parser.add_argument("--augment", default="", metavar="NAME:VALUE,...", help="for --variant curve")
     args = parser.parse_args(argv)
-    train_all = featurized(clip_set(args.per_class, accuracy.TRAIN_SEED), "accuracy-train")
+    parse_augment(args.augment)
+    # The benchmark's own records (and cache entries) whenever --per-class is one of its sizes.
+    sizes = sorted(set(QUICK.accuracy_sizes) | {args.per_class})
+    train_all = featurized(clip_set(max(sizes), accuracy.TRAIN_SEED), "accuracy-train")
     test = featurized(clip_set(args.test_per_class, accuracy.TEST_SEED), "accuracy-test")
-    sets = accuracy.derived_records(train_all, test, sorted({10, 20, args.per_class}))
+    sets = accuracy.derived_records(train_all, test, sizes)
     train = sets[f"train-{args.per_class}-float32"]
     print("feature statistics of the training records:", json.dumps(feature_statistics(train), indent=2))
 
     if args.variant == "curve":
         params = {"train": str(train), "test": str(test), "variant": "curve", "seed": args.seed, "epochs": args.epochs}
-        if args.reduce_lr_on_plateau:
-            params["reduce_lr_on_plateau"] = True
+        options = {"lr_patience": args.lr_patience, "learning_rate": args.learning_rate, "clipnorm": args.clipnorm,
+                   "position_init_scale": args.position_init_scale, "augment": args.augment}
+        params.update({k: v for k, v in options.items() if v != CURVE_DEFAULTS[k]})
         directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
                               lambda d: learning_curve(d, train, test, sets["test-shuffled-float32"], args))
         print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))
