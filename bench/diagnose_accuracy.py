@@ -144,12 +144,9 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     _, test_x, test_y = _arrays(test, labels)
     _, shuffled_x, shuffled_y = _arrays(shuffled, labels)
     keras.utils.set_random_seed(args.seed)
-    model = build_classifier(ClassifierConfig(num_classes=len(labels)))
+    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=len(labels))), args.learning_rate)
     if args.clipnorm:
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.learning_rate, clipnorm=args.clipnorm),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    else:
-        compile_classifier(model, args.learning_rate)
+        model.optimizer.clipnorm = args.clipnorm  # read by Keras when it applies each step's gradients
     if args.position_init_scale is not None:
         embedding = model.get_layer("frame_position_embedding")
         # Keras's "uniform" initializer draws from [-0.05, 0.05]; rescale the same draw.
