@@ -89,7 +89,7 @@ def _arrays(records_dir: Path, labels: list[str]):
 
 
 AUGMENTATIONS = ("drop", "noise", "crop")
-CURVE_DEFAULTS = {"lr_patience": 0, "learning_rate": 1e-3, "clipnorm": 0.0, "position_init_scale": None, "augment": ""}
+CURVE_OPTIONS = ("lr_patience", "learning_rate", "clipnorm", "position_init_scale", "augment")
 
 
 def parse_augment(text: str) -> dict[str, float]:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve"), default="standardized")
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
-    parser.add_argument("--reduce-lr-on-plateau", dest="lr_patience", action="store_const", const=5,
+    parser.add_argument("--reduce-lr-on-plateau", dest="lr_patience", action="store_const", const=5, default=0,
                         help="for --variant curve: --lr-patience 5")
     parser.add_argument("--lr-patience", type=int, default=0, help="for --variant curve (0: constant rate)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="for --variant curve")
@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.variant == "curve":
         params = {"train": str(train), "test": str(test), "variant": "curve", "seed": args.seed, "epochs": args.epochs}
-        options = {"lr_patience": args.lr_patience, "learning_rate": args.learning_rate, "clipnorm": args.clipnorm,
-                   "position_init_scale": args.position_init_scale, "augment": args.augment}
-        params.update({k: v for k, v in options.items() if v != CURVE_DEFAULTS[k]})
+        # Options left at their defaults stay out of the key, so earlier cache entries keep matching.
+        params.update({name: getattr(args, name) for name in CURVE_OPTIONS
+                       if getattr(args, name) != parser.get_default(name)})
         directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
                               lambda d: learning_curve(d, train, test, sets["test-shuffled-float32"], args))
         print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))
