@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 RUNNER := --runner DirectRunner
-# Keeps the demo to minutes; the product's defaults (patience 20, up to 200 epochs) are what bench/ measures.
+# Keeps the demo to minutes; the product's defaults (patience 30, up to 200 epochs) are what bench/ measures.
 DEMO_TRAIN_FLAGS ?= --epochs 40 --patience 10
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1

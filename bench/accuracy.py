@@ -3,7 +3,7 @@
 
 Training clips (seed 11) and test clips (seed 12) come from the sample-clip generator, so the model never
 sees a test clip; both are featurized with `--weights random` by the featurize job. Each run trains with
-`python -m model.train` at its default settings (early stopping, patience 20, up to 200 epochs, batch 16,
+`python -m model.train` at its default settings (early stopping, patience 30, up to 200 epochs, batch 16,
 validation split 0.15 by video id), only `--seed` set, on the first k clips per class of the training set,
 and reports its test accuracy. The time-shuffled control evaluates the same model on the test records with
 each record's valid frames permuted (rewritten with the schema's encode/decode): a model that reads the
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import clip_index, clip_set, featurized, rewrite_records, shuffle_valid_frames
-from bench.harness import TRAIN_SOURCES, cached, log, median, provenance, python_module, run_job
+from bench.harness import TRAIN_SOURCES, cached, file_digest, log, median, provenance, python_module, run_job
 
 TRAIN_SEED = 11
 TEST_SEED = 12
@@ -102,7 +102,9 @@ def training_run(sets: dict[str, Path], per_class: int, seed: int, encoding: str
             f"time-shuffled {result['shuffled_test_accuracy']:.3f}, {result['epochs_run']} epochs")
 
     params = {"train": str(train), "test": str(test), "shuffled": str(shuffled), "seed": seed,
-              "per_class": per_class, "encoding": encoding}
+              "per_class": per_class, "encoding": encoding,
+              # A changed trainer (its defaults included) is a new run, not a stale cache hit.
+              "trainer": {path: file_digest(path) for path in TRAIN_SOURCES}}
     directory, hit = cached("training", params, TRAIN_SOURCES, build)
     result = json.loads((directory / "result.json").read_text())
     made = provenance(directory)

@@ -204,12 +204,44 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
     return keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name="video_classifier")
 
 
-def compile_classifier(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """Adam, sparse categorical cross-entropy on label ids, accuracy; returns `model`."""
+@keras.saving.register_keras_serializable(package="video_classifier")
+class AveragingAdam(keras.optimizers.Adam):
+    """Adam whose moving average of the weights (`use_ema`) warms up: at step t the momentum is
+    min(ema_momentum, (1 + t) / (10 + t)), as in `tf.train.ExponentialMovingAverage` with `num_updates`.
+
+    The average then spans about the last tenth of the steps taken (up to ~1 / (1 - ema_momentum) steps),
+    so a short run averages its recent weights instead of dragging its initial ones along, as Keras's
+    fixed momentum does.
+    """
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        if not self.use_ema:
+            return
+        step = ops.cast(self.iterations, "float32")
+        # Step 0 copies the weights into the (zero-initialised) averages.
+        momentum = ops.where(step > 0, ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step)), 0.0)
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                m = ops.cast(momentum, variable.dtype)
+                average.assign(m * average + (1.0 - m) * variable)
+
+
+def compile_classifier(model: keras.Model, learning_rate: float = 1e-3, ema_momentum: float = 0.0) -> keras.Model:
+    """Adam, sparse categorical cross-entropy on label ids, accuracy, XLA-compiled steps; returns `model`.
+
+    `ema_momentum` > 0 has Adam keep an exponential moving average of the weights (`use_ema`, warmed up:
+    see AveragingAdam), updated every step; `model.train` validates and keeps those averaged weights.
+
+    XLA is asked for explicitly: Keras's `jit_compile="auto"` turns it off on machines without an
+    accelerator, yet for this model it makes a training epoch about 3x faster on a CPU too. (Keras still
+    turns it off while TensorFlow's op determinism is on; `model.train` turns that on only with a GPU.)
+    """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=(AveragingAdam(learning_rate=learning_rate, use_ema=True, ema_momentum=ema_momentum)
+                   if ema_momentum > 0 else keras.optimizers.Adam(learning_rate=learning_rate)),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
+        jit_compile=True,
     )
     return model
 

@@ -136,3 +136,26 @@ def test_compile_uses_adam_and_sparse_cross_entropy():
                             return_dict=True)
     assert set(result) == {"loss", "accuracy"}
     assert result["loss"] > 0
+
+
+def test_moving_average_of_the_weights_warms_up():
+    model = compile_classifier(build_classifier(SMALL), learning_rate=0.01, ema_momentum=0.99)
+    features, mask = small_inputs()
+    inputs, labels = {"features": features, "mask": mask}, np.array([0, 1, 2, 0])
+    expected = None
+    for step in range(4):
+        model.train_on_batch(inputs, labels)
+        weights = [keras.ops.convert_to_numpy(v) for v in model.optimizer._trainable_variables]
+        # Step 0 copies the weights; then momentum min(0.99, (1 + t) / (10 + t)): 2/11, 3/12, 4/13.
+        momentum = 0.0 if step == 0 else min(0.99, (1 + step) / (10 + step))
+        expected = [w if expected is None else momentum * e + (1 - momentum) * w
+                    for w, e in zip(weights, expected or weights)]
+        averages = [keras.ops.convert_to_numpy(v) for v in model.optimizer._model_variables_moving_average]
+        for average, want in zip(averages, expected):
+            np.testing.assert_allclose(average, want, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, w) for a, w in zip(averages, weights))  # the average trails the weights
+
+
+def test_without_momentum_there_is_no_average():
+    model = compile_classifier(build_classifier(SMALL))
+    assert not model.optimizer.use_ema
