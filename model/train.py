@@ -26,7 +26,8 @@ The run is staged in `<output>.partial` (a local temp dir for gs:// outputs; Ten
 `logs/` there while it runs) and renamed to `<output>` only when finished, `metrics.json` written last.
 `--resume` continues an interrupted run from its last finished epoch (same data and settings; the shuffle
 order after the restart differs from an uninterrupted run's). A finished model in `<output>` is replaced
-only with `--overwrite`. The same `--seed` gives the same weights and metrics (TensorFlow op determinism).
+only with `--overwrite`. The same `--seed` gives the same weights and metrics on the same machine and
+thread settings (XLA-compiled steps on a CPU; TensorFlow's op determinism, without XLA, on a GPU).
 """
 
 from __future__ import annotations
