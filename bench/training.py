@@ -80,6 +80,7 @@ def training_speed(videos: int = 600, epochs: int = 6, runs: int = 1) -> dict:
             "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs_run"],
             "num_train_examples": metrics["num_train_examples"], "num_val_examples": metrics["num_val_examples"],
             "seconds_per_epoch_each": [round(float(x), 3) for x in per_epoch],
+            "batch_size": metrics["config"]["batch_size"],
             "peak_rss_mb": round(job.peak_rss_mb, 1), "load_before": job.load_before,
         })
         log(f"train-speed-{run}: {metrics['epochs_run']} epochs in {metrics['train_seconds']}s of fit, "
@@ -90,7 +91,7 @@ def training_speed(videos: int = 600, epochs: int = 6, runs: int = 1) -> dict:
         "videos": videos,
         "num_train_examples": examples,
         "num_val_examples": results[0]["num_val_examples"],
-        "batch_size": 16,
+        "batch_size": results[0]["batch_size"],  # the trainer's default
         "seconds_per_epoch": round(seconds_per_epoch, 3),
         "train_examples_per_s": round(examples / seconds_per_epoch, 1),
         "whole_command_s": round(median(r["wall_s"] for r in results), 2),

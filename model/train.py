@@ -4,16 +4,18 @@
         --output models/run-1
     python -m model.train --train a/ --train b/ --validation val/ --output models/run-2 --seed 3
     python -m model.train --train features/ --output models/reference --epochs 5 --patience 0 --lr-patience 0 \\
-        --ema-momentum 0
+        --ema-momentum 0 --start-from-epoch 0
 
 Defaults are the recipe that gave the best held-out accuracy: Adam starting at 1e-3, halved whenever the
-validation loss has not improved for 10 epochs (`--lr-patience`, down to 1e-5), batch 16, up to 200 epochs
+validation loss has not improved for 10 epochs (`--lr-patience`, down to 1e-5), batch 32, up to 200 epochs
 with early stopping once the validation loss has not improved for 30 epochs, and the weights of the best
-epoch (lowest validation loss) kept. The weights validated, kept and exported are an exponential moving
+epoch (lowest validation loss) kept. The first 60 epochs are a warm-up (`--start-from-epoch`, as in Keras's
+EarlyStopping): validated and logged but not judged, so the rate stays at its start, the run goes on, and
+the best epoch is one after them. The weights validated, kept and exported are an exponential moving
 average of the training weights (`--ema-momentum 0.99`, warmed up so that short runs average only their
 recent steps; `--ema-momentum 0` uses the raw weights). `--patience 0` turns early stopping off: all
 `--epochs` run and the best epoch's weights are still kept; `--epochs 5 --patience 0 --lr-patience 0
---ema-momentum 0` is the keras-io reference recipe.
+--ema-momentum 0 --start-from-epoch 0` is the keras-io reference recipe.
 
 Without `--validation`, a `--validation-split` share (0.15) of the training videos is held out, chosen by a
 hash of the video id: the same videos are held out whatever the file order, sharding or seed.
@@ -101,10 +103,11 @@ class TrainConfig:
     test: tuple[str, ...] = ()
     epochs: int = 200
     patience: int = 30
-    batch_size: int = 16
+    batch_size: int = 32
     learning_rate: float = 1e-3
     lr_patience: int = 10
     ema_momentum: float = 0.99
+    start_from_epoch: int = 60
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -119,6 +122,8 @@ class TrainConfig:
             raise UserError(f"--lr-patience must be 0 (constant learning rate) or more, got {self.lr_patience}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise UserError(f"--ema-momentum must be 0 (no averaging) or more and below 1, got {self.ema_momentum}")
+        if self.start_from_epoch < 0:
+            raise UserError(f"--start-from-epoch must be 0 (judge every epoch) or more, got {self.start_from_epoch}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.learning_rate > 0:
@@ -132,13 +137,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         prog="python -m model.train",
         description="Train the video classifier on feature records and write a model directory.",
         epilog="""examples:
-  # defaults: learning rate halved after 10 epochs without a lower validation loss, early stopping after 30
-  # (up to 200 epochs), moving average of the weights kept, 15% held out by video id
+  # defaults: 60 warm-up epochs, then the learning rate halved after 10 epochs without a lower validation
+  # loss and early stopping after 30 (up to 200 epochs), moving average of the weights kept, 15% held out
+  # by video id
   python -m model.train --train features/train --test features/test --output models/run1
 
   # the Keras reference recipe: 5 epochs at a constant learning rate, no early stopping, raw weights
   python -m model.train --train 'features/train/features-*.tfrecord' --epochs 5 --patience 0 --lr-patience 0 \\
-      --ema-momentum 0 --output models/ref
+      --ema-momentum 0 --start-from-epoch 0 --output models/ref
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -158,7 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--patience", type=int, default=30,
                         help="stop after this many epochs without a lower validation loss; 0 trains all "
                              "--epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="videos per training step (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="videos per training step (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="Adam's learning rate at the start (default: %(default)s)")
     parser.add_argument("--lr-patience", type=int, default=10,
@@ -167,6 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser.add_argument("--ema-momentum", type=float, default=0.99,
                         help="validate, keep and export an exponential moving average of the weights, updated "
                              "every step with this momentum; 0 uses the raw weights (default: %(default)s)")
+    parser.add_argument("--start-from-epoch", type=int, default=60, metavar="N",
+                        help="warm-up: the first N epochs are validated but not judged (no checkpoint kept, no "
+                             "halving, no early stopping), like Keras's EarlyStopping(start_from_epoch=N); 0 judges "
+                             "every epoch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds weights, dropout and shuffling; same seed, same model (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
@@ -187,6 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         learning_rate=args.learning_rate,
         lr_patience=args.lr_patience,
         ema_momentum=args.ema_momentum,
+        start_from_epoch=args.start_from_epoch,
         seed=args.seed,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -324,14 +335,21 @@ class TrainingState(keras.callbacks.Callback):
     `lr_patience` epochs without improvement (0: never; not below MIN_LEARNING_RATE), stops early after
     `patience` epochs without improvement (0: never), writes `history.csv`, and saves what `--resume` needs
     (the last model with its optimizer, learning rate included, and this state) so an interrupted run can
-    go on."""
+    go on.
+
+    The first `start_from_epoch` epochs are a warm-up, as in Keras's `EarlyStopping(start_from_epoch=...)`:
+    they are validated and logged but not judged, so none of them is kept as the best and none lowers the
+    learning rate or stops the run. (On small validation sets the loss often has a low while the model
+    still separates the classes by appearance alone; judging from then on halved the rate and stopped runs
+    before the model had learnt the order of the frames: bench/ANALYSIS.md section 7c.)"""
 
     def __init__(self, staging: str, patience: int, fingerprint: dict, state: dict | None = None,
-                 lr_patience: int = 0):
+                 lr_patience: int = 0, start_from_epoch: int = 0):
         super().__init__()
         self.staging = staging
         self.patience = patience
         self.lr_patience = lr_patience
+        self.start_from_epoch = start_from_epoch
         self.fingerprint = fingerprint
         state = state or {}
         self.epochs_done = state.get("epochs_done", 0)
@@ -354,7 +372,8 @@ class TrainingState(keras.callbacks.Callback):
         self.epochs_done = epoch + 1
         val_loss = float(logs.get("val_loss", math.nan))
         os.makedirs(os.path.join(self.staging, CHECKPOINTS_DIR), exist_ok=True)
-        if val_loss < self.best_val_loss:
+        judged = self.epochs_done > self.start_from_epoch
+        if judged and val_loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_loss, self.epochs_done
             with averaged_weights(self.model):  # the weights that were validated
                 _replace_atomically(self.best_weights_path, self.model.save_weights)
@@ -362,7 +381,9 @@ class TrainingState(keras.callbacks.Callback):
         metrics = {key: float(logs[key]) for key in HISTORY_COLUMNS[1:] if key in logs}
         self.history.append({"epoch": self.epochs_done, **metrics, "learning_rate": learning_rate})
         write_history(os.path.join(self.staging, export.HISTORY_FILE), self.history)
-        if self.patience and self.epochs_done - self.best_epoch >= self.patience:
+        if not judged:
+            pass
+        elif self.patience and self.epochs_done - self.best_epoch >= self.patience:
             self.stopped_early = True
             self.model.stop_training = True
             logger.info("early stopping after epoch %d: no lower validation loss since epoch %d",
@@ -533,6 +554,7 @@ def _fingerprint(config: TrainConfig, train: RecordSet, validation: RecordSet | 
         "learning_rate": config.learning_rate,
         "lr_patience": config.lr_patience,
         "ema_momentum": config.ema_momentum,
+        "start_from_epoch": config.start_from_epoch,
         "seed": config.seed,
         "labels": list(vocabulary),
         "record_spec": dataclasses.asdict(train.spec),
@@ -623,7 +645,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     classifier_config = ClassifierConfig(
         num_classes=len(vocabulary), max_seq_length=train.spec.max_seq_length, feature_dim=train.spec.feature_dim
     )
-    tracker = TrainingState(staging, config.patience, fingerprint, state, lr_patience=config.lr_patience)
+    tracker = TrainingState(staging, config.patience, fingerprint, state, lr_patience=config.lr_patience,
+                            start_from_epoch=config.start_from_epoch)
     if state is not None:
         model = keras.saving.load_model(tracker.last_model_path)
         logger.info("resuming after epoch %d (best so far: epoch %d)", tracker.epochs_done, tracker.best_epoch)
@@ -650,7 +673,11 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if tracker.best_epoch:
         model.load_weights(tracker.best_weights_path)
     else:
-        logger.warning("the validation loss was never finite; keeping the last epoch's weights")
+        if tracker.epochs_done <= config.start_from_epoch:
+            logger.warning("all %d epochs were warm-up (--start-from-epoch %d), none was judged; keeping the last "
+                           "epoch's weights", tracker.epochs_done, config.start_from_epoch)
+        else:
+            logger.warning("the validation loss was never finite; keeping the last epoch's weights")
 
     final = build_classifier(classifier_config)
     final.set_weights(model.get_weights())

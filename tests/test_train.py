@@ -22,7 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES, DIM = 8, 16
 # Fast settings: the small model learns the toy task in a few epochs at a higher learning rate. (The kept
 # weights are the moving average, which trails the raw ones by a few steps: 12 epochs were enough without it.)
-FAST = ["--epochs", "16", "--learning-rate", "0.01", "--seed", "1"]
+# Every epoch is judged (no warm-up), so a short run keeps its best epoch; batch 16 (the default is 32) gives
+# the ~50 training clips 4 steps an epoch.
+FAST = ["--epochs", "16", "--learning-rate", "0.01", "--seed", "1", "--start-from-epoch", "0", "--batch-size", "16"]
 
 
 def make_records(directory, per_class, seed, shards=2, dim=DIM, backbone="test-net", order=1):
@@ -147,7 +149,7 @@ def test_validation_split_depends_on_the_video_id_only(data, tmp_path):
 
 def test_early_stopping_stops_after_patience_epochs(data, tmp_path):
     stopped = train.run(["--train", str(data / "train"), "--output", str(tmp_path / "stop"), "--epochs", "50",
-                         "--patience", "1", "--learning-rate", "0.5", "--seed", "2"])
+                         "--patience", "1", "--learning-rate", "0.5", "--seed", "2", "--start-from-epoch", "0"])
     assert stopped["stopped_early"] and stopped["epochs_run"] == stopped["best_epoch"] + 1 < 50
 
 
@@ -271,6 +273,37 @@ def test_learning_rate_halves_when_the_validation_loss_stalls_and_survives_resum
     resumed.on_epoch_end(7, {"loss": 1.0, "val_loss": 1.0})  # two epochs since the best (6): halved again
     assert float(keras.ops.convert_to_numpy(reloaded.optimizer.learning_rate)) == pytest.approx(1.25e-4)
     assert train.MIN_LEARNING_RATE < 1.25e-4
+
+
+def test_warm_up_epochs_are_not_judged(tmp_path):
+    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
+
+    staging = str(tmp_path / "run.partial")
+    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
+    state = train.TrainingState(staging, patience=3, fingerprint={}, lr_patience=1, start_from_epoch=3)
+    state.set_model(model)
+    # Epoch 1 has the lowest loss but is warm-up: the best is epoch 4, the first judged one. The rate then
+    # halves after each epoch without a lower loss (history logs the rate an epoch ran at), and the run
+    # stops 3 epochs after epoch 4.
+    for epoch, val_loss in enumerate([0.1, 0.5, 0.6, 1.0, 1.1, 1.2, 1.3, 1.4]):
+        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": val_loss, "val_accuracy": 0.5})
+        if state.model.stop_training:
+            break
+    assert state.best_epoch == 4 and state.best_val_loss == pytest.approx(1.0)
+    assert state.stopped_early and state.epochs_done == 7
+    rates = [row["learning_rate"] for row in read_history(staging)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4])
+    with pytest.raises(UserError, match="--start-from-epoch"):
+        train.parse_args(["--train", "x", "--output", "y", "--start-from-epoch", "-1"])
+
+
+def test_a_run_shorter_than_the_warm_up_keeps_its_last_averaged_weights(data, tmp_path):
+    output = str(tmp_path / "model")
+    metrics = train.run(["--train", str(data / "train"), "--output", output, "--epochs", "3",
+                         "--start-from-epoch", "5", *FAST[2:6]])
+    assert metrics["best_epoch"] == 0 and metrics["best_val_loss"] is None and metrics["epochs_run"] == 3
+    # The exported weights are the last epoch's moving average, the weights validated after that epoch.
+    assert metrics["val_loss"] == pytest.approx(read_history(output)[-1]["val_loss"], rel=1e-4)
 
 
 def test_lr_patience_zero_keeps_the_learning_rate(tmp_path):
