@@ -339,8 +339,8 @@ class TrainingState(keras.callbacks.Callback):
 
     The first `start_from_epoch` epochs are a warm-up, as in Keras's `EarlyStopping(start_from_epoch=...)`:
     they are validated and logged but not judged, so none of them is kept as the best and none lowers the
-    learning rate or stops the run. (On small validation sets the loss often has a low while the model
-    still separates the classes by appearance alone; judging from then on halved the rate and stopped runs
+    learning rate or stops the run. (On small validation sets the loss often has an early low while the
+    validation accuracy is still rising; judged from epoch 1, that low halved the rate and stopped runs
     before the model had learnt the order of the frames: bench/ANALYSIS.md section 7c.)"""
 
     def __init__(self, staging: str, patience: int, fingerprint: dict, state: dict | None = None,
@@ -381,14 +381,12 @@ class TrainingState(keras.callbacks.Callback):
         metrics = {key: float(logs[key]) for key in HISTORY_COLUMNS[1:] if key in logs}
         self.history.append({"epoch": self.epochs_done, **metrics, "learning_rate": learning_rate})
         write_history(os.path.join(self.staging, export.HISTORY_FILE), self.history)
-        if not judged:
-            pass
-        elif self.patience and self.epochs_done - self.best_epoch >= self.patience:
+        if judged and self.patience and self.epochs_done - self.best_epoch >= self.patience:
             self.stopped_early = True
             self.model.stop_training = True
             logger.info("early stopping after epoch %d: no lower validation loss since epoch %d",
                         self.epochs_done, self.best_epoch)
-        elif (self.lr_patience and learning_rate > MIN_LEARNING_RATE
+        elif (judged and self.lr_patience and learning_rate > MIN_LEARNING_RATE
               and self.epochs_done - max(self.best_epoch, self.last_lr_change) >= self.lr_patience):
             lowered = max(learning_rate * LR_FACTOR, MIN_LEARNING_RATE)
             self.model.optimizer.learning_rate.assign(lowered)
