@@ -5,9 +5,9 @@ Training clips (seed 11) and test clips (seed 12) come from the sample-clip gene
 sees a test clip; both are featurized with `--weights random` by the featurize job. Each run trains with
 `python -m model.train` at its default settings (60 warm-up epochs, then early stopping with patience 30, up
 to 200 epochs, batch 32, validation split 0.15 by video id), only `--seed` set, on the first k clips per class
-of the training set, and reports its test accuracy. The time-shuffled control evaluates the same model on the test records with
-each record's valid frames permuted (rewritten with the schema's encode/decode): a model that reads the
-order of frames falls to about chance (1/6 here, 1/2 within each pair of reversed classes).
+of the training set, and reports its test accuracy. The time-shuffled control evaluates the same model on the
+test records with each record's valid frames permuted (rewritten with the schema's encode/decode): a model
+that reads the order of frames falls to about chance (1/6 here, 1/2 within each pair of reversed classes).
 
 The float16 runs train and test on the same records re-encoded as float16 (`encode_video_record(...,
 "float16")`, exactly what `--feature-encoding float16` writes for the same features).

@@ -328,7 +328,7 @@ def _featurize(f: dict) -> list[str]:
 
 def _training(t: dict) -> list[str]:
     return [
-        f"## 4. Training: `python -m model.train`, batch {t.get('batch_size', 16)}, synthetic feature records",
+        f"## 4. Training: `python -m model.train`, batch {t['batch_size']}, synthetic feature records",
         "",
         f"{t['videos']} videos ({t['num_train_examples']} train, {t['num_val_examples']} validation by the default "
         f"0.15 split), {t['epochs_per_run']} epochs a run (`--patience 0`), {len(t['runs'])} run(s): "
