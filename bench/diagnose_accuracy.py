@@ -26,6 +26,12 @@ Variants:
                 added to the features) and crop:F (a random contiguous window of at least F of the real
                 frames, stretched back over them): ways to make the model learn order from fewer clips.
 
+  linear-probe  no training of the product's model: a ridge-regression classifier (closed form, one-vs-rest
+                targets +-1) on all frames' features laid end to end (frames x dims inputs), fitted on the
+                trainer's training share (the validation split left out) and scored on the test and
+                time-shuffled test clips, for a few ridge strengths: is the order in the features, and how
+                much of it does a model with no inductive bias for video read from this many clips?
+
 Also prints the feature statistics that motivate it (scale of the random-weight DenseNet121 features).
 """
 
@@ -194,12 +200,41 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     (directory / "result.json").write_text(json.dumps({"summary": summary, "epochs": rows}, indent=2) + "\n")
 
 
+RIDGE_STRENGTHS = (1e-3, 1e-1, 1.0)
+
+
+def linear_probe(train: Path, test: Path, shuffled: Path) -> dict:
+    """Test and time-shuffled accuracy of ridge classifiers on flattened frame features (see the docstring)."""
+    import tensorflow as tf
+
+    from model.train import in_validation_split
+
+    labels = sorted(set((Path(train) / "labels.txt").read_text().split()))
+    records, x, y = _arrays(train, labels)
+    held = in_validation_split(tf.constant([r.video_id for r in records]), 0.15).numpy()
+    flat = x["features"][~held].reshape(int((~held).sum()), -1).astype(np.float64)
+    mean = flat.mean(0)
+    centred = flat - mean
+    targets = np.where(y[~held][:, None] == np.arange(len(labels))[None], 1.0, -1.0)
+    kernel = centred @ centred.T  # the dual form: as many unknowns as training videos, not inputs
+    scored = {name: _arrays(path, labels)[1:] for name, path in (("test", test), ("shuffled_test", shuffled))}
+    result = {"train_videos": int((~held).sum()), "inputs": int(flat.shape[1]), "by_ridge_strength": {}}
+    for strength in RIDGE_STRENGTHS:
+        weights = centred.T @ np.linalg.solve(kernel + strength * np.eye(len(kernel)), targets)
+        accuracies = {}
+        for name, (inputs, truth) in scored.items():
+            predicted = ((inputs["features"].reshape(len(truth), -1) - mean) @ weights).argmax(-1)
+            accuracies[f"{name}_accuracy"] = float((predicted == truth).mean())
+        result["by_ridge_strength"][str(strength)] = accuracies
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.diagnose_accuracy")
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve"), default="standardized")
+    parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve", "linear-probe"), default="standardized")
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
     parser.add_argument("--reduce-lr-on-plateau", dest="lr_patience", action="store_const", const=5, default=0,
                         help="for --variant curve: --lr-patience 5")
@@ -217,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = accuracy.derived_records(train_all, test, sizes)
     train = sets[f"train-{args.per_class}-float32"]
     print("feature statistics of the training records:", json.dumps(feature_statistics(train), indent=2))
+
+    if args.variant == "linear-probe":
+        print(json.dumps(linear_probe(train, test, sets["test-shuffled-float32"]), indent=2))
+        return 0
 
     if args.variant == "curve":
         params = {"train": str(train), "test": str(test), "variant": "curve", "seed": args.seed, "epochs": args.epochs}
