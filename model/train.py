@@ -172,7 +172,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
                              f"(not below {MIN_LEARNING_RATE:g}); 0 keeps it constant (default: %(default)s)")
     parser.add_argument("--ema-momentum", type=float, default=0.99,
                         help="validate, keep and export an exponential moving average of the weights, updated "
-                             "every step with this momentum; 0 uses the raw weights (default: %(default)s)")
+                             "every step with this momentum, at most (1 + t) / (10 + t) at step t (so 0.99 binds "
+                             "only after 890 steps; before, the average spans about the last tenth of the steps); "
+                             "0 uses the raw weights (default: %(default)s)")
     parser.add_argument("--start-from-epoch", type=int, default=60, metavar="N",
                         help="warm-up: the first N epochs are validated but not judged (no checkpoint kept, no "
                              "halving, no early stopping), like Keras's EarlyStopping(start_from_epoch=N); 0 judges "
