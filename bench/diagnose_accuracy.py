@@ -25,7 +25,10 @@ Variants:
                 any of drop:P (each real frame masked out with probability P), noise:SIGMA (Gaussian noise
                 added to the features) and crop:F (a random contiguous window of at least F of the real
                 frames, stretched back over them): ways to make the model learn order from fewer clips.
-
+  trace         the product's trainer (`model.train.run`, default settings, --seed) in this process, with the
+                weights it validates (the moving average) scored on the test and time-shuffled test clips
+                after every epoch, and the misclassified test clips listed: does any epoch reach the target,
+                and is the kept epoch the best one? (bench/ANALYSIS.md section 7d)
   linear-probe  no training of the product's model: a ridge-regression classifier (closed form, one-vs-rest
                 targets +-1) on all frames' features laid end to end (frames x dims inputs), fitted on the
                 trainer's training share (the validation split left out) and scored on the test and
@@ -38,6 +41,7 @@ Also prints the feature statistics that motivate it (scale of the random-weight 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
@@ -200,6 +204,52 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     (directory / "result.json").write_text(json.dumps({"summary": summary, "epochs": rows}, indent=2) + "\n")
 
 
+def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int) -> None:
+    """Runs `model.train` with every epoch scored on the test clips (see the docstring); writes result.json."""
+    import model.train as trainer
+
+    labels = (Path(train) / "labels.txt").read_text().split()
+    test_records, test_x, test_y = _arrays(test, labels)
+    _, shuffled_x, shuffled_y = _arrays(shuffled, labels)
+    rows = []
+
+    class ScoredEachEpoch(trainer.TrainingState):
+        def on_epoch_end(self, epoch, logs=None):
+            with trainer.averaged_weights(self.model):
+                predicted = self.model.predict_on_batch(test_x).argmax(-1)
+                shuffled_predicted = self.model.predict_on_batch(shuffled_x).argmax(-1)
+            rows.append({
+                "epoch": epoch + 1, "val_loss": (logs or {}).get("val_loss"),
+                "test_accuracy": float((predicted == test_y).mean()),
+                "shuffled_test_accuracy": float((shuffled_predicted == shuffled_y).mean()),
+                "wrong": [test_records[i].video_id for i in np.flatnonzero(predicted != test_y)],
+            })
+            log(f"epoch {epoch + 1}: test {rows[-1]['test_accuracy']:.3f}, wrong {len(rows[-1]['wrong'])}")
+            super().on_epoch_end(epoch, logs)
+
+    original, trainer.TrainingState = trainer.TrainingState, ScoredEachEpoch
+    try:
+        metrics = trainer.run(["--train", str(train), "--output", str(directory / "model"), "--seed", str(seed)])
+    finally:
+        trainer.TrainingState = original
+    if metrics["labels"] != labels:
+        raise SystemExit(f"the trainer's labels {metrics['labels']} are not the records' {labels}")
+    after_warm_up = rows[metrics["config"]["start_from_epoch"]:] or rows
+    kept = rows[metrics["best_epoch"] - 1] if metrics["best_epoch"] else rows[-1]
+    summary = {
+        "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+        "kept_test_accuracy": kept["test_accuracy"], "kept_shuffled_test_accuracy": kept["shuffled_test_accuracy"],
+        "after_warm_up": {
+            "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in after_warm_up])),
+            "min_test_accuracy": min(r["test_accuracy"] for r in after_warm_up),
+            "max_test_accuracy": max(r["test_accuracy"] for r in after_warm_up),
+            # How often each clip was wrong: the clips that hold a run back are wrong in nearly every epoch.
+            "wrong_in_epochs": dict(collections.Counter(v for r in after_warm_up for v in r["wrong"]).most_common(10)),
+        },
+    }
+    (directory / "result.json").write_text(json.dumps({"summary": summary, "epochs": rows}, indent=2) + "\n")
+
+
 RIDGE_STRENGTHS = (1e-3, 1e-1, 1.0)
 
 
@@ -234,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", choices=("plain", "standardized", "scaled", "curve", "linear-probe"), default="standardized")
+    parser.add_argument("--variant", default="standardized",
+                        choices=("plain", "standardized", "scaled", "curve", "trace", "linear-probe"))
     parser.add_argument("--epochs", type=int, default=200, help="for --variant curve")
     parser.add_argument("--reduce-lr-on-plateau", dest="lr_patience", action="store_const", const=5, default=0,
                         help="for --variant curve: --lr-patience 5")
@@ -255,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.variant == "linear-probe":
         print(json.dumps(linear_probe(train, test, sets["test-shuffled-float32"]), indent=2))
+        return 0
+
+    if args.variant == "trace":
+        params = {"train": str(train), "test": str(test), "variant": "trace", "seed": args.seed}
+        directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
+                              lambda d: trace(d, train, test, sets["test-shuffled-float32"], args.seed))
+        print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))
         return 0
 
     if args.variant == "curve":
