@@ -98,6 +98,15 @@ def _arrays(records_dir: Path, labels: list[str]):
     return records, {"features": features, "mask": mask}, y
 
 
+def held_out(records) -> np.ndarray:
+    """Which records `model.train` holds out for validation by default (its --validation-split, by video id)."""
+    import tensorflow as tf
+
+    from model.train import TrainConfig, in_validation_split
+
+    return in_validation_split(tf.constant([r.video_id for r in records]), TrainConfig.validation_split).numpy()
+
+
 AUGMENTATIONS = ("drop", "noise", "crop")
 CURVE_OPTIONS = ("lr_patience", "learning_rate", "clipnorm", "position_init_scale", "augment")
 
@@ -144,11 +153,9 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     import tensorflow as tf
 
     from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-    from model.train import in_validation_split
-
     labels = sorted({r for r in (Path(train) / "labels.txt").read_text().split()})
     records, x, y = _arrays(train, labels)
-    held = in_validation_split(tf.constant([r.video_id for r in records]), 0.15).numpy()
+    held = held_out(records)
     fit_x = {k: v[~held] for k, v in x.items()}
     val_x = {k: v[held] for k, v in x.items()}
     _, test_x, test_y = _arrays(test, labels)
@@ -255,13 +262,9 @@ RIDGE_STRENGTHS = (1e-3, 1e-1, 1.0)
 
 def linear_probe(train: Path, test: Path, shuffled: Path) -> dict:
     """Test and time-shuffled accuracy of ridge classifiers on flattened frame features (see the docstring)."""
-    import tensorflow as tf
-
-    from model.train import in_validation_split
-
     labels = sorted(set((Path(train) / "labels.txt").read_text().split()))
     records, x, y = _arrays(train, labels)
-    held = in_validation_split(tf.constant([r.video_id for r in records]), 0.15).numpy()
+    held = held_out(records)
     flat = x["features"][~held].reshape(int((~held).sum()), -1).astype(np.float64)
     mean = flat.mean(0)
     centred = flat - mean
