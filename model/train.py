@@ -27,7 +27,7 @@ size or sampling differ from the first training record's, are refused.
 The run is staged in `<output>.partial` (a local temp dir for gs:// outputs; TensorBoard logs under
 `logs/` there while it runs) and renamed to `<output>` only when finished, `metrics.json` written last.
 `--resume` continues an interrupted run from its last finished epoch (same data and settings; the shuffle
-order after the restart differs from an uninterrupted run's). A finished model in `<output>` is replaced
+order and feature noise after the restart differ from an uninterrupted run's). A finished model in `<output>` is replaced
 only with `--overwrite`. The same `--seed` gives the same weights and metrics on the same machine and
 thread settings (XLA-compiled steps on a CPU; TensorFlow's op determinism, without XLA, on a GPU).
 """
@@ -108,6 +108,7 @@ class TrainConfig:
     lr_patience: int = 10
     ema_momentum: float = 0.99
     start_from_epoch: int = 60
+    feature_noise: float = 0.0
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -124,6 +125,8 @@ class TrainConfig:
             raise UserError(f"--ema-momentum must be 0 (no averaging) or more and below 1, got {self.ema_momentum}")
         if self.start_from_epoch < 0:
             raise UserError(f"--start-from-epoch must be 0 (judge every epoch) or more, got {self.start_from_epoch}")
+        if not 0.0 <= self.feature_noise <= 2.0:
+            raise UserError(f"--feature-noise must be 0 (off) to 2, got {self.feature_noise}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.learning_rate > 0:
@@ -179,6 +182,10 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
                         help="warm-up: the first N epochs are validated but not judged (no checkpoint kept, no "
                              "halving, no early stopping), like Keras's EarlyStopping(start_from_epoch=N); 0 judges "
                              "every epoch (default: %(default)s)")
+    parser.add_argument("--feature-noise", type=float, default=0.0, metavar="SIGMA",
+                        help="augment the training videos: every epoch, multiply each feature value by a fresh "
+                             "log-normal factor exp(SIGMA * N(0, 1) - SIGMA**2 / 2) (mean 1); validation and test "
+                             "features are left as they are; 0 turns it off (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds weights, dropout and shuffling; same seed, same model (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
@@ -200,6 +207,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         lr_patience=args.lr_patience,
         ema_momentum=args.ema_momentum,
         start_from_epoch=args.start_from_epoch,
+        feature_noise=args.feature_noise,
         seed=args.seed,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -326,6 +334,23 @@ def _model_dataset(
     ds = ds.map(lambda inputs, label: ({FEATURES_INPUT: inputs[0], MASK_INPUT: inputs[1]}, label))
     ds = ds.apply(tf.data.experimental.assert_cardinality(size))
     return ds.cache() if cache else ds
+
+
+def with_feature_noise(ds: tf.data.Dataset, sigma: float, seed: int) -> tf.data.Dataset:
+    """Multiplies every feature value by exp(sigma * N(0, 1) - sigma**2 / 2): mean 1, never negative (pooled CNN
+    features are not), fresh for every video in every epoch. The draws are stateless, keyed by a seeded stream
+    that restarts differently each epoch, so the same seed gives the same noise."""
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def noisy(example, key):
+        inputs, label = example
+        features = inputs[FEATURES_INPUT]
+        draw = tf.random.stateless_normal(tf.shape(features), seed=tf.stack([key, tf.constant(seed, tf.int64)]),
+                                          dtype=features.dtype)
+        factor = tf.exp(sigma * draw - sigma * sigma / 2.0)
+        return {**inputs, FEATURES_INPUT: features * factor}, label
+
+    return tf.data.Dataset.zip((ds, keys)).map(noisy, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --- Training state: best weights, early stopping, history, resumption ---------------------------------
@@ -555,6 +580,7 @@ def _fingerprint(config: TrainConfig, train: RecordSet, validation: RecordSet | 
         "lr_patience": config.lr_patience,
         "ema_momentum": config.ema_momentum,
         "start_from_epoch": config.start_from_epoch,
+        "feature_noise": config.feature_noise,
         "seed": config.seed,
         "labels": list(vocabulary),
         "record_spec": dataclasses.asdict(train.spec),
@@ -639,8 +665,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
         train_ds = _model_dataset(train, table, num_train, cache=config.cache)
         validation_ds = _model_dataset(validation, table, num_validation, cache=config.cache)
     test_ds = _model_dataset(test, table, len(test.labels), cache=config.cache) if test else None
-    fit_ds = (train_ds.shuffle(min(num_train, MAX_SHUFFLE_BUFFER), seed=config.seed, reshuffle_each_iteration=True)
-              .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    fit_ds = train_ds.shuffle(min(num_train, MAX_SHUFFLE_BUFFER), seed=config.seed, reshuffle_each_iteration=True)
+    if config.feature_noise:
+        fit_ds = with_feature_noise(fit_ds, config.feature_noise, config.seed)
+    fit_ds = fit_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
     classifier_config = ClassifierConfig(
         num_classes=len(vocabulary), max_seq_length=train.spec.max_seq_length, feature_dim=train.spec.feature_dim

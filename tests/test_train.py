@@ -342,3 +342,27 @@ def test_ema_momentum_is_checked():
     with pytest.raises(UserError, match="--ema-momentum"):
         train.parse_args(["--train", "x", "--output", "y", "--ema-momentum", "1"])
     assert train.parse_args(["--train", "x", "--output", "y"]).ema_momentum == 0.99
+
+
+def test_feature_noise_multiplies_training_features_afresh_each_epoch():
+    features = np.full((64, FRAMES, DIM), 2.0, "float32")
+    features[:, -1] = 0.0  # e.g. padding: stays zero
+    mask = np.ones((64, FRAMES), bool)
+    source = tf.data.Dataset.from_tensor_slices(({"features": features, "mask": mask}, np.arange(64)))
+
+    def epoch(ds):
+        items = list(ds.as_numpy_iterator())
+        assert [label for _, label in items] == list(range(64))
+        assert all((inputs["mask"] == mask[0]).all() for inputs, _ in items)
+        return np.stack([inputs["features"] for inputs, _ in items])
+
+    noisy = train.with_feature_noise(source, 0.2, seed=3)
+    first, second = epoch(noisy), epoch(noisy)
+    factors = first[:, :-1] / 2.0
+    assert (factors > 0).all() and (first[:, -1] == 0).all()
+    assert abs(factors.mean() - 1.0) < 0.01 and abs(np.log(factors).std() - 0.2) < 0.01
+    assert not np.allclose(first, second)  # fresh noise every epoch
+    np.testing.assert_array_equal(epoch(train.with_feature_noise(source, 0.2, seed=3)), first)
+    assert not np.allclose(epoch(train.with_feature_noise(source, 0.2, seed=4)), first)
+    with pytest.raises(UserError, match="--feature-noise"):
+        train.parse_args(["--train", "x", "--output", "y", "--feature-noise", "-0.1"])
