@@ -27,8 +27,8 @@ size or sampling differ from the first training record's, are refused.
 The run is staged in `<output>.partial` (a local temp dir for gs:// outputs; TensorBoard logs under
 `logs/` there while it runs) and renamed to `<output>` only when finished, `metrics.json` written last.
 `--resume` continues an interrupted run from its last finished epoch (same data and settings; the shuffle
-order and feature noise after the restart differ from an uninterrupted run's). A finished model in `<output>` is replaced
-only with `--overwrite`. The same `--seed` gives the same weights and metrics on the same machine and
+order and feature noise after the restart differ from an uninterrupted run's). A finished model in `<output>`
+is replaced only with `--overwrite`. The same `--seed` gives the same weights and metrics on the same machine and
 thread settings (XLA-compiled steps on a CPU; TensorFlow's op determinism, without XLA, on a GPU).
 """
 
