@@ -51,21 +51,17 @@ def predict(model_dir: Path, records: Path) -> tuple[list[str], np.ndarray, np.n
     return list(loaded.labels), np.concatenate(probabilities), np.concatenate(labels)
 
 
-def evaluate(model_dir: Path, records: Path, with_predictions: bool = False):
-    """Accuracy of the model directory on the records, in this process; with `with_predictions`, also the
-    predicted label ids and the probabilities: (accuracy, [N], [N, classes])."""
+def evaluate(model_dir: Path, records: Path) -> float:
+    """Accuracy of the model directory on the records, in this process."""
     _, probabilities, labels = predict(model_dir, records)
-    predicted = probabilities.argmax(-1)
-    accuracy = float((predicted == labels).mean())
-    return (accuracy, predicted, probabilities) if with_predictions else accuracy
+    return float((probabilities.argmax(-1) == labels).mean())
 
 
-def pair_split(model_dir: Path, records: Path) -> dict:
-    """How the model labels the records by pair of reversed classes (beam_jobs.sample_videos.ORDER_PAIRS):
-    the share it puts in the right pair, and its accuracy on those."""
+def pair_split(labels: list[str], probabilities: np.ndarray, truth: np.ndarray) -> dict:
+    """How predictions (`predict`'s output) fall by pair of reversed classes (beam_jobs.sample_videos.
+    ORDER_PAIRS): the share put in the right pair, and the accuracy on those."""
     from beam_jobs.sample_videos import REVERSE_CLASS
 
-    labels, probabilities, truth = predict(model_dir, records)
     predicted = probabilities.argmax(-1)
     pair = np.array([min(label, REVERSE_CLASS.get(label, label)) for label in labels])
     right_pair = pair[predicted] == pair[truth]
@@ -172,8 +168,10 @@ def accuracy(sizes: list[int], seeds: list[int], float16_seeds: list[int], test_
               and r["seed"] in float16_seeds]
     float32_paired = median(r["test_accuracy"] for r in paired)
     # The storage question alone: the same float32-trained model on the test records stored both ways.
-    accuracy32, predicted32, probabilities32 = evaluate(model_dir, sets["test-float32"], with_predictions=True)
-    accuracy16, predicted16, probabilities16 = evaluate(model_dir, sets["test-float16"], with_predictions=True)
+    test32, test16 = predict(model_dir, sets["test-float32"]), predict(model_dir, sets["test-float16"])
+    (_, probabilities32, truth32), (_, probabilities16, truth16) = test32, test16
+    predicted32, predicted16 = probabilities32.argmax(-1), probabilities16.argmax(-1)
+    accuracy32, accuracy16 = float((predicted32 == truth32).mean()), float((predicted16 == truth16).mean())
     return {
         "train_clips_seed": TRAIN_SEED, "test_clips_seed": TEST_SEED, "test_per_class": test_per_class,
         "train_videos_all": runs[0]["train_examples"] + runs[0]["val_examples"],
@@ -190,8 +188,8 @@ def accuracy(sizes: list[int], seeds: list[int], float16_seeds: list[int], test_
         "same_model_predictions_agree": float(np.mean(predicted16 == predicted32)),
         "same_model_max_probability_difference": float(np.abs(probabilities16 - probabilities32).max()),
         "shuffled_pairs": {"model": f"{KEEP_MODEL[0]} clips per class, seed {KEEP_MODEL[1]}",
-                           "test": pair_split(model_dir, sets["test-float32"]),
-                           "shuffled": pair_split(model_dir, sets["test-shuffled-float32"])},
+                           "test": pair_split(*test32),
+                           "shuffled": pair_split(*predict(model_dir, sets["test-shuffled-float32"]))},
         "runs": runs,
         "labelling_model": str(model_dir) if model_dir else None,
         "test_clips": str(test_clips),
