@@ -9,7 +9,9 @@ frames never reach the output (attention ignores them as keys, max pooling skips
     probabilities = model.predict_on_batch({"features": f, "mask": m})  # [B, T, D], [B, T] -> [B, 5]
 
 With the reference values (20 frames of 1024-d features) and 5 classes the model has 4,237,321 weights:
-20,480 in the positional embedding, 4,211,716 in the encoder block and 5,125 in the output layer.
+20,480 in the positional embedding, 4,211,716 in the encoder block and 5,125 in the output layer. The
+attention's key_dim is feature_dim / num_heads, so any number of heads has that same count; the reference
+has one head (key_dim = feature_dim), and `model.train` trains with 8 by default (bench/ANALYSIS.md 7h).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ClassifierConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.feature_dim % self.num_heads:
+            raise ValueError(f"num_heads must divide feature_dim ({self.feature_dim}), got {self.num_heads}")
         for name in ("attention_dropout", "head_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -95,7 +99,7 @@ class PositionalEmbedding(layers.Layer):
 class TransformerEncoder(layers.Layer):
     """One post-norm Transformer encoder block over frames.
 
-    Self-attention (key_dim = feature_dim) -> residual + LayerNorm -> dense feature_dim -> dense_dim (gelu)
+    Self-attention (`num_heads` heads, key_dim = feature_dim / num_heads) -> residual + LayerNorm -> dense feature_dim -> dense_dim (gelu)
     -> feature_dim -> residual + LayerNorm.
 
     Call with `inputs` `[batch, frames, feature_dim]` and `mask` `[batch, frames]` bool (True = real frame);
@@ -111,8 +115,12 @@ class TransformerEncoder(layers.Layer):
         self.dense_dim = dense_dim
         self.num_heads = num_heads
         self.dropout = dropout
+        if feature_dim % num_heads:
+            raise ValueError(f"num_heads must divide feature_dim ({feature_dim}), got {num_heads}")
+        # The heads share feature_dim between them, as in "Attention Is All You Need": the weight count does not
+        # depend on num_heads.
         self.attention = layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=feature_dim, dropout=dropout, name="attention"
+            num_heads=num_heads, key_dim=feature_dim // num_heads, dropout=dropout, name="attention"
         )
         self.dense_in = layers.Dense(dense_dim, activation="gelu", name="dense_in")
         self.dense_out = layers.Dense(feature_dim, name="dense_out")

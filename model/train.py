@@ -4,7 +4,7 @@
         --output models/run-1
     python -m model.train --train a/ --train b/ --validation val/ --output models/run-2 --seed 3
     python -m model.train --train features/ --output models/reference --epochs 5 --patience 0 --lr-patience 0 \\
-        --ema-momentum 0 --start-from-epoch 0
+        --ema-momentum 0 --start-from-epoch 0 --num-heads 1
 
 Defaults are the recipe that gave the best held-out accuracy: Adam starting at 1e-3, halved whenever the
 validation loss has not improved for 10 epochs (`--lr-patience`, down to 1e-5), batch 32, up to 200 epochs
@@ -13,9 +13,11 @@ epoch (lowest validation loss) kept. The first 60 epochs are a warm-up (`--start
 EarlyStopping): validated and logged but not judged, so the rate stays at its start, the run goes on, and
 the best epoch is one after them. The weights validated, kept and exported are an exponential moving
 average of the training weights (`--ema-momentum 0.99`, warmed up so that short runs average only their
-recent steps; `--ema-momentum 0` uses the raw weights). `--patience 0` turns early stopping off: all
-`--epochs` run and the best epoch's weights are still kept; `--epochs 5 --patience 0 --lr-patience 0
---ema-momentum 0 --start-from-epoch 0` is the keras-io reference recipe.
+recent steps; `--ema-momentum 0` uses the raw weights). The attention has 8 heads (`--num-heads`), each of key_dim
+feature_dim / 8: the same weights as the reference's one head of key_dim feature_dim, but it reads frame order
+from far fewer clips (bench/ANALYSIS.md section 7h). `--patience 0` turns early stopping off: all `--epochs` run
+and the best epoch's weights are still kept; `--epochs 5 --patience 0 --lr-patience 0 --ema-momentum 0
+--start-from-epoch 0 --num-heads 1` is the keras-io reference recipe.
 
 Without `--validation`, a `--validation-split` share (0.15) of the training videos is held out, chosen by a
 hash of the video id: the same videos are held out whatever the file order, sharding or seed.
@@ -109,6 +111,7 @@ class TrainConfig:
     ema_momentum: float = 0.99
     start_from_epoch: int = 60
     feature_noise: float = 0.0
+    num_heads: int = 8
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -129,6 +132,8 @@ class TrainConfig:
             raise UserError(f"--feature-noise must be 0 (off) to 2, got {self.feature_noise}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_heads < 1:
+            raise UserError(f"--num-heads must be at least 1, got {self.num_heads}")
         if not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         if not self.validation and not 0.0 < self.validation_split < 1.0:
@@ -145,9 +150,10 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
   # by video id
   python -m model.train --train features/train --test features/test --output models/run1
 
-  # the Keras reference recipe: 5 epochs at a constant learning rate, no early stopping, raw weights
+  # the Keras reference recipe: 5 epochs at a constant learning rate, no early stopping, raw weights, one
+  # attention head
   python -m model.train --train 'features/train/features-*.tfrecord' --epochs 5 --patience 0 --lr-patience 0 \\
-      --ema-momentum 0 --start-from-epoch 0 --output models/ref
+      --ema-momentum 0 --start-from-epoch 0 --num-heads 1 --output models/ref
 """,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -186,6 +192,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
                         help="augment the training videos: every epoch, multiply each feature value by a fresh "
                              "log-normal factor exp(SIGMA * N(0, 1) - SIGMA**2 / 2) (mean 1); validation and test "
                              "features are left as they are; 0 turns it off (default: %(default)s)")
+    parser.add_argument("--num-heads", type=int, default=8,
+                        help="attention heads, each of key_dim feature_dim / N, so the weight count does not "
+                             "change; 1 is the reference model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds weights, dropout and shuffling; same seed, same model (default: %(default)s)")
     parser.add_argument("--resume", action="store_true",
@@ -208,6 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         ema_momentum=args.ema_momentum,
         start_from_epoch=args.start_from_epoch,
         feature_noise=args.feature_noise,
+        num_heads=args.num_heads,
         seed=args.seed,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -581,6 +591,7 @@ def _fingerprint(config: TrainConfig, train: RecordSet, validation: RecordSet | 
         "ema_momentum": config.ema_momentum,
         "start_from_epoch": config.start_from_epoch,
         "feature_noise": config.feature_noise,
+        "num_heads": config.num_heads,
         "seed": config.seed,
         "labels": list(vocabulary),
         "record_spec": dataclasses.asdict(train.spec),
@@ -617,6 +628,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
     for other in (validation, test):
         if other and (shared := sorted(set(train.files) & set(other.files))):
             raise UserError(f"{shared[0]} is both a training and a {other.name} file")
+    if train.spec.feature_dim % config.num_heads:
+        raise UserError(f"--num-heads must divide the records' feature dim ({train.spec.feature_dim}), "
+                        f"got {config.num_heads}")
     vocabulary = choose_vocabulary(train)
     for records in (train, validation, test):
         if records is not None:
@@ -671,7 +685,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     fit_ds = fit_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
     classifier_config = ClassifierConfig(
-        num_classes=len(vocabulary), max_seq_length=train.spec.max_seq_length, feature_dim=train.spec.feature_dim
+        num_classes=len(vocabulary), max_seq_length=train.spec.max_seq_length, feature_dim=train.spec.feature_dim,
+        num_heads=config.num_heads,
     )
     tracker = TrainingState(staging, config.patience, fingerprint, state, lr_patience=config.lr_patience,
                             start_from_epoch=config.start_from_epoch)

@@ -37,7 +37,7 @@ def test_config_defaults_are_the_reference_values():
 
 
 @pytest.mark.parametrize("changes", [{"num_classes": 1}, {"feature_dim": 0}, {"head_dropout": 1.0},
-                                     {"attention_dropout": -0.1}])
+                                     {"attention_dropout": -0.1}, {"num_heads": 3}])
 def test_config_rejects_bad_values(changes):
     with pytest.raises(ValueError):
         ClassifierConfig(**{"num_classes": 5, **changes})
@@ -55,6 +55,17 @@ def test_parameter_count_is_the_reference_models():
     # 4,216,841: the same count without the positional embedding's 20,480.
     assert model.count_params() == 4_237_321
     assert model.count_params() - per_layer["frame_position_embedding"] == 4_216_841
+
+
+def test_heads_share_the_feature_dim_so_the_weight_count_stays():
+    one, eight = (build_classifier(ClassifierConfig(num_classes=5, num_heads=heads)) for heads in (1, 8))
+    assert eight.count_params() == one.count_params() == 4_237_321
+    attention = eight.get_layer("transformer_layer").attention
+    assert (attention.num_heads, attention.key_dim) == (8, 128)
+    assert one.get_layer("transformer_layer").attention.key_dim == 1024
+    assert classifier_config_of(eight).num_heads == 8
+    with pytest.raises(ValueError, match=r"num_heads must divide feature_dim \(16\), got 3"):
+        TransformerEncoder(feature_dim=16, dense_dim=4, num_heads=3, dropout=0.0)
 
 
 def test_outputs_are_probabilities_over_the_classes():

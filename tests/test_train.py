@@ -104,10 +104,13 @@ def test_model_directory_is_complete(trained, data):
     for key in ("train", "val", "test"):
         assert 0.0 <= metrics[f"{key}_accuracy"] <= 1.0 and metrics[f"{key}_loss"] >= 0.0
     assert metrics["seed"] == 1 and metrics["labels"] == ["down", "up"]
+    # Eight attention heads by default (bench/ANALYSIS.md 7h), in the exported model as in the metrics.
+    assert metrics["classifier"]["num_heads"] == metrics["config"]["num_heads"] == 8
     loaded = load_model_dir(output)
     assert loaded.model_id == metrics["model_id"]
     assert loaded.labels == ["down", "up"]
     assert dataclasses.asdict(loaded.spec)["feature_dim"] == DIM and loaded.spec.backbone_id == "test-net"
+    assert loaded.model.get_layer("transformer_layer").attention.key_dim == DIM // 8
     # The kept weights are the best epoch's by validation loss.
     history = read_history(output)
     best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
@@ -178,7 +181,7 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     assert any(not np.allclose(a, w) for a, w in zip(averages, last.get_weights()))
     metrics = train.run(args + ["--resume"])
     # --patience 0: no early stopping, all --epochs run (the reference recipe is --epochs 5 --patience 0 --lr-patience 0
-    # --ema-momentum 0).
+    # --ema-momentum 0 --start-from-epoch 0 --num-heads 1).
     assert metrics["epochs_run"] == 4 and not metrics["stopped_early"]
     assert [row["epoch"] for row in read_history(output)] == [1, 2, 3, 4]
 
@@ -228,6 +231,10 @@ def test_user_mistakes_are_refused(trained, data, tmp_path):
         train.run(["--train", str(tmp_path / "mixed"), "--output", str(tmp_path / "m")])
     with pytest.raises(UserError, match="--validation-split"):
         train.run(["--train", str(data / "train"), "--output", str(tmp_path / "m"), "--validation-split", "1.5"])
+    with pytest.raises(UserError, match=r"--num-heads must divide the records' feature dim \(16\), got 3"):
+        train.run(["--train", str(data / "train"), "--output", str(tmp_path / "m"), "--num-heads", "3"])
+    with pytest.raises(UserError, match="--num-heads must be at least 1"):
+        train.run(["--train", str(data / "train"), "--output", str(tmp_path / "m"), "--num-heads", "0"])
     assert not os.path.exists(tmp_path / "m") and not os.path.exists(tmp_path / "m.partial")
 
 
