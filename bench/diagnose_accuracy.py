@@ -28,7 +28,13 @@ Variants:
   trace         the product's trainer (`model.train.run`, default settings, --seed) in this process, with the
                 weights it validates (the moving average) scored on the test and time-shuffled test clips
                 after every epoch, and the misclassified test clips listed: does any epoch reach the target,
-                and is the kept epoch the best one? (bench/ANALYSIS.md section 7d)
+                and is the kept epoch the best one? (bench/ANALYSIS.md section 7d) Changes to the trainer or
+                model, patched in for this run only (bench/ANALYSIS.md section 7h): --label-smoothing EPS
+                (one-hot labels, cross-entropy with label smoothing, validation loss included), --mixup
+                ALPHA (each training video mixed with a random other one, features and one-hot labels, the
+                larger weight drawn from Beta(ALPHA, ALPHA) on the first), --attention-dropout RATE (the
+                issue fixes 0.3); --heads N is the trainer's own --num-heads (its default since section 7h
+                is 8; 1 is the reference).
   linear-probe  no training of the product's model: a ridge-regression classifier (closed form, one-vs-rest
                 targets +-1) on all frames' features laid end to end (frames x dims inputs), fitted on the
                 trainer's training share (the validation split left out) and scored on the test and
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -211,8 +218,68 @@ def learning_curve(directory: Path, train: Path, test: Path, shuffled: Path, arg
     (directory / "result.json").write_text(json.dumps({"summary": summary, "epochs": rows}, indent=2) + "\n")
 
 
-def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int) -> None:
-    """Runs `model.train` with every epoch scored on the test clips (see the docstring); writes result.json."""
+TRACE_OPTIONS = ("label_smoothing", "mixup", "attention_dropout", "heads")
+
+
+@contextlib.contextmanager
+def patched_trainer(trainer, recipe: dict, num_classes: int, seed: int):
+    """`model.train` (the module `trainer`) with the changes of `recipe` (TRACE_OPTIONS, see the docstring)
+    patched in, and as it was after the block."""
+    import functools
+
+    import keras
+    import tensorflow as tf
+
+    from model import classifier
+
+    saved = {name: getattr(trainer, name) for name in ("_model_dataset", "compile_classifier", "ClassifierConfig")}
+    smoothing, alpha = recipe.get("label_smoothing", 0.0), recipe.get("mixup", 0.0)
+    one_hot = bool(smoothing or alpha)
+
+    def model_dataset(records, table, size, keep_validation=None, fraction=0.0, cache=True):
+        ds = saved["_model_dataset"](records, table, size, keep_validation, fraction, cache)
+        if not one_hot:
+            return ds
+        ds = ds.map(lambda inputs, label: (inputs, tf.one_hot(label, num_classes)))
+        if keep_validation is False and alpha:  # the training share only
+            partners = ds.shuffle(size, seed=seed + 1, reshuffle_each_iteration=True)
+            keys = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True)
+
+            def mix(first, second, key):
+                (x1, y1), (x2, y2) = first, second
+                draws = [tf.random.stateless_gamma([], tf.stack([key, tf.constant(i, tf.int64)]), alpha=alpha)
+                         for i in (0, 1)]
+                weight = draws[0] / (draws[0] + draws[1])
+                weight = tf.maximum(weight, 1.0 - weight)
+                features = weight * x1["features"] + (1.0 - weight) * x2["features"]
+                return ({"features": features, "mask": tf.logical_and(x1["mask"], x2["mask"])},
+                        weight * y1 + (1.0 - weight) * y2)
+
+            ds = tf.data.Dataset.zip((ds, partners, keys)).map(mix)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(size))
+        return ds
+
+    def compile_classifier(model, learning_rate=1e-3, ema_momentum=0.0):
+        saved["compile_classifier"](model, learning_rate, ema_momentum)
+        if one_hot:
+            model.compile(optimizer=model.optimizer, metrics=["accuracy"], jit_compile=True,
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing))
+        return model
+
+    trainer._model_dataset, trainer.compile_classifier = model_dataset, compile_classifier
+    if recipe.get("attention_dropout") is not None:
+        trainer.ClassifierConfig = functools.partial(classifier.ClassifierConfig,
+                                                     attention_dropout=recipe["attention_dropout"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(trainer, name, value)
+
+
+def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int, recipe: dict | None = None) -> None:
+    """Runs `model.train` with every epoch scored on the test clips (see the docstring), with the changes of
+    `recipe` patched in; writes result.json."""
     import model.train as trainer
 
     labels = (Path(train) / "labels.txt").read_text().split()
@@ -236,7 +303,9 @@ def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int) -
 
     original, trainer.TrainingState = trainer.TrainingState, ScoredEachEpoch
     try:
-        metrics = trainer.run(["--train", str(train), "--output", str(directory / "model"), "--seed", str(seed)])
+        with patched_trainer(trainer, recipe or {}, len(labels), seed):
+            metrics = trainer.run(["--train", str(train), "--output", str(directory / "model"), "--seed", str(seed),
+                                   *(["--num-heads", str(recipe["heads"])] if recipe and recipe.get("heads") else [])])
     finally:
         trainer.TrainingState = original
     if metrics["labels"] != labels:
@@ -244,7 +313,7 @@ def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int) -
     after_warm_up = rows[metrics["config"]["start_from_epoch"]:] or rows
     kept = rows[metrics["best_epoch"] - 1] if metrics["best_epoch"] else rows[-1]
     summary = {
-        "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+        "recipe": recipe or {}, "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
         "kept_test_accuracy": kept["test_accuracy"], "kept_shuffled_test_accuracy": kept["shuffled_test_accuracy"],
         "after_warm_up": {
             "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in after_warm_up])),
@@ -297,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clipnorm", type=float, default=0.0, help="for --variant curve (0: none)")
     parser.add_argument("--position-init-scale", type=float, default=None, help="for --variant curve")
     parser.add_argument("--augment", default="", metavar="NAME:VALUE,...", help="for --variant curve")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="for --variant trace")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="for --variant trace")
+    parser.add_argument("--attention-dropout", type=float, default=None, help="for --variant trace")
+    parser.add_argument("--heads", type=int, default=None, help="for --variant trace")
     args = parser.parse_args(argv)
     parse_augment(args.augment)
     # The benchmark's own records (and cache entries) whenever --per-class is one of its sizes.
@@ -312,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.variant == "trace":
-        params = {"train": str(train), "test": str(test), "variant": "trace", "seed": args.seed}
+        # Options left at their defaults stay out of the key, so earlier cache entries keep matching.
+        recipe = {name: getattr(args, name) for name in TRACE_OPTIONS if getattr(args, name) != parser.get_default(name)}
+        params = {"train": str(train), "test": str(test), "variant": "trace", "seed": args.seed, **recipe}
         directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
-                              lambda d: trace(d, train, test, sets["test-shuffled-float32"], args.seed))
+                              lambda d: trace(d, train, test, sets["test-shuffled-float32"], args.seed, recipe))
         print(json.dumps(json.loads((directory / "result.json").read_text())["summary"], indent=2))
         return 0
 
