@@ -12,8 +12,8 @@ Variants:
   scaled        all features multiplied by one number, 1 / the standard deviation of all training values,
                 so they are on the scale of the positional embedding's initial values and beyond, with
                 the relative sizes of the dimensions kept.
-  curve         no change to the features: the product's classifier and recipe (Adam 1e-3, batch 16, the
-                trainer's validation split) trained in this process for --epochs epochs without early
+  curve         no change to the features: the reference classifier (one head) and the session-3 recipe (Adam
+                1e-3, batch 16, the trainer's validation split) trained in this process for --epochs epochs without early
                 stopping, with the test accuracy per class and time-shuffled accuracy after every epoch: what
                 the model reaches on unseen clips at any epoch, and which classes hold it back. With
                 --reduce-lr-on-plateau, the learning rate halves whenever the validation loss has not
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.variant == "trace":
         # Options left at their defaults stay out of the key, so earlier cache entries keep matching.
-        recipe = {name: getattr(args, name) for name in TRACE_OPTIONS if getattr(args, name) != parser.get_default(name)}
+        recipe = {name: getattr(args, name) for name in TRACE_OPTIONS
+                  if getattr(args, name) != parser.get_default(name)}
         params = {"train": str(train), "test": str(test), "variant": "trace", "seed": args.seed, **recipe}
         directory, _ = cached("diagnose", params, TRAIN_SOURCES + ("bench/diagnose_accuracy.py",),
                               lambda d: trace(d, train, test, sets["test-shuffled-float32"], args.seed, recipe))

@@ -99,8 +99,8 @@ class PositionalEmbedding(layers.Layer):
 class TransformerEncoder(layers.Layer):
     """One post-norm Transformer encoder block over frames.
 
-    Self-attention (`num_heads` heads, key_dim = feature_dim / num_heads) -> residual + LayerNorm -> dense feature_dim -> dense_dim (gelu)
-    -> feature_dim -> residual + LayerNorm.
+    Self-attention (`num_heads` heads of key_dim feature_dim / num_heads) -> residual + LayerNorm -> dense
+    feature_dim -> dense_dim (gelu) -> feature_dim -> residual + LayerNorm.
 
     Call with `inputs` `[batch, frames, feature_dim]` and `mask` `[batch, frames]` bool (True = real frame);
     returns `[batch, frames, feature_dim]`. Padded frames are never attended to, so the outputs at real
