@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 RUNNER := --runner DirectRunner
-# The demo trains with the product's defaults, the ones bench/ measures (its run stops after 95 epochs).
+# The demo trains with the product's defaults, the ones bench/ measures (its run stops after 93 epochs).
 # Extra model.train flags go here, e.g. `make demo DEMO_TRAIN_FLAGS="--epochs 40 --start-from-epoch 10"`.
 DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
