@@ -13,11 +13,12 @@ Variants:
                 so they are on the scale of the positional embedding's initial values and beyond, with
                 the relative sizes of the dimensions kept.
   curve         no change to the features: the reference classifier (one head) and the session-3 recipe (Adam
-                1e-3, batch 16, the trainer's validation split) trained in this process for --epochs epochs without early
-                stopping, with the test accuracy per class and time-shuffled accuracy after every epoch: what
-                the model reaches on unseen clips at any epoch, and which classes hold it back. With
-                --reduce-lr-on-plateau, the learning rate halves whenever the validation loss has not
-                improved for 5 epochs (down to 1e-5): does a settling learning rate lift the test accuracy?
+                1e-3, batch 16, the trainer's validation split) trained in this process for --epochs epochs
+                without early stopping, with the test accuracy per class and time-shuffled accuracy after
+                every epoch: what the model reaches on unseen clips at any epoch, and which classes hold it
+                back. With --reduce-lr-on-plateau, the learning rate halves whenever the validation loss has
+                not improved for 5 epochs (down to 1e-5): does a settling learning rate lift the test
+                accuracy?
                 Training-recipe options for the curve, one change at a time against the same seed:
                 --learning-rate, --lr-patience N (halve after N epochs without a lower validation loss;
                 --reduce-lr-on-plateau is --lr-patience 5), --clipnorm, --position-init-scale (the half-width
@@ -223,8 +224,8 @@ TRACE_OPTIONS = ("label_smoothing", "mixup", "attention_dropout", "heads")
 
 @contextlib.contextmanager
 def patched_trainer(trainer, recipe: dict, num_classes: int, seed: int):
-    """`model.train` (the module `trainer`) with the changes of `recipe` (TRACE_OPTIONS, see the docstring)
-    patched in, and as it was after the block."""
+    """`model.train` (the module `trainer`) with the loss, input and dropout changes of `recipe` (TRACE_OPTIONS
+    but `heads`, a flag of the trainer's own; see the docstring) patched in, and as it was after the block."""
     import functools
 
     import keras
@@ -282,6 +283,9 @@ def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int, r
     `recipe` patched in; writes result.json."""
     import model.train as trainer
 
+    recipe = recipe or {}
+    heads = ["--num-heads", str(recipe["heads"])] if recipe.get("heads") else []
+
     labels = (Path(train) / "labels.txt").read_text().split()
     test_records, test_x, test_y = _arrays(test, labels)
     _, shuffled_x, shuffled_y = _arrays(shuffled, labels)
@@ -303,9 +307,9 @@ def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int, r
 
     original, trainer.TrainingState = trainer.TrainingState, ScoredEachEpoch
     try:
-        with patched_trainer(trainer, recipe or {}, len(labels), seed):
+        with patched_trainer(trainer, recipe, len(labels), seed):
             metrics = trainer.run(["--train", str(train), "--output", str(directory / "model"), "--seed", str(seed),
-                                   *(["--num-heads", str(recipe["heads"])] if recipe and recipe.get("heads") else [])])
+                                   *heads])
     finally:
         trainer.TrainingState = original
     if metrics["labels"] != labels:
@@ -313,7 +317,7 @@ def trace(directory: Path, train: Path, test: Path, shuffled: Path, seed: int, r
     after_warm_up = rows[metrics["config"]["start_from_epoch"]:] or rows
     kept = rows[metrics["best_epoch"] - 1] if metrics["best_epoch"] else rows[-1]
     summary = {
-        "recipe": recipe or {}, "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+        "recipe": recipe, "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
         "kept_test_accuracy": kept["test_accuracy"], "kept_shuffled_test_accuracy": kept["shuffled_test_accuracy"],
         "after_warm_up": {
             "mean_test_accuracy": float(np.mean([r["test_accuracy"] for r in after_warm_up])),
