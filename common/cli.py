@@ -1,0 +1,130 @@
+"""What every command-line entry point shares: one line on stderr and a meaningful exit status for user
+mistakes and operational failures (see common.errors for the statuses); only bugs show a traceback.
+
+    if __name__ == "__main__":
+        from common.cli import main, quiet_tensorflow
+        quiet_tensorflow()
+        sys.exit(main(run))
+
+`quiet_tensorflow` is for `__main__` paths only: importing a module of this project never touches stderr.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import sys
+import tempfile
+from typing import Callable, Sequence
+
+from common.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_IO_ERROR,
+    EXIT_LEASE_HELD,
+    EXIT_NO_PERMISSION,
+    OperationalError,
+    UserError,
+)
+
+# OS errors that say the environment failed, not the code: (exit status, what to call it).
+_OS_FAILURES = {
+    errno.ENOSPC: (EXIT_IO_ERROR, "disk full"),
+    errno.EDQUOT: (EXIT_IO_ERROR, "disk quota exceeded"),
+    errno.EROFS: (EXIT_IO_ERROR, "read-only filesystem"),
+    errno.EIO: (EXIT_IO_ERROR, "I/O error"),
+    errno.EACCES: (EXIT_NO_PERMISSION, "permission denied"),
+    errno.EPERM: (EXIT_NO_PERMISSION, "permission denied"),
+}
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\] ([^\n\[]*)")
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow now, without its native start-up notes on stderr.
+
+    TensorFlow's native libraries print "no CUDA drivers", CPU-feature and absl notes on import and on
+    device initialisation, whatever TF_CPP_MIN_LOG_LEVEL says. They bury the one line a user mistake should
+    print, so the import and the device scan run with stderr pointed at a temporary file, which is replayed
+    only if the import fails."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # stderr replaced by something without a descriptor
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), fd)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, fd)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def operational_failure(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one line) when `exc`, or what caused it, is an operational failure; None for a bug.
+
+    Runners wrap what a step raised (`RuntimeError: OSError: [Errno 28] ... [while running 'X']`), sometimes
+    as text only, so both the cause chain and the message are looked at."""
+    for link in _chain(exc):
+        if isinstance(link, OperationalError):
+            return link.exit_code, str(link)
+        if isinstance(link, OSError) and link.errno in _OS_FAILURES:
+            code, what = _OS_FAILURES[link.errno]
+            where = f": {link.filename}" if link.filename else ""
+            return code, f"{what}{where} ({link.strerror or link})"
+    if match := _ERRNO_IN_TEXT.search(str(exc)):
+        number = int(match.group(1))
+        if number in _OS_FAILURES:
+            code, what = _OS_FAILURES[number]
+            return code, f"{what} ({match.group(2).strip()})"
+    return None
+
+
+def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
+         user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
+    `user_errors`, such as the record contract's RecordError), the failure's own status on an operational
+    failure, 130 on Ctrl-C. Anything else is a bug and raises with its traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Beam's type-hint conversion notes are noise at INFO.
+    logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
+    # A failing step's traceback is logged by Beam before the error reaches here, where it is printed again
+    # if it is a bug; an operational failure (disk full) must end as one line, not a logged traceback.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    try:
+        run(argv)
+    except (UserError, *user_errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        failure = operational_failure(exc)
+        if failure is None:
+            raise
+        code, line = failure
+        print(f"{'skipped' if code == EXIT_LEASE_HELD else 'error'}: {line}", file=sys.stderr)
+        return code
+    return 0

@@ -1,0 +1,117 @@
+"""common.cli.main: exit 0 on success; one line and the failure's exit status on a user mistake or an operational
+failure (common.errors lists them); a traceback for anything else."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.cli import main
+from common.errors import UserError
+
+
+class ContractError(ValueError):
+    """Stands in for a listed user-error type such as tfrecords_schema.RecordError."""
+
+
+def test_success_returns_0_and_passes_argv(capsys):
+    seen = []
+    assert main(lambda argv: seen.append(argv) or "a PipelineResult", ["--input", "x"]) == 0
+    assert seen == [["--input", "x"]]
+    assert capsys.readouterr().err == ""
+
+
+def test_argv_defaults_to_none():
+    seen = []
+    assert main(seen.append) == 0
+    assert seen == [None]
+
+
+def test_a_user_error_is_one_line_and_exit_2(capsys):
+    def run(argv):
+        raise UserError("input /nope does not exist")
+
+    assert main(run, []) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: input /nope does not exist\n"
+    assert captured.out == ""
+
+
+def test_a_listed_user_error_type_is_one_line_and_exit_2(capsys):
+    def run(argv):
+        raise ContractError("the feature records do not match the model: feature_dim 512 (expected 1024)")
+
+    assert main(run, [], user_errors=(ContractError,)) == 2
+    assert capsys.readouterr().err == (
+        "error: the feature records do not match the model: feature_dim 512 (expected 1024)\n")
+
+
+def test_other_exceptions_raise(capsys):
+    def run(argv):
+        raise ContractError("a programming error when not listed")
+
+    with pytest.raises(ContractError, match="programming error"):
+        main(run, [])
+    with pytest.raises(KeyError):
+        main(lambda argv: {}["missing"], [], user_errors=(ContractError,))
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_system_exit_from_argparse_passes_through():
+    import argparse
+
+    def run(argv):
+        argparse.ArgumentParser().parse_args(argv)
+
+    with pytest.raises(SystemExit) as caught:
+        main(run, ["--unknown"])
+    assert caught.value.code == 2
+
+
+def _raising(exc):
+    def run(argv):
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (OSError(28, "No space left on device", "/out/.staging-1/report.html"), 74,
+     "error: disk full: /out/.staging-1/report.html (No space left on device)"),
+    (PermissionError(13, "Permission denied", "/out"), 77, "error: permission denied: /out (Permission denied)"),
+    (OSError(30, "Read-only file system"), 74, "error: read-only filesystem (Read-only file system)"),
+])
+def test_operational_os_errors_are_one_line_with_their_status(exc, status, line, capsys):
+    assert main(_raising(exc), []) == status
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_a_runner_wrapped_disk_full_is_recognised_in_the_cause_chain_and_in_text(capsys):
+    def wrapped(argv):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as exc:
+            raise RuntimeError("step failed [while running 'StageThumbnails']") from exc
+
+    assert main(wrapped, []) == 74
+    text_only = RuntimeError("OSError: [Errno 28] No space left on device [while running 'StageThumbnails']")
+    assert main(_raising(text_only), []) == 74
+    assert capsys.readouterr().err.splitlines() == ["error: disk full (No space left on device)"] * 2
+
+
+def test_other_os_errors_are_bugs_and_keep_their_traceback():
+    with pytest.raises(FileNotFoundError):
+        main(_raising(FileNotFoundError(2, "No such file or directory", "/x")), [])
+
+
+def test_operational_errors_carry_their_own_status(capsys):
+    from common.errors import LeaseHeld, OperationalError
+
+    assert main(_raising(OperationalError("model.keras is corrupt", 65)), []) == 65
+    assert main(_raising(LeaseHeld("out is being written by another run (host h, pid 1)")), []) == 75
+    assert capsys.readouterr().err.splitlines() == [
+        "error: model.keras is corrupt", "skipped: out is being written by another run (host h, pid 1)"]
+
+
+def test_ctrl_c_is_exit_130_and_one_line(capsys):
+    assert main(_raising(KeyboardInterrupt()), []) == 130
+    assert capsys.readouterr().err == "interrupted: nothing was published\n"
