@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_jobs.decoder import IsolatedDecoder
-from model.frames import DecodeError, decode_and_sample, sample_frame_indices, square_crop_resize
+from video.isolated import IsolatedDecoder
+from video.frames import DecodeError, decode_and_sample, sample_frame_indices, square_crop_resize
 
 
 def write_numbered_clip(path, num_frames, width=64, height=48, fourcc="MJPG"):

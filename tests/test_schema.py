@@ -143,3 +143,58 @@ def test_vocabulary_round_trip(tmp_path):
         write_vocabulary(path, ["a,b"])
     with pytest.raises(RecordError, match="does not exist"):
         read_vocabulary(str(tmp_path / "missing.txt"))
+
+
+def test_records_say_which_engine_made_their_features():
+    from tfrecords_schema.schema import CALIBRATION_KEY, ENGINE_KEY, ENGINE_VERSION_KEY, PRECISION_KEY
+
+    record = make_record(backbone="densenet121/random-seed1+int8")
+    record.engine, record.engine_version, record.precision, record.calibration = (
+        "openvino", "2026.4.1", "int8", "0123456789abcdef")
+    serialized = encode_video_record(record, "float16")
+    decoded = decode_video_record(serialized)
+    assert (decoded.engine, decoded.engine_version, decoded.precision, decoded.calibration) == (
+        "openvino", "2026.4.1", "int8", "0123456789abcdef")
+    assert decoded.backbone_id == "densenet121/random-seed1+int8"
+    context = tf.train.SequenceExample.FromString(serialized).context.feature
+    assert context[ENGINE_KEY].bytes_list.value == [b"openvino"]
+    assert context[PRECISION_KEY].bytes_list.value == [b"int8"]
+    assert context[ENGINE_VERSION_KEY].bytes_list.value == [b"2026.4.1"]
+    assert context[CALIBRATION_KEY].bytes_list.value == [b"0123456789abcdef"]
+
+
+def test_records_written_before_engines_were_recorded_still_read():
+    from tfrecords_schema.schema import CALIBRATION_KEY, ENGINE_KEY, ENGINE_VERSION_KEY, PRECISION_KEY
+
+    record = make_record()
+    record.engine, record.precision = "tensorflow", "f32"
+    example = tf.train.SequenceExample.FromString(encode_video_record(record))
+    for key in (ENGINE_KEY, ENGINE_VERSION_KEY, PRECISION_KEY, CALIBRATION_KEY):
+        del example.context.feature[key]
+    old = example.SerializeToString()
+    decoded = decode_video_record(old)
+    assert (decoded.engine, decoded.engine_version, decoded.precision, decoded.calibration) == ("", "", "", "")
+    np.testing.assert_array_equal(decoded.features[:5], record.features[:5])
+    assert read_record_spec(old) == read_record_spec(encode_video_record(record))
+
+
+def test_int8_records_are_refused_beside_float_records_of_the_same_network(tmp_path):
+    from tfrecords_schema import RecordSpec
+
+    write_records(tmp_path / "float.tfrecord", [make_record(backbone="densenet121/random-seed1")])
+    write_records(tmp_path / "int8.tfrecord", [make_record(backbone="densenet121/random-seed1+int8")])
+    with pytest.raises(RecordError, match=r"backbone_id 'densenet121/random-seed1\+int8'.*int8 and float "
+                                          r"features of one network are different feature spaces"):
+        dataset_spec([str(tmp_path / "float.tfrecord"), str(tmp_path / "int8.tfrecord")])
+    # A model trained on float features is given int8 records (and the other way round).
+    float_spec = read_record_spec(encode_video_record(make_record(backbone="densenet121/random-seed1")))
+    with pytest.raises(RecordError, match="embed with --precision f32 or bf16"):
+        make_dataset(str(tmp_path / "int8.tfrecord"), spec=float_spec)
+    int8_spec = RecordSpec(**{**float_spec.__dict__, "backbone_id": "densenet121/random-seed1+int8"})
+    with pytest.raises(RecordError, match="embed with --precision int8"):
+        make_dataset(str(tmp_path / "float.tfrecord"), spec=int8_spec)
+    # Engines and precisions that share a backbone id mix freely.
+    bf16 = make_record(backbone="densenet121/random-seed1", seed=3)
+    bf16.engine, bf16.precision = "openvino", "bf16"
+    write_records(tmp_path / "int8.tfrecord", [bf16])
+    assert dataset_spec([str(tmp_path / "float.tfrecord"), str(tmp_path / "int8.tfrecord")]) == float_spec

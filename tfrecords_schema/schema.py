@@ -7,6 +7,13 @@ by side; turning decoded tensors into model inputs lives in `tfrecords_schema.da
 
 Frame features are stored either as a float list (`float32`, the default) or, for compact storage, as one
 raw little-endian byte string per frame (`float16`); `FEATURE_ENCODING` names which.
+
+Which engine made the features (`backbone/engine`, its version, its precision, and for int8 a digest of the
+calibration frames) is recorded in every record; records written before these keys existed decode with
+empty strings there (they were all made by the TensorFlow engine in float32). Engines whose features agree
+within the tolerance tests/test_engines.py checks share a backbone id; int8 features are another feature
+space, so their backbone id ends in `INT8_BACKBONE_SUFFIX` and a dataset or model of float features refuses
+them (`RecordSpec.mismatches`).
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 SCHEMA_VERSION = 1
 
@@ -37,6 +43,10 @@ MAX_SEQ_LENGTH_KEY = "features/max_seq_length"
 FEATURE_ENCODING_KEY = "features/encoding"
 BACKBONE_ID_KEY = "backbone/id"
 IMAGE_SIZE_KEY = "backbone/image_size"
+ENGINE_KEY = "backbone/engine"  # "tensorflow" or "openvino"
+ENGINE_VERSION_KEY = "backbone/engine_version"
+PRECISION_KEY = "backbone/precision"  # "f32", "bf16" or "int8"
+CALIBRATION_KEY = "backbone/calibration"  # int8: digest of the calibration frames; "" otherwise
 
 # Feature-list keys.
 FRAME_FEATURES_KEY = "frames/features"  # float_list per step (float32 encoding)
@@ -44,6 +54,9 @@ FRAME_FEATURES_BYTES_KEY = "frames/features_bytes"  # bytes_list per step (float
 FRAME_MASK_KEY = "frames/mask"  # int64 per step: 1 = real frame, 0 = padding
 
 FEATURE_ENCODINGS = ("float32", "float16")
+
+# The backbone id of features from an int8-quantised backbone: `<backbone id>+int8`.
+INT8_BACKBONE_SUFFIX = "+int8"
 
 
 class RecordError(ValueError):
@@ -69,6 +82,11 @@ class RecordSpec:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 out.append(f"{name} {theirs!r} (expected {mine!r})")
+        mine, theirs = self.backbone_id, other.backbone_id
+        if mine != theirs and mine.removesuffix(INT8_BACKBONE_SUFFIX) == theirs.removesuffix(INT8_BACKBONE_SUFFIX):
+            wanted = "int8" if mine.endswith(INT8_BACKBONE_SUFFIX) else "f32 or bf16"
+            out.append(f"int8 and float features of one network are different feature spaces: embed with "
+                       f"--precision {wanted}")
         return out
 
 
@@ -95,13 +113,15 @@ class VideoRecord:
     image_size: int
     sampling: str = "uniform"
     fingerprint: str = ""
+    engine: str = ""  # what made the features; "" in records written before engines were recorded
+    engine_version: str = ""
+    precision: str = ""
+    calibration: str = ""
 
     @property
     def mask(self) -> np.ndarray:
-        """`[max_seq_length]` int64: 1 for real frames, 0 for padding."""
-        mask = np.zeros(self.features.shape[0], np.int64)
-        mask[: self.num_valid_frames] = 1
-        return mask
+        """`[max_seq_length]` bool: True for real frames, False for padding."""
+        return np.arange(self.features.shape[0]) < self.num_valid_frames
 
     @property
     def spec(self) -> RecordSpec:
@@ -114,15 +134,33 @@ class VideoRecord:
         )
 
 
+def pad_features(features: np.ndarray, max_seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[n, D]` features of a video's `n` sampled frames -> (`[max_seq_length, D]` float32 padded with zeros,
+    `[max_seq_length]` bool mask, True for the `n` real frames). Padding is explicit: the mask, never the
+    zeros, says which rows are real."""
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or not 0 < len(features) <= max_seq_length:
+        raise RecordError(f"frame features must be [n, D] with 1 <= n <= {max_seq_length}, got {features.shape}")
+    padded = np.zeros((max_seq_length, features.shape[1]), np.float32)
+    padded[: len(features)] = features
+    return padded, np.arange(max_seq_length) < len(features)
+
+
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
 
 
 def _ints(values: Sequence[int]) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
 def _floats(values) -> tf.train.Feature:
+    import tensorflow as tf
+
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
@@ -147,6 +185,8 @@ def validate_video_record(record: VideoRecord) -> None:
 
 def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") -> bytes:
     """Serialize `record` as a SequenceExample. Padding rows are written as zeros."""
+    import tensorflow as tf
+
     if feature_encoding not in FEATURE_ENCODINGS:
         raise RecordError(f"feature encoding must be one of {FEATURE_ENCODINGS}, got {feature_encoding!r}")
     validate_video_record(record)
@@ -170,6 +210,10 @@ def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") 
         FEATURE_ENCODING_KEY: _bytes([feature_encoding.encode()]),
         BACKBONE_ID_KEY: _bytes([record.backbone_id.encode()]),
         IMAGE_SIZE_KEY: _ints([record.image_size]),
+        ENGINE_KEY: _bytes([record.engine.encode()]),
+        ENGINE_VERSION_KEY: _bytes([record.engine_version.encode()]),
+        PRECISION_KEY: _bytes([record.precision.encode()]),
+        CALIBRATION_KEY: _bytes([record.calibration.encode()]),
     }
     if feature_encoding == "float32":
         frames_key = FRAME_FEATURES_KEY
@@ -179,7 +223,7 @@ def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") 
         steps = [_bytes([row.astype("<f2").tobytes()]) for row in features]
     feature_lists = {
         frames_key: tf.train.FeatureList(feature=steps),
-        FRAME_MASK_KEY: tf.train.FeatureList(feature=[_ints([m]) for m in record.mask]),
+        FRAME_MASK_KEY: tf.train.FeatureList(feature=[_ints([int(m)]) for m in record.mask]),
     }
     example = tf.train.SequenceExample(
         context=tf.train.Features(feature=context),
@@ -200,6 +244,8 @@ def _context_value(context, key: str, kind: str, required: bool = True):
 
 def read_record_spec(serialized: bytes) -> RecordSpec:
     """The spec of one serialized record, read in Python (cheap: no TF graph)."""
+    import tensorflow as tf
+
     try:
         example = tf.train.SequenceExample.FromString(serialized)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
@@ -222,12 +268,18 @@ def read_record_spec(serialized: bytes) -> RecordSpec:
 
 def decode_video_record(serialized: bytes) -> VideoRecord:
     """Parse one record into NumPy form (the inverse of `encode_video_record`)."""
+    import tensorflow as tf
+
     spec = read_record_spec(serialized)
     parsed = parse_video_record(tf.constant(serialized), spec)
     context = tf.train.SequenceExample.FromString(serialized).context
 
     def one(key, kind):
         return _context_value(context, key, kind)[0]
+
+    def text(key):  # optional: absent from records written before the key existed
+        values = _context_value(context, key, "bytes_list", required=False)
+        return values[0].decode() if values else ""
 
     return VideoRecord(
         video_id=parsed["video_id"].numpy().decode(),
@@ -244,11 +296,17 @@ def decode_video_record(serialized: bytes) -> VideoRecord:
         image_size=int(one(IMAGE_SIZE_KEY, "int64_list")),
         sampling=one(SAMPLING_KEY, "bytes_list").decode(),
         fingerprint=parsed["fingerprint"].numpy().decode(),
+        engine=text(ENGINE_KEY),
+        engine_version=text(ENGINE_VERSION_KEY),
+        precision=text(PRECISION_KEY),
+        calibration=text(CALIBRATION_KEY),
     )
 
 
 def _assert_context_equal(video_id: tf.Tensor, found: tf.Tensor, expected, what: str) -> tf.Operation:
     """Graph assertion that names the record and both values when a record disagrees with its dataset."""
+    import tensorflow as tf
+
     return tf.debugging.Assert(
         tf.equal(found, tf.constant(expected, found.dtype)),
         [f"record {what} differs from the dataset's ({expected}); video id and value:", video_id, found],
@@ -262,6 +320,8 @@ def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.
     int64 scalar, `video_id`, `uri`, `label`, `fingerprint` string scalars, `backbone_id` string scalar.
     A record whose shape or backbone differs from `spec` fails with InvalidArgumentError naming it.
     """
+    import tensorflow as tf
+
     context_spec = {
         VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
         VIDEO_URI_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),

@@ -7,7 +7,7 @@ either way a fresh child takes the next file. The child imports only OpenCV and 
 and the time limit starts only once it is ready, so a slow start is never charged to a file.
 
 The child's stderr goes to a scratch file: what FFmpeg prints while a file is decoded tells a damaged file
-from one whose container merely states a wrong frame count (see frames.py), and stays out of the job's log.
+from one whose container merely states a wrong frame count (see video.frames), and stays out of the job's log.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 
-from model.frames import DecodeError, SampledFrames, decode_and_sample
+from video.frames import DecodeError, SampledFrames, decode_and_sample
 
 _LOG = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ XVID .avi, MJPG .avi). Every file written is re-opened and decoded with `cv2.Vid
 kept. `--extra-classes` adds order-free controls (`static`, `flicker`).
 
 Run:
-    python -m beam_jobs.sample_videos demo_videos --per-class 10 --seed 0
+    python -m tools.sample_videos demo_videos --per-class 10 --seed 0
 
 which writes demo_videos/<label>/<label>_<NNNN>.<ext> and demo_videos/labels.csv (header
 `video_name,tag`, like UCF101 top-5's train.csv).
@@ -500,11 +500,11 @@ def _class_list(text: str) -> tuple[str, ...]:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m beam_jobs.sample_videos",
+        prog="python -m tools.sample_videos",
         description="Write labelled synthetic clips whose classes only temporal order separates "
                     f"({', '.join(CLASSES)}), plus OUT/labels.csv (video_name,tag).",
-        epilog="example:\n  python -m beam_jobs.sample_videos demo_videos --per-class 10 --seed 0\n"
-               "  python -m beam_jobs.sample_videos demo_videos --per-class 4 --classes growing,shrinking",
+        epilog="example:\n  python -m tools.sample_videos demo_videos --per-class 10 --seed 0\n"
+               "  python -m tools.sample_videos demo_videos --per-class 4 --classes growing,shrinking",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", metavar="OUT", help="output directory (created if missing)")
     parser.add_argument("--per-class", type=_positive_int, required=True, help="clips per class")

@@ -1,4 +1,4 @@
-"""Tests for beam_jobs.sample_videos: order-only classes, exact pair reversal, decodable files, the CLI."""
+"""Tests for tools.sample_videos: order-only classes, exact pair reversal, decodable files, the CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_jobs import sample_videos as sv
+from tools import sample_videos as sv
 
 SMALL_SIZES = ((64, 48), (48, 64))
 
@@ -275,4 +275,4 @@ def test_cli_help_has_an_example(capsys):
     with pytest.raises(SystemExit) as exited:
         sv.main(["--help"])
     assert exited.value.code == 0
-    assert "python -m beam_jobs.sample_videos demo_videos --per-class 10" in capsys.readouterr().out
+    assert "python -m tools.sample_videos demo_videos --per-class 10" in capsys.readouterr().out
