@@ -12,34 +12,42 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import sys
+import tempfile
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs
-from model.frames import DEFAULT_VIDEO_EXTENSIONS, SAMPLINGS
-from beam_jobs.matching import attach_labels, match_videos, read_labels_csv
-from beam_jobs.transforms import (
-    FAILURES,
-    DecodeFrames,
-    EmbedFrames,
-    FrameOptions,
-    ReadVideoList,
-    encode_video,
-    write_refs,
+from beam_jobs.calibration import calibrate
+from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
+from beam_jobs.embed import EmbedFrames
+from beam_jobs.flags import add_engine_flags, add_frame_flags, embedder_options, parse_extensions, validate_frame_args
+from beam_jobs.matching import (
+    attach_labels,
+    iter_videos,
+    label_from_folder,
+    match_videos,
+    parse_ref,
+    read_labels_csv,
+    write_listing,
 )
-from model import backbone
-from model.cli import UserError
+from beam_jobs.records import SHARD_PATTERN, WriteFeatureRecords, encode_video
+from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_shards
+from common import fs
+from common.errors import UserError
+from model import backbone, engines
 from tfrecords_schema import FEATURE_ENCODINGS, VOCABULARY_FILE, RecordSpec
+from video.frames import SAMPLINGS
 
 _LOG = logging.getLogger(__name__)
 
-SHARD_PREFIX = "features"
-SHARD_SUFFIX = ".tfrecord"
-OUTPUT_PATTERNS = (f"{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}", VOCABULARY_FILE, outputs.FAILURES_FILE)
+OUTPUT_PATTERNS = (SHARD_PATTERN, VOCABULARY_FILE, outputs.FAILURES_FILE)
+UNLABELLED_FILE = "unlabelled.jsonl"  # in staging: (video_id, uri, reason) of videos the labels CSV misses
 
 EXAMPLES = """examples:
   # UCF101-style folders (Class/video.avi), labels from folder names, offline demo weights:
@@ -53,30 +61,6 @@ EXAMPLES = """examples:
   python -m beam_jobs.featurize --input gs://bucket/videos/ --unlabelled --output gs://bucket/features \\
       --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp --setup_file ./setup.py
 """
-
-
-def add_frame_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared with the predict job: what counts as a video and how it is decoded and embedded."""
-    parser.add_argument("--input", action="append", required=True, metavar="PATH",
-                        help="videos: a directory (searched recursively), a glob, a file, or a gs:// pattern; "
-                             "repeatable")
-    parser.add_argument("--extensions", default=",".join(DEFAULT_VIDEO_EXTENSIONS),
-                        help="comma-separated file endings that count as videos, case-insensitive "
-                             "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="frames per DenseNet121 call, gathered across videos (default: %(default)s)")
-    parser.add_argument("--decode-timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="longest time one video may take to decode before it is reported as a failure "
-                             "(default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished run in --output (refused otherwise)")
-
-
-def parse_extensions(text: str) -> tuple[str, ...]:
-    extensions = tuple("." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
-    if not extensions:
-        raise UserError("--extensions names no file endings")
-    return extensions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,140 +87,166 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="imagenet",
                         help="DenseNet121 weights: imagenet (downloaded and cached by Keras), a weights file "
                              "path, or random[:SEED] (seeded; for demos and tests) (default: %(default)s)")
+    add_engine_flags(parser)
     parser.add_argument("--num-shards", type=int, default=0,
                         help="number of output shards; 0 lets the runner decide (default: %(default)s)")
     parser.add_argument("--feature-encoding", choices=FEATURE_ENCODINGS, default="float32",
                         help="how frame features are stored; float16 halves the records (default: %(default)s)")
+    outputs.add_lease_flag(parser)
     return parser
 
 
-def validate_frame_args(args) -> None:
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.decode_timeout <= 0:
-        raise UserError(f"--decode-timeout must be positive, got {args.decode_timeout}")
-
-
-@dataclasses.dataclass(frozen=True)
-class _FinishFeaturize:
-    """Publishes the outputs once every record is written; checks that no video was lost."""
-
-    output: str
-    staging: str
-    videos_matched: int
-    manifest: dict
-    started_at: float = 0.0  # time.time() when the job was launched
-
-    def __call__(self, shards, labels, failures, written, frames=0):
-        written = int(written)
-        seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
-        if written + len(failures) != self.videos_matched:
-            raise RuntimeError(
-                f"lost videos: {self.videos_matched} matched, {written} written, {len(failures)} failed"
-            )
-        vocabulary = sorted(set(labels) - {""})
-        manifest = dict(
-            self.manifest,
-            videos_matched=self.videos_matched,
-            records_written=written,
-            failures=len(failures),
-            frames_sampled=int(frames),
-            seconds=round(seconds, 1),
-            labels=vocabulary,
-            shards=sorted(s.rsplit("/", 1)[-1] for s in shards),
-        )
-        published = outputs.publish(
-            self.output,
-            self.staging,
-            sorted(shards),
-            {VOCABULARY_FILE: "".join(v + "\n" for v in vocabulary), outputs.FAILURES_FILE: outputs.failures_csv(failures)},
-            manifest,
-            replace_patterns=OUTPUT_PATTERNS,
-        )
-        _LOG.info("featurize finished in %.1f s: %d of %d videos written to %d shard(s), %d failed; "
-                  "%.2f videos/s, %d frames at %.1f frames/s; outputs in %s (%s, %s, %s, %s)",
-                  seconds, written, self.videos_matched, len(shards), len(failures),
-                  (written + len(failures)) / seconds, frames, frames / seconds, self.output,
-                  f"{SHARD_PREFIX}-*{SHARD_SUFFIX}", VOCABULARY_FILE, outputs.FAILURES_FILE, outputs.MANIFEST_FILE)
-        return published
-
-
-def _count(pcoll, label: str):
-    return pcoll | label >> beam.combiners.Count.Globally()
-
-
-def run(argv: list[str] | None = None):
-    """Build and run the featurize pipeline; return its PipelineResult (finished)."""
-    started_at = time.time()
+def _parse(argv):
     args, beam_args = build_parser().parse_known_args(argv)
     validate_frame_args(args)
     if args.max_seq_length < 1 or args.image_size < 32:
         raise UserError("--max-seq-length must be at least 1 and --image-size at least 32")
     if args.num_shards < 0:
         raise UserError(f"--num-shards must be 0 or more, got {args.num_shards}")
-    weights = backbone.resolve_weights(args.weights)
-    backbone.ensure_available(weights)
-    refs = match_videos(args.input, parse_extensions(args.extensions))
-    mode = "none" if args.unlabelled else ("csv" if args.labels else "folder")
-    labels_csv = read_labels_csv(args.labels) if args.labels else None
-    refs, unlabelled = attach_labels(refs, mode, labels_csv)
-    staging = outputs.prepare_output(args.output, args.overwrite)
-    refs_path = outputs.join(staging, "inputs.jsonl")
-    write_refs(refs_path, refs)
-    frame_options = FrameOptions(args.max_seq_length, args.image_size, args.sampling, args.decode_timeout)
-    spec = RecordSpec(backbone.FEATURE_DIM, args.max_seq_length, weights.backbone_id, args.image_size,
-                      sampling=args.sampling, feature_encoding=args.feature_encoding)
-    matched = len(refs) + len(unlabelled)
-    _LOG.info("featurize: %d videos matched (%d without a label), backbone %s", matched, len(unlabelled),
-              weights.backbone_id)
-    finish = _FinishFeaturize(
-        output=args.output,
-        staging=staging,
-        videos_matched=matched,
-        started_at=started_at,
-        manifest={
-            "job": "featurize",
-            "inputs": args.input,
-            "output": args.output,
-            "backbone_id": weights.backbone_id,
-            "record_spec": dataclasses.asdict(spec),
-            "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")},
-        },
-    )
+    return args, beam_args
 
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    videos = pipeline | "MatchVideos" >> ReadVideoList(refs_path)
-    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=len(refs))
-    embedded = decoded.videos | "EmbedFrames" >> EmbedFrames(
-        args.weights, args.image_size, args.batch_size, expected_videos=len(refs), job_id=staging)
-    records = embedded | "EncodeRecords" >> beam.Map(encode_video, frame_options, weights.backbone_id,
-                                                      args.feature_encoding)
-    shards = records | "WriteFeatureRecords" >> beam.io.WriteToTFRecord(
-        outputs.join(staging, SHARD_PREFIX), file_name_suffix=SHARD_SUFFIX, num_shards=args.num_shards,
-        shard_name_template="-SSSSS-of-NNNNN")
+
+@dataclasses.dataclass(frozen=True)
+class FinishFeaturize:
+    """Publishes the outputs once every record is written; checks from the counts that no video was lost."""
+
+    output: str
+    staging: str
+    run_id: str  # the lease this run holds; publishing checks it still does
+    manifest: dict
+    started_at: float = 0.0  # time.time() when the job was launched
+
+    def __call__(self, counts, shards, labels, failure_shards):
+        matched, written, failed, frames = (int(counts[k]) for k in ("matched", "written", "failed", "frames"))
+        seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
+        if written + failed != matched or sum(n for _, n in failure_shards) != failed:
+            raise RuntimeError(f"lost videos: {matched} matched, {written} written, {failed} failed")
+        merge_sorted_shards([p for p, _ in failure_shards], fs.join(self.staging, outputs.FAILURES_FILE), csv_key,
+                            csv_line(outputs.FAILURE_COLUMNS))
+        vocabulary = sorted(set(labels) - {""})
+        manifest = dict(self.manifest, videos_matched=matched, records_written=written, failures=failed,
+                        frames_sampled=frames, seconds=round(seconds, 1), labels=vocabulary,
+                        shards=sorted(s.rsplit("/", 1)[-1] for s in shards))
+        texts = {VOCABULARY_FILE: "".join(v + "\n" for v in vocabulary)}
+        staged = sorted(shards) + [fs.join(self.staging, outputs.FAILURES_FILE)]
+        published = outputs.publish_outputs(self.output, self.staging, staged, texts, manifest,
+                                            replace_patterns=OUTPUT_PATTERNS, run_id=self.run_id)
+        _LOG.info("featurize finished in %.1f s: %d of %d videos written to %d shard(s), %d failed; "
+                  "%.2f videos/s, %d frames at %.1f frames/s; outputs in %s (%s, %s, %s, %s)",
+                  seconds, written, matched, len(shards), failed, (written + failed) / seconds, frames,
+                  frames / seconds, self.output, SHARD_PATTERN, VOCABULARY_FILE, outputs.FAILURES_FILE,
+                  outputs.MANIFEST_FILE)
+        return published
+
+
+def _write_inputs(args, scratch: str) -> tuple[str, str, int]:
+    """The labelled listing and the videos that could not be labelled, as local files; how many were listed.
+
+    Folder labels and unlabelled inputs stream; a labels CSV needs every video at once (it names them)."""
+    listing, unlabelled_path = os.path.join(scratch, outputs.REFS_FILE), os.path.join(scratch, UNLABELLED_FILE)
+    refs = iter_videos(args.input, parse_extensions(args.extensions))
+    unlabelled = []
+    if args.labels:
+        refs, unlabelled = attach_labels(match_videos(args.input, parse_extensions(args.extensions)), "csv",
+                                         read_labels_csv(args.labels))
+    elif not args.unlabelled:
+        refs = (dataclasses.replace(ref, label=label_from_folder(ref)) for ref in refs)
+    listed = write_listing(refs, listing)
+    with open(unlabelled_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps([ref.video_id, ref.uri, reason]) + "\n" for ref, reason in unlabelled)
+    return listing, unlabelled_path, listed + len(unlabelled)
+
+
+def _distinct_refs(refs):
+    """One VideoRef per id (a video listed twice by overlapping inputs is the same file)."""
+    return (refs
+            | "KeyById" >> beam.Map(lambda ref: (ref.video_id, ref))
+            | "GroupById" >> beam.GroupByKey()
+            | "OnePerId" >> beam.MapTuple(lambda _, same: min(same, key=lambda ref: ref.uri)))
+
+
+def _embedder(args, weights, frame_options, listing: str, listed: int, staging: str):
+    """(EmbedderOptions, what records and the manifest say about them, the backbone id of the features)."""
+    options, calibration = calibrate(embedder_options(args, args.weights, args.image_size), args.calibration,
+                                     parse_extensions(args.extensions), listing, listed, frame_options, staging)
+    embedding = engines.describe_options(options, calibration.digest if calibration else "")
+    manifest = {**embedding, "threads": options.threads, "calibration": calibration.manifest() if calibration else None}
+    return options, embedding, manifest, engines.feature_backbone_id(weights.backbone_id, options.precision)
+
+
+def _build(pipeline, args, staging, options, embedding, backbone_id, frame_options, listed: int,
+           finish: FinishFeaturize) -> None:
+    refs = pipeline | "ReadListing" >> beam.io.ReadFromText(fs.join(staging, outputs.REFS_FILE))
+    videos = (_distinct_refs(refs | "ParseRefs" >> beam.Map(parse_ref))
+              | "SpreadVideos" >> beam.Reshuffle())
+    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=listed)
+    embedded = decoded.videos | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size,
+                                                             expected_videos=listed, job_id=staging)
+    records = embedded | "EncodeRecords" >> beam.Map(encode_video, frame_options, backbone_id,
+                                                      args.feature_encoding, embedding)
+    shards = records | "WriteFeatureRecords" >> WriteFeatureRecords(staging, args.num_shards)
     labels = embedded | "Labels" >> beam.Map(lambda v: v.ref.label) | "DistinctLabels" >> beam.Distinct()
-    unlabelled_failures = pipeline | "UnlabelledVideos" >> beam.Create(
-        [(ref.video_id, ref.uri, reason) for ref, reason in unlabelled])
-    failures = (decoded[FAILURES], unlabelled_failures) | "AllFailures" >> beam.Flatten()
+    unlabelled = (pipeline | "ReadUnlabelled" >> beam.io.ReadFromText(fs.join(staging, UNLABELLED_FILE))
+                  | "ParseUnlabelled" >> beam.Map(lambda line: tuple(json.loads(line))))
+    failures = (decoded[FAILURES], unlabelled) | "AllFailures" >> beam.Flatten()
+    failure_shards = (failures | "FailureLines" >> beam.Map(lambda f: (f[0], csv_line(f)))
+                      | "WriteFailureShards" >> WriteSortedShards(fs.join(staging, "_parts", "failures")))
+    counts = {
+        "matched": (videos, unlabelled) | "Matched" >> beam.Flatten() | "CountMatched" >> beam.combiners.Count.Globally(),
+        "written": records | "CountRecords" >> beam.combiners.Count.Globally(),
+        "failed": failures | "CountFailed" >> beam.combiners.Count.Globally(),
+        "frames": (embedded | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
+                   | "SumFramesSampled" >> beam.CombineGlobally(sum)),
+    }
+    keyed = [pc | f"Name{name.title()}" >> beam.Map(lambda v, n=name: (n, v)) for name, pc in counts.items()]
     _ = pipeline | "PublishOutputs" >> outputs.PublishOutputs(
         finish,
+        counts=beam.pvalue.AsSingleton(keyed | "AllCounts" >> beam.Flatten() | "CountsDict" >> beam.combiners.ToDict()),
         shards=beam.pvalue.AsList(shards),
         labels=beam.pvalue.AsList(labels),
-        failures=beam.pvalue.AsList(failures),
-        written=beam.pvalue.AsSingleton(_count(records, "CountRecords")),
-        frames=beam.pvalue.AsSingleton(
-            embedded | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
-            | "SumFramesSampled" >> beam.CombineGlobally(sum)),
+        failure_shards=beam.pvalue.AsList(failure_shards),
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    print(f"featurize: outputs in {args.output} (manifest.json, labels.txt, failures.csv, "
-          f"{SHARD_PREFIX}-*{SHARD_SUFFIX})")
+
+
+def run(argv: list[str] | None = None):
+    """Build and run the featurize pipeline; return its PipelineResult (finished)."""
+    started_at = time.time()
+    args, beam_args = _parse(argv)
+    weights = backbone.resolve_weights(args.weights)
+    backbone.ensure_available(weights)
+    embedder_options(args, args.weights, args.image_size)  # a machine that cannot run the engine: before anything
+    frame_options = FrameOptions(args.max_seq_length, args.image_size, args.sampling, args.decode_timeout)
+    with tempfile.TemporaryDirectory(prefix="featurize-listing-") as scratch:
+        listing, unlabelled, listed = _write_inputs(args, scratch)
+        with outputs.OutputRun(args.output, "featurize", args.lease_ttl) as output_run:
+            staging = output_run.staging(args.overwrite)
+            options, embedding, described, backbone_id = _embedder(args, weights, frame_options, listing, listed,
+                                                                   staging)
+            spec = RecordSpec(backbone.FEATURE_DIM, args.max_seq_length, backbone_id, args.image_size,
+                              sampling=args.sampling, feature_encoding=args.feature_encoding)
+            _LOG.info("featurize: %d videos listed, backbone %s, %s %s", listed, backbone_id, options.engine,
+                      options.precision)
+            for name, local in ((outputs.REFS_FILE, listing), (UNLABELLED_FILE, unlabelled)):
+                fs.copy_file(local, fs.join(staging, name))
+            pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+            finish = FinishFeaturize(
+                output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at,
+                manifest={"job": "featurize", "inputs": args.input, "output": args.output,
+                          "backbone_id": backbone_id, "record_spec": dataclasses.asdict(spec), "embedding": described,
+                          "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")}})
+            _build(pipeline, args, staging, options, embedding, backbone_id, frame_options, listed, finish)
+            result = pipeline.run()
+            result.wait_until_finish()
+    print(f"featurize: outputs in {args.output} (manifest.json, labels.txt, failures.csv, {SHARD_PATTERN})")
     return result
 
 
 if __name__ == "__main__":
-    from model.cli import main, quiet_tensorflow
+    from common.cli import main, quiet_tensorflow
+    from tfrecords_schema import RecordError
 
     quiet_tensorflow()
-    sys.exit(main(run))
+    # The importable module's run, not this script's (see beam_jobs.predict).
+    from beam_jobs import featurize
+
+    sys.exit(main(featurize.run, user_errors=(RecordError,)))

@@ -1,9 +1,10 @@
 """Which files are the input videos, what each is called (its video id), and its label.
 
 Matching runs once, in the launching process, so that a user mistake (a missing path, a glob matching
-nothing, a labels CSV naming videos that are not there) stops the job before it starts, and so the job knows
-exactly how many videos it was given. The list is handed to the pipeline through a file in the staging
-folder, so it scales past what fits in a pipeline graph.
+nothing, a labels CSV naming videos that are not there) stops the job before it starts. The listing streams:
+`write_listing` writes one line per video to a file as folders and buckets are listed, holding none of it in
+memory, and the pipeline reads that file (nothing per video is in the pipeline graph). A video listed twice
+(by overlapping inputs) has one id, and the pipeline keeps one of them.
 
 Video ids are paths relative to the input root, with forward slashes: `Class/v_Class_g01_c01.avi`. With
 several inputs the root is their common parent folder, so ids stay distinct; inputs on different
@@ -16,31 +17,33 @@ import csv
 import dataclasses
 import glob
 import io
+import itertools
+import json
 import os
 import posixpath
 import re
+from typing import Iterable, Iterator
 
-from apache_beam.io.filesystems import FileSystems
-
-from model.frames import DEFAULT_VIDEO_EXTENSIONS
-from model.cli import UserError
+from common import fs
+from common.errors import UserError
+from common.fs import is_remote
+from video.frames import DEFAULT_VIDEO_EXTENSIONS
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoRef:
-    """One input video: its id, where it is, its label ('' when unlabelled), and what the listing saw."""
+    """One input video: its id, where it is, its label ('' when unlabelled), and what the listing saw: size,
+    modification time and a version that changes whenever the content may have (locally the inode and the
+    change time, which no tool can set back; on gs:// the object generation)."""
 
     video_id: str
     uri: str
     label: str = ""
     size: int = -1
     mtime: float = 0.0
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
+    version: str = ""
 
 
 def _glob_root(pattern: str) -> str:
@@ -52,10 +55,10 @@ def _glob_root(pattern: str) -> str:
     return head[: head.rfind("/") + 1] if "/" in head else ""
 
 
-def _walk_files(root: str) -> list[str]:
+def _walk_files(root: str) -> Iterator[str]:
     """Every file under `root`, following links to folders but entering each folder once, so a link that
     points back up the tree neither loops nor lists the same videos under a second id."""
-    paths, seen = [], set()
+    seen = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         info = os.stat(folder)
         if (info.st_dev, info.st_ino) in seen:
@@ -63,38 +66,40 @@ def _walk_files(root: str) -> list[str]:
             continue
         seen.add((info.st_dev, info.st_ino))
         dirs.sort()
-        paths.extend(os.path.join(folder, name) for name in sorted(files))
-    return paths
+        yield from (os.path.join(folder, name) for name in sorted(files))
 
 
-def _list_local(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[tuple[str, int, float]]]:
-    """(root, [(path, size, mtime)]) for a local directory or glob. Broken links are kept (size -1)."""
+Listing = tuple[str, int, float, str]  # (path, size, modification time, version)
+
+
+def _list_local(pattern: str, extensions: tuple[str, ...]) -> tuple[str, Iterator[Listing]]:
+    """(root, (path, size, mtime, version) of each video) for a local directory, glob or file, listed lazily.
+    Broken links are kept (size -1)."""
     if os.path.isdir(pattern):
         root = os.path.abspath(pattern)
         paths = _walk_files(root)
     elif _GLOB_CHARS.search(pattern):
         root = os.path.abspath(_glob_root(pattern) or ".")
-        paths = [os.path.abspath(p) for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
+        paths = (os.path.abspath(p) for p in glob.iglob(pattern, recursive=True) if not os.path.isdir(p))
     elif os.path.lexists(pattern):
         path = os.path.abspath(pattern)
-        root, paths = os.path.dirname(path), [path]
+        root, paths = os.path.dirname(path), iter([path])
     else:
         raise UserError(f"input {pattern} does not exist")
-    found = []
-    for path in sorted(paths):
-        if not path.lower().endswith(extensions):
-            continue
-        try:
-            stat = os.stat(path)
-            found.append((path, stat.st_size, stat.st_mtime))
-        except OSError:  # a broken symlink: listed, and reported as a failure when read
-            found.append((path, -1, 0.0))
-    return root, found
+    return root, (_stat(path) for path in paths if path.lower().endswith(extensions))
 
 
-def _list_remote(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[tuple[str, int, float]]]:
+def _stat(path: str) -> Listing:
+    try:
+        stat = os.stat(path)
+    except OSError:  # a broken symlink: listed, and reported as a failure when read
+        return path, -1, 0.0, ""
+    return path, stat.st_size, stat.st_mtime, f"{stat.st_dev}:{stat.st_ino}:{stat.st_ctime_ns}"
+
+
+def _list_remote(pattern: str, extensions: tuple[str, ...]) -> tuple[str, Iterator[Listing]]:
     if not _GLOB_CHARS.search(pattern):
-        if FileSystems.exists(pattern) and not pattern.endswith("/"):
+        if fs.exists(pattern) and not pattern.endswith("/"):
             root, full = posixpath.dirname(pattern), pattern
         else:
             root = pattern.rstrip("/")
@@ -102,58 +107,70 @@ def _list_remote(pattern: str, extensions: tuple[str, ...]) -> tuple[str, list[t
     else:
         root, full = _glob_root(pattern).rstrip("/"), pattern
     try:
-        metadata = FileSystems.match([full])[0].metadata_list
+        listed = fs.match_with_stats(full)
+        first = next(listed, None)
     except Exception as exc:  # BeamIOError, auth and bucket errors
         raise UserError(f"cannot list input {pattern}: {exc}") from None
-    found = [
-        (m.path, m.size_in_bytes, m.last_updated_in_seconds)
-        for m in metadata
-        if m.path.lower().endswith(extensions)
-    ]
-    return root, sorted(found)
+    found = itertools.chain([first] if first else [], listed)
+    return root, (entry for entry in found if entry[0].lower().endswith(extensions))
 
 
 def _common_root(roots: list[str]) -> str | None:
-    if any(_is_remote(r) for r in roots):
+    if any(is_remote(r) for r in roots):
         schemes = {r.split("://", 1)[0] + "://" + r.split("://", 1)[1].split("/", 1)[0] for r in roots}
-        if len(schemes) > 1 or not all(_is_remote(r) for r in roots):
+        if len(schemes) > 1 or not all(is_remote(r) for r in roots):
             return None
         return posixpath.commonpath([r.rstrip("/") for r in roots]) if len(roots) > 1 else roots[0].rstrip("/")
     return os.path.commonpath(roots)
 
 
-def match_videos(
-    inputs: list[str], extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
-) -> list[VideoRef]:
-    """Every video under `inputs` (directories, globs, files; local or remote), sorted by id.
+def iter_videos(inputs: list[str], extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS) -> Iterator[VideoRef]:
+    """Every video under `inputs` (directories, globs, files; local or remote), as the listing finds them.
 
     A directory is searched recursively. Only names ending in one of `extensions` (case-insensitive)
-    count as videos. An input that matches no video is a UserError.
-    """
+    count as videos. An input that matches no video is a UserError (raised once its listing is done)."""
     extensions = tuple(e.lower() for e in extensions)
-    listings = []
-    for pattern in inputs:
-        lister = _list_remote if _is_remote(pattern) else _list_local
-        root, found = lister(pattern, extensions)
-        if not found:
-            raise UserError(f"input {pattern} matches no video files (extensions: {' '.join(extensions)})")
-        listings.append((root, found))
-    if len(listings) == 1:
-        common = listings[0][0]
-    else:
-        common = _common_root([root for root, _ in listings])
-    refs: dict[str, VideoRef] = {}
-    for _, found in listings:
-        for path, size, mtime in found:
+    listings = [(pattern, *(_list_remote if is_remote(pattern) else _list_local)(pattern, extensions))
+                for pattern in inputs]
+    common = listings[0][1] if len(listings) == 1 else _common_root([root for _, root, _ in listings])
+    for pattern, _, found in listings:
+        count = 0
+        for path, size, mtime, version in found:
+            count += 1
             if common is None:
                 video_id = path
-            elif _is_remote(path):
+            elif is_remote(path):
                 video_id = path[len(common) :].lstrip("/")
             else:
                 video_id = os.path.relpath(path, common).replace(os.sep, "/")
-            uri = path if _is_remote(path) else os.path.abspath(path)
-            refs[video_id] = VideoRef(video_id=video_id, uri=uri, size=size, mtime=mtime)
-    return [refs[key] for key in sorted(refs)]
+            uri = path if is_remote(path) else os.path.abspath(path)
+            yield VideoRef(video_id=video_id, uri=uri, size=size, mtime=mtime, version=version)
+        if not count:
+            raise UserError(f"input {pattern} matches no video files (extensions: {' '.join(extensions)})")
+
+
+def match_videos(inputs: list[str], extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS) -> list[VideoRef]:
+    """Every video under `inputs`, one per id, sorted by id (held in memory: see `write_listing` for large
+    inputs)."""
+    return sorted({ref.video_id: ref for ref in iter_videos(inputs, extensions)}.values(), key=lambda r: r.video_id)
+
+
+def ref_line(ref: VideoRef) -> str:
+    return json.dumps(dataclasses.asdict(ref), ensure_ascii=False) + "\n"
+
+
+def parse_ref(line: str) -> VideoRef:
+    return VideoRef(**json.loads(line))
+
+
+def write_listing(refs: Iterable[VideoRef], path: str) -> int:
+    """Write `refs` to the local file `path` as they come, one JSON line each; returns how many."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for ref in refs:
+            f.write(ref_line(ref))
+            count += 1
+    return count
 
 
 def label_from_folder(ref: VideoRef) -> str:
@@ -164,10 +181,9 @@ def label_from_folder(ref: VideoRef) -> str:
 
 def read_labels_csv(path: str) -> dict[str, str]:
     """`video_name,tag` rows (UCF101 top-5's train.csv/test.csv) -> {video_name: tag}."""
-    if not FileSystems.exists(path):
+    if not fs.exists(path):
         raise UserError(f"labels CSV {path} does not exist")
-    with FileSystems.open(path) as f:
-        text = io.TextIOWrapper(f, encoding="utf-8").read()
+    text = fs.read_text(path)
     reader = csv.DictReader(io.StringIO(text))
     columns = reader.fieldnames or []
     if set(columns) != {"video_name", "tag"}:

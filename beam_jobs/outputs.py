@@ -1,66 +1,34 @@
-"""Outputs that appear only when complete.
+"""How the Beam jobs own and publish their output.
 
-A job writes everything into a staging folder inside its output (`.staging-<run id>/`). Its last step,
-`PublishOutputs`, runs once after every write has finished: it removes a previous run's outputs (with
-`--overwrite`), moves the staged files to their final names, and moves `manifest.json` into place last; every
-file, the manifest included, is written whole under its staging name first, so no final name ever holds a
-half-written file. A run killed before that leaves only the staging folder, which no reader looks at, and no
-`manifest.json`: the manifest is the mark of a finished output. The next run removes stale staging folders.
-The staging folder is created by the first file written into it, so a run stopped by a user mistake before
-it writes anything leaves nothing behind.
+A run holds the output's lease (`common.lease`) from before it touches the output until it ends: a second
+run on the same output is skipped (exit 75). Every output file is staged under `.staging-<run id>/` inside
+`--output`, and `PublishOutputs`, the last step, runs once after every write has finished, checks the run
+still holds the lease, and publishes with the one protocol of `common.publish` (manifest.json last). A run
+that fails or is interrupted removes its staging on the way out; one that is killed leaves it to the next
+run, which removes it once it holds the lease.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import datetime
-import glob
 import io
-import json
 import logging
 import os
-import uuid
 from importlib import metadata
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from model.cli import UserError
+from common import fs, publish
+from common.lease import DEFAULT_TTL_S, Lease, assert_held
 
 _LOG = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 FAILURES_FILE = "failures.csv"
-STAGING_PREFIX = ".staging-"
 FAILURE_COLUMNS = ("video_id", "uri", "reason")
-
-
-def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base.rstrip("/"), *parts) if parts else base
-
-
-def write_text(path: str, text: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
-
-
-def read_text(path: str) -> str:
-    with FileSystems.open(path) as f:
-        return f.read().decode("utf-8")
-
-
-def delete_if_exists(paths: Iterable[str]) -> None:
-    existing = [p for p in paths if FileSystems.exists(p)]
-    if existing:
-        FileSystems.delete(existing)
-
-
-def matching(pattern: str) -> list[str]:
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        return []
+REFS_FILE = "inputs.jsonl"  # the launcher's list of matched videos, in staging
 
 
 def package_versions() -> dict[str, str]:
@@ -74,26 +42,56 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def prepare_output(output: str, overwrite: bool) -> str:
-    """Check the output folder and return a new staging folder inside it.
+def add_lease_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lease-ttl", type=float, default=DEFAULT_TTL_S, metavar="SECONDS",
+                        help="the run's lease on --output is renewed every SECONDS / 4 and expires SECONDS after "
+                             "the last renewal, when a run that died is taken over (default: %(default)s)")
 
-    A folder holding a finished run (its manifest) is refused unless `overwrite`. Stale staging folders
-    of killed runs are removed.
-    """
-    manifest = join(output, MANIFEST_FILE)
-    if FileSystems.exists(manifest) and not overwrite:
-        raise UserError(f"{output} already holds a finished run ({MANIFEST_FILE}); pass --overwrite to replace it")
-    if "://" in output:  # object stores: the objects under the staging prefixes
-        stale = matching(join(output, STAGING_PREFIX + "*/**"))
-    else:  # local: the folders themselves (FileSystems.match lists files only, and not empty folders)
-        stale = sorted(glob.glob(os.path.join(glob.escape(output), STAGING_PREFIX + "*")))
-    if stale:
-        _LOG.warning("removing %d staged file(s) left by a run that did not finish", len(stale))
+
+class OutputRun:
+    """One run's hold on its output folder, as a context manager around everything that touches it.
+
+    On entry: refuse an output path that is a file (exit 73), then take the lease (LeaseHeld, exit 75, when
+    a live run holds it). `staging(overwrite)` checks for a finished run and returns a fresh staging folder,
+    removing what dead runs left. On exit, whatever happened: remove this run's staging if it is still
+    there (a failed or interrupted run), remove the output folder if this run created it and left it empty,
+    release the lease."""
+
+    def __init__(self, output: str, job: str, ttl_s: float = DEFAULT_TTL_S):
+        self.output, self.job, self.ttl_s = output, job, ttl_s
+        self.lease: Lease | None = None
+        self._staging: str | None = None
+        self._created = False
+
+    def __enter__(self) -> "OutputRun":
+        publish.check_not_a_file(self.output)
+        self._created = not fs.exists(self.output)
+        self.lease = Lease.acquire(self.output, self.ttl_s, job=self.job)
+        return self
+
+    def staging(self, overwrite: bool) -> str:
+        publish.check_output(self.output, MANIFEST_FILE, overwrite)
+        self._staging = publish.new_staging(self.output)
+        return self._staging
+
+    @property
+    def run_id(self) -> str:
+        return self.lease.run_id
+
+    def __exit__(self, *exc) -> None:
         try:
-            FileSystems.delete(stale)
-        except Exception as exc:  # best effort: stale staging is never read
-            _LOG.warning("could not remove stale staging files: %s", exc)
-    return join(output, STAGING_PREFIX + uuid.uuid4().hex[:12])
+            if self._staging is not None and fs.is_dir(self._staging):
+                _LOG.info("removing this run's staging %s", self._staging)
+                fs.remove_tree(self._staging)
+        except Exception as error:  # best effort: the next run removes it
+            _LOG.warning("could not remove staging %s: %s", self._staging, error)
+        finally:
+            self.lease.release()
+            if self._created and not fs.is_remote(self.output):
+                try:
+                    os.rmdir(self.output)  # only when empty
+                except OSError:
+                    pass
 
 
 def failures_csv(failures: Iterable[tuple[str, str, str]]) -> str:
@@ -104,52 +102,27 @@ def failures_csv(failures: Iterable[tuple[str, str, str]]) -> str:
     return buffer.getvalue()
 
 
-def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def check_lease(output: str, run_id: str | None) -> None:
+    """Before publishing, wherever that runs: the run must still hold the output's lease (LeaseLost)."""
+    if run_id is not None:
+        assert_held(output, run_id)
 
 
-def publish(
-    output: str,
-    staging: str,
-    staged_files: list[str],
-    texts: dict[str, str],
-    manifest: dict,
-    replace_patterns: Iterable[str] = (),
-) -> dict:
-    """Move `staged_files` (paths under `staging`) and `texts` ({name: content}) into `output`, then the
-    manifest. Files matching `replace_patterns` (a previous run's outputs) are removed first."""
-    manifest = dict(manifest, finished_at=now_utc(), package_versions=package_versions())
-    staged_texts = []
+def publish_outputs(output: str, staging: str, staged_files: Sequence[str], texts: dict[str, str], manifest: dict,
+                    replace_patterns: Iterable[str] = (), run_id: str | None = None) -> dict:
+    """Stage `texts` ({name: content}) beside `staged_files`, then publish them all with `manifest` (completed
+    with the time and package versions) last. Files matching `replace_patterns` (the previous run's outputs)
+    are replaced. With `run_id`, that run must still hold the output's lease (LeaseLost otherwise). Returns
+    the manifest written."""
+    manifest = dict(manifest, finished_at=publish.now_utc(), package_versions=package_versions())
+    staged = list(staged_files)
     for name, text in texts.items():
-        staged_texts.append(join(staging, name))
-        write_text(staged_texts[-1], text)
-    staged_manifest = join(staging, MANIFEST_FILE)
-    write_text(staged_manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-    delete_if_exists([join(output, MANIFEST_FILE)])
-    delete_if_exists([p for pattern in replace_patterns for p in matching(join(output, pattern))])
-    _move(output, staging, list(staged_files) + staged_texts)
-    _move(output, staging, [staged_manifest])
-    try:
-        if "://" in staging:  # object stores have no folders: remove what is left inside (the input list)
-            delete_if_exists(matching(staging.rstrip("/") + "/**"))
-        elif os.path.exists(staging):
-            FileSystems.delete([staging])
-    except Exception as exc:  # leftovers are removed by the next run
-        _LOG.warning("could not remove staging folder %s: %s", staging, exc)
+        staged.append(fs.join(staging, name))
+        fs.write_text(staged[-1], text)
+    previous = [path for pattern in replace_patterns for path in fs.match(fs.join(output, pattern))]
+    check_lease(output, run_id)
+    publish.publish(output, staging, staged, MANIFEST_FILE, fs.json_text(manifest), replace=previous)
     return manifest
-
-
-def _move(output: str, staging: str, staged: list[str]) -> None:
-    """Rename files under `staging` to the same relative names under `output`."""
-    if not staged:
-        return
-    destinations = [join(output, path[len(staging.rstrip("/")) + 1 :]) for path in staged]
-    delete_if_exists(destinations)
-    if "://" not in output:  # object stores have no folders; local renames need them
-        for folder in sorted({os.path.dirname(d) for d in destinations}):
-            os.makedirs(folder, exist_ok=True)
-    FileSystems.rename(staged, destinations)
 
 
 def _call_ignoring_element(_, finish, **views):
@@ -160,7 +133,7 @@ class PublishOutputs(beam.PTransform):
     """The last step of a job: once everything is written, call `finish(**side_inputs)` exactly once.
 
     `side_inputs` maps names to `beam.pvalue.AsList`/`AsSingleton` views; `finish` receives their values
-    as keyword arguments and must publish the outputs (see `publish`). Its return value is the output.
+    as keyword arguments and must publish the outputs (see `publish_outputs`). Its return value is the output.
     """
 
     def __init__(self, finish, **side_inputs):

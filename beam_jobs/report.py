@@ -18,6 +18,7 @@ over from there too, without reading the video again. Videos labelled from featu
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import pathlib
 import posixpath
@@ -27,10 +28,10 @@ from typing import Iterable, Mapping, Sequence
 import apache_beam as beam
 import cv2
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from model.frames import sample_frame_indices
+from common import fs
+from video.frames import sample_frame_indices
 
 REPORT_FILE = "report.html"
 THUMBNAILS_DIR = "thumbnails"
@@ -63,32 +64,23 @@ def thumbnail_strip(frames: np.ndarray, count: int = THUMBNAIL_FRAMES, side: int
 
 def thumbnail_path(video_id: str) -> str:
     """thumbnails/<video id>.jpg; ids that are URIs keep only their path part (like per_video/)."""
-    relative = video_id.split("://", 1)[-1].lstrip("/")
-    return posixpath.join(THUMBNAILS_DIR, relative + ".jpg")
-
-
-def _join(base: str, relative: str) -> str:
-    return FileSystems.join(base.rstrip("/"), *relative.split("/"))
+    return posixpath.join(THUMBNAILS_DIR, fs.path_part(video_id) + ".jpg")
 
 
 def stage_thumbnail(item: tuple[str, bytes], staging: str) -> tuple[str, str, bytes]:
     """(video_id, jpeg) -> (video_id, staged path, jpeg), the JPEG written under `staging`."""
     video_id, jpeg = item
-    path = _join(staging, thumbnail_path(video_id))
-    if "://" not in path:
-        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileSystems.create(path, mime_type="image/jpeg") as f:
-        f.write(jpeg)
+    path = fs.join(staging, thumbnail_path(video_id))
+    fs.write_bytes(path, jpeg, mime_type="image/jpeg")
     return video_id, path, jpeg
 
 
 def read_previous_thumbnail(video_id: str, output: str) -> Iterable[tuple[str, bytes]]:
     """The thumbnail a previous run left in `output` for `video_id`, if any (runs before thumbnails existed
     left none)."""
-    path = _join(output, thumbnail_path(video_id))
-    if FileSystems.exists(path):
-        with FileSystems.open(path) as f:
-            yield video_id, f.read()
+    path = fs.join(output, thumbnail_path(video_id))
+    if fs.exists(path):
+        yield video_id, fs.read_bytes(path)
 
 
 class MakeThumbnailsDoFn(beam.DoFn):
@@ -111,6 +103,96 @@ class MakeThumbnails(beam.PTransform):
 
     def expand(self, videos):
         return videos | "Strip" >> beam.ParDo(MakeThumbnailsDoFn()).with_outputs(THUMBNAILS, main="videos")
+
+
+# --- What the page shows of a run of any size -----------------------------------------------------------
+
+SHOWN_VIDEOS = 300  # the least confident videos get a row (with thumbnails); labels.csv has them all
+SHOWN_FAILURES = 500
+HISTOGRAM_BINS = 10
+LABELS_LINK, FAILURES_LINK = "labels.csv", "failures.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportTotals:
+    """A whole run's counts for the page, however many rows it shows: videos labelled, failures, videos per
+    label, and videos per confidence bin (HISTOGRAM_BINS equal bins over [0, 1])."""
+
+    videos: int
+    failures: int
+    label_counts: tuple[tuple[str, int], ...]
+    confidence_histogram: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, rows: Sequence[Mapping[str, str]], failures: int) -> "ReportTotals":
+        counts: dict[str, int] = {}
+        histogram = [0] * HISTOGRAM_BINS
+        for row in rows:
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
+            histogram[confidence_bin(float(row["confidence"]))] += 1
+        return cls(len(rows), failures, tuple(sorted(counts.items())), tuple(histogram) if rows else ())
+
+
+def confidence_bin(confidence: float) -> int:
+    return min(int(confidence * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)
+
+
+class _HistogramFn(beam.CombineFn):
+    def create_accumulator(self):
+        return [0] * HISTOGRAM_BINS
+
+    def add_input(self, accumulator, confidence):
+        accumulator[confidence_bin(confidence)] += 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return [sum(bins) for bins in zip(*accumulators)]
+
+    def extract_output(self, accumulator):
+        return tuple(accumulator)
+
+
+class SummarizeForReport(beam.PTransform):
+    """(rows, failures) -> one dict with what report.html shows of a run of any size: the totals
+    (ReportTotals fields) and the SHOWN_VIDEOS least confident rows and the first SHOWN_FAILURES failures,
+    computed with combiners (no step holds every row)."""
+
+    def expand(self, inputs):
+        rows, failures = inputs
+        confidence = rows | "Confidences" >> beam.Map(lambda r: float(r["confidence"]))
+        parts = {
+            "videos": rows | "CountVideos" >> beam.combiners.Count.Globally(),
+            "failures": failures | "CountFailures" >> beam.combiners.Count.Globally(),
+            "label_counts": (rows | "Labels" >> beam.Map(lambda r: r["label"])
+                             | "CountLabels" >> beam.combiners.Count.PerElement()
+                             | "AllLabelCounts" >> beam.combiners.ToList()),
+            "histogram": confidence | "Histogram" >> beam.CombineGlobally(_HistogramFn()),
+            "shown_rows": rows | "LeastConfident" >> beam.combiners.Top.Smallest(
+                SHOWN_VIDEOS, key=lambda r: (float(r["confidence"]), r["video_id"])),
+            "shown_failures": failures | "FirstFailures" >> beam.combiners.Top.Smallest(
+                SHOWN_FAILURES, key=lambda f: f[0]),
+        }
+        keyed = [parts[name] | f"Key{name.title().replace('_', '')}" >> beam.Map(lambda v, n=name: (n, v))
+                 for name in parts]
+        return (keyed | "AllParts" >> beam.Flatten() | "OneSummary" >> beam.combiners.ToDict())
+
+
+def totals_from_summary(summary: dict) -> ReportTotals:
+    histogram = tuple(summary["histogram"]) if summary["videos"] else ()
+    return ReportTotals(int(summary["videos"]), int(summary["failures"]),
+                        tuple(sorted((str(k), int(v)) for k, v in summary["label_counts"])), histogram)
+
+
+def _histogram_html(histogram: Sequence[int]) -> str:
+    top = max(max(histogram), 1)
+    width = 100 / len(histogram)
+    bars = "".join(
+        f'<tr><td class="num">{100 * i * width / 100:.0f}-{100 * (i + 1) * width / 100:.0f}%</td>'
+        f'<td><div class="meter" style="width:16em"><span style="width:{100 * count / top:.1f}%;'
+        f'background:{_meter_colour((i + 0.5) / len(histogram))}"></span><b>{count}</b></div></td></tr>'
+        for i, count in enumerate(histogram))
+    return ('<h2>Confidence</h2>\n<table id="confidence-histogram"><thead><tr><th>Confidence</th>'
+            f"<th>Videos</th></tr></thead><tbody>{bars}</tbody></table>")
 
 
 # --- The page ------------------------------------------------------------------------------------------
@@ -233,30 +315,8 @@ def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str
     )
 
 
-def render_report(
-    rows: Sequence[Mapping[str, str]],
-    failures: Iterable[tuple[str, str, str]],
-    thumbnails: Mapping[str, bytes],
-    summary: Mapping[str, object],
-    *,
-    unknown_label: str = "unknown",
-    no_thumbnail: str = "no frames",
-) -> str:
-    """The report page. `rows` are labels.csv rows (strings, as written), `failures` (video_id, uri, reason),
-    `thumbnails` JPEG strips by video id (rows without one show `no_thumbnail`), `summary` the facts shown
-    at the top, in order (name -> value)."""
-    rows = sorted(rows, key=lambda r: r["video_id"])
-    failures = sorted(failures)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["label"]] = counts.get(row["label"], 0) + 1
-    top_k = max((len(parse_top_k(r["top_k"])) for r in rows), default=0)
-    facts = "".join(f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in summary.items())
-    count_rows = "".join(
-        f'<tr><td>{_e(label)}</td><td class="num">{count}</td><td class="num">{_percent(count / len(rows))}</td></tr>'
-        for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    )
-    body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label) for r in rows)
+def _failure_section(failures: Sequence[tuple[str, str, str]], total: int) -> str:
+    """The failures shown (the first ones by id), and a link to failures.csv when there are more."""
     if failures:
         failure_rows = "\n".join(
             f'<tr data-video-id="{_e(video_id)}"><td class="video">{_e(video_id)}</td>'
@@ -267,14 +327,54 @@ def render_report(
             '<table id="failures"><thead><tr><th>Video</th><th>URI</th><th>Reason</th></tr></thead>'
             f"<tbody>\n{failure_rows}\n</tbody></table>"
         )
+        if total > len(failures):
+            failure_section += (f'<p class="hint">The first {len(failures)} of {total} failures by video id; '
+                                f'<a href="{FAILURES_LINK}">failures.csv</a> lists them all.</p>')
+    elif total:
+        failure_section = f'<p class="hint"><a href="{FAILURES_LINK}">failures.csv</a> lists them.</p>'
     else:
         failure_section = '<p id="no-failures">Every video could be read and labelled.</p>'
+    return failure_section
+
+
+def render_report(
+    rows: Sequence[Mapping[str, str]],
+    failures: Iterable[tuple[str, str, str]],
+    thumbnails: Mapping[str, bytes],
+    summary: Mapping[str, object],
+    *,
+    unknown_label: str = "unknown",
+    no_thumbnail: str = "no frames",
+    totals: "ReportTotals | None" = None,
+) -> str:
+    """The report page. `rows` are the labels.csv rows shown (strings, as written), `failures` the
+    (video_id, uri, reason) shown, `thumbnails` JPEG strips by video id (rows without one show
+    `no_thumbnail`), `summary` the facts shown at the top, in order (name -> value). `totals` are the whole
+    run's counts when `rows` and `failures` are only the part shown; by default they are counted from them."""
+    rows = sorted(rows, key=lambda r: r["video_id"])
+    failures = sorted(failures)
+    totals = totals or ReportTotals.of(rows, len(failures))
+    counts = dict(totals.label_counts)
+    top_k = max((len(parse_top_k(r["top_k"])) for r in rows), default=0)
+    facts = "".join(f"<dt>{_e(name)}</dt><dd>{_e(value)}</dd>" for name, value in summary.items())
+    labelled = max(sum(counts.values()), 1)
+    count_rows = "".join(
+        f'<tr><td>{_e(label)}</td><td class="num">{count}</td><td class="num">{_percent(count / labelled)}</td></tr>'
+        for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
+    body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label) for r in rows)
+    failure_section = _failure_section(failures, totals.failures)
+    capped = totals.videos > len(rows)
+    videos_heading = f"{len(rows)} least confident of {totals.videos}" if capped else f"{len(rows)}"
+    shown_hint = (f"The {len(rows)} videos the model was least sure of; <a href=\"{LABELS_LINK}\">labels.csv</a> "
+                  "has every video. " if capped else "")
+    histogram = _histogram_html(totals.confidence_histogram) if totals.confidence_histogram else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Labelling report: {len(rows)} videos</title>
+<title>Labelling report: {totals.videos} videos</title>
 <style>{_STYLE % {"side": THUMBNAIL_SIDE}}</style>
 </head>
 <body>
@@ -283,9 +383,10 @@ def render_report(
 <h2>Labels given</h2>
 <table id="label-counts"><thead><tr><th>Label</th><th>Videos</th><th>Share</th></tr></thead>
 <tbody>{count_rows}</tbody></table>
-<h2 id="videos-heading">Videos ({len(rows)})</h2>
-<p class="hint">Click a column header to sort by it; the first click on Confidence shows the least confident
-videos first.</p>
+{histogram}
+<h2 id="videos-heading">Videos ({videos_heading})</h2>
+<p class="hint">{shown_hint}Click a column header to sort by it; the first click on Confidence shows the least
+confident videos first.</p>
 <table id="labels">
 <thead><tr><th>Sampled frames</th>
 <th data-sort="text" aria-sort="ascending"><button type="button">Video</button></th>
@@ -296,7 +397,7 @@ videos first.</p>
 {body_rows}
 </tbody>
 </table>
-<h2 id="failures-heading">Failures ({len(failures)})</h2>
+<h2 id="failures-heading">Failures ({totals.failures})</h2>
 {failure_section}
 <script>{_SCRIPT}</script>
 </body>

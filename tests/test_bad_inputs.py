@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from beam_jobs import featurize, predict
-from beam_jobs.decoder import IsolatedDecoder
-from model.frames import DecodeError, describe_unopenable
+from beam_jobs import featurize, flags, predict
+from video.isolated import IsolatedDecoder
+from video.frames import DecodeError
+from video.probe import describe_unopenable
 from beam_jobs.matching import match_videos
-from beam_jobs.sample_videos import render_clip, write_clip
-from beam_jobs.transforms import FAILURES, DecodeFrames, DecodeFramesDoFn, FrameOptions
+from tools.sample_videos import render_clip, write_clip
+from beam_jobs.decode import FAILURES, DecodeFrames, DecodeFramesDoFn, FrameOptions
 from conftest import read_csv, read_records
 
 FRAMES, IMAGE_SIZE = 4, 32
@@ -308,15 +309,15 @@ def test_predict_accounts_for_every_input_with_the_same_reasons(featurized, pred
 def test_extensions_are_explicit_case_insensitive_and_overridable(corpus):
     everything = all_matched_ids(corpus)
     assert "good/notes.txt" not in everything and "good/extra.m4v" in everything
-    only_avi = {ref.video_id for ref in match_videos([str(corpus)], featurize.parse_extensions("AVI"))}
+    only_avi = {ref.video_id for ref in match_videos([str(corpus)], flags.parse_extensions("AVI"))}
     assert only_avi == {i for i in everything if i.lower().endswith(".avi")}
     assert "good/UPPER CASE.AVI" in only_avi
-    assert featurize.parse_extensions(" .MP4, m4v ,") == (".mp4", ".m4v")
+    assert flags.parse_extensions(" .MP4, m4v ,") == (".mp4", ".m4v")
 
 
 def test_unreadable_file_reason(tmp_path, monkeypatch):
     """As root no file mode blocks reading, so the permission error is raised where the job opens the file."""
-    from beam_jobs import matching, transforms
+    from beam_jobs import decode, matching
 
     path = tmp_path / "locked.avi"
     write_clip(str(path), clip_frames(8), "MJPG")
@@ -325,7 +326,7 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(transforms, "open", denied, raising=False)
+    monkeypatch.setattr(decode, "open", denied, raising=False)
     dofn = DecodeFramesDoFn(FrameOptions(FRAMES, IMAGE_SIZE))
     dofn.setup()
     try:
@@ -388,7 +389,7 @@ def test_a_decoder_that_dies_is_a_crash_failure_and_is_replaced(corpus):
 
 MEASURE_PEAK_RSS = """
 import sys
-from model.frames import decode_and_sample
+from video.frames import decode_and_sample
 
 def status_kb(key):
     with open("/proc/self/status") as f:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from beam_jobs import featurize, predict
-from beam_jobs.sample_videos import write_sample_set
+from tools.sample_videos import write_sample_set
 from conftest import read_csv, read_records
 
 FRAMES, IMAGE_SIZE = 4, 32

@@ -11,7 +11,7 @@ import pytest
 
 from beam_jobs import featurize
 from conftest import REAL_VIDEOS, TEST_FRAMES, TEST_IMAGE_SIZE, featurize_args, read_csv, read_records
-from model.cli import UserError
+from common.errors import UserError
 from tfrecords_schema import make_dataset, read_vocabulary
 
 

@@ -224,6 +224,17 @@ class GcsWorld:
         assert done.returncode == 0, f"{module} failed ({done.returncode}):\n{done.stderr[-4000:]}"
         return done
 
+    def start(self, module: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=self.env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def python(self, code: str) -> str:
+        """Run `code` in a child process with the emulator's environment; its stdout."""
+        done = subprocess.run([sys.executable, "-c", code], env=self.env, cwd=REPO, capture_output=True, text=True,
+                              timeout=JOB_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done.stdout
+
     def require_tensorflow_gcs(self):
         if not self.tensorflow_gcs:
             pytest.skip("openssl is needed to point TensorFlow's GCS filesystem at the emulator")
@@ -234,8 +245,9 @@ def gcs(tmp_path_factory):
     work = tmp_path_factory.mktemp("gcs")
     port = _free_port()
     log = open(work / "emulator.log", "wb")
+    # The emulator with Cloud Storage's generation preconditions added (the output lease needs them).
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1", "--port", str(port),
          "--in-memory", "--default-bucket", BUCKET, "-q"],
         stdout=subprocess.DEVNULL, stderr=log, cwd=work)
     proxy = None
@@ -293,7 +305,7 @@ def gcs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory, gcs) -> Path:
     """Four tiny clips, one per class, locally and under gs://BUCKET/clips/."""
-    from beam_jobs.sample_videos import CLASSES, write_sample_set
+    from tools.sample_videos import CLASSES, write_sample_set
 
     root = tmp_path_factory.mktemp("gcs_clips")
     write_sample_set(str(root), per_class=1, seed=5, classes=CLASSES[:4], min_frames=6, max_frames=10,
@@ -439,3 +451,45 @@ def test_predict_labels_gcs_videos_with_a_gcs_model_and_reruns_incrementally(gcs
     again = json.loads(gcs.bucket.text("labels/manifest.json"))
     assert (again["videos_labelled"], again["labelled_this_run"], again["reused_from_previous_run"]) == (4, 0, 4)
     assert list(csv.DictReader(io.StringIO(gcs.bucket.text("labels/labels.csv")))) == rows
+
+
+def test_the_lease_holds_on_gcs_with_generation_preconditions(gcs):
+    """Leases through Cloud Storage's own atomic create (ifGenerationMatch=0), renewal, expiry and release."""
+    out = gcs.python(f"""
+import json, time
+from common.errors import LeaseHeld, LeaseLost
+from common.lease import Lease
+first = Lease.acquire("gs://{BUCKET}/leased", ttl_s=0.6)
+try:
+    Lease.acquire("gs://{BUCKET}/leased", ttl_s=0.6)
+    print("second acquired")
+except LeaseHeld as exc:
+    print("held:", "pid" in str(exc))
+time.sleep(0.8)
+first.check()  # renewed meanwhile
+print("renewed")
+first._stop.set()  # as if killed: no more renewals
+time.sleep(1.0)
+taken = Lease.acquire("gs://{BUCKET}/leased", ttl_s=30)
+print("taken over:", taken.took_over)
+try:
+    first.check()
+except LeaseLost:
+    print("first lost")
+taken.release()
+""")
+    assert out.split("\n")[:4] == ["held: True", "renewed", "taken over: True", "first lost"]
+    assert [n for n in gcs.bucket.list("leased/")] == []
+
+
+def test_overlapping_runs_on_a_gcs_output_one_publishes(gcs, clips, model_gcs):
+    output = f"gs://{BUCKET}/overlap"
+    args = ["--input", f"gs://{BUCKET}/clips/", "--model", model_gcs, "--output", output, "--runner", "DirectRunner"]
+    runs = [gcs.start("beam_jobs.predict", *args) for _ in range(2)]
+    errors = [run.communicate(timeout=JOB_TIMEOUT_S)[1] for run in runs]
+    results = [(run.returncode, err) for run, err in zip(runs, errors)]
+    assert sorted(status for status, _ in results) == [0, 75], [err[-2000:] for _, err in results]
+    (skipped,) = [err for status, err in results if status == 75]
+    assert skipped.strip().splitlines()[-1].startswith(f"skipped: {output} is being written by another run (host ")
+    assert json.loads(gcs.bucket.text("overlap/manifest.json"))["videos_labelled"] == 4
+    assert [n for n in gcs.bucket.list("overlap/") if "/.staging-" in n or n.endswith(".lease.json")] == []

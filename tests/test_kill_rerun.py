@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import featurize
-from beam_jobs.sample_videos import write_sample_set
+from tools.sample_videos import write_sample_set
 from tfrecords_schema import decode_video_record
 
 
@@ -41,13 +41,16 @@ def midway(job, output) -> bool:
     return bool(staged_beam_writes(output)) and bool(child_processes(job.pid))
 
 
+LEASE_TTL_S = 2.0  # the killed run's lease on the output expires this long after its last renewal
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="finds the decoder process through Linux /proc")
 def test_killed_run_leaves_no_finished_looking_output_and_a_rerun_completes(tmp_path):
     clips, output = tmp_path / "clips", tmp_path / "out"
     written = write_sample_set(str(clips), per_class=2, seed=5, min_frames=12, max_frames=24,
                                sizes=[(64, 48)], codecs=["MJPG"])
     args = ["--input", str(clips), "--output", str(output), "--weights", "random", "--image-size", "32",
-            "--max-seq-length", "4", "--runner", "DirectRunner"]
+            "--max-seq-length", "4", "--runner", "DirectRunner", "--lease-ttl", str(LEASE_TTL_S)]
     job = subprocess.Popen([sys.executable, "-m", "beam_jobs.featurize", *args], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -64,10 +67,12 @@ def test_killed_run_leaves_no_finished_looking_output_and_a_rerun_completes(tmp_
     assert job.returncode == -signal.SIGKILL
 
     final_names = sorted(p.name for p in output.iterdir() if not p.name.startswith(".staging-"))
-    assert final_names == []  # no manifest.json, features-*.tfrecord, labels.txt or failures.csv
+    assert final_names == [".lease.json"]  # no manifest.json, features-*.tfrecord, labels.txt or failures.csv
     assert len(list(output.glob(".staging-*"))) == 1
 
+    time.sleep(LEASE_TTL_S + 0.5)  # the dead run's lease expires; the next run takes it over
     featurize.run(args)  # no --overwrite needed: nothing finished is there
+    assert not (output / ".lease.json").exists()
     manifest = json.loads((output / "manifest.json").read_text())
     assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (
         len(written), len(written), 0)

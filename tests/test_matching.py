@@ -7,7 +7,7 @@ import os
 import pytest
 
 from beam_jobs.matching import attach_labels, match_videos, read_labels_csv
-from model.cli import UserError
+from common.errors import UserError
 
 
 def touch(path, data=b"x"):

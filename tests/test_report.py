@@ -51,7 +51,7 @@ def make_model_dir(path: Path, labels=CLASSES) -> Path:
 
 
 def write_clips(root: Path, per_class: int, seed: int, classes=CLASSES) -> Path:
-    from beam_jobs.sample_videos import write_sample_set
+    from tools.sample_videos import write_sample_set
 
     write_sample_set(str(root), per_class=per_class, seed=seed, classes=classes, min_frames=6, max_frames=14,
                      sizes=[(64, 48), (48, 48)])

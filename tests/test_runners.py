@@ -111,7 +111,7 @@ MULTI_PROCESS_ARGS = ["--runner", "DirectRunner", "--direct_running_mode", "mult
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    from beam_jobs.sample_videos import CLASSES, write_sample_set
+    from tools.sample_videos import CLASSES, write_sample_set
 
     root = tmp_path_factory.mktemp("runner_clips")
     write_sample_set(str(root), per_class=1, seed=9, classes=CLASSES[:4], min_frames=6, max_frames=10,

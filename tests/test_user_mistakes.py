@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from beam_jobs.sample_videos import render_clip, write_clip
+from tools.sample_videos import render_clip, write_clip
 
 FRAMES, IMAGE_SIZE = 4, 32
 BACKBONE = "densenet121/random-seed1337"

@@ -1,0 +1,68 @@
+"""The classifier as a RunInference model handler: padded frame features and their mask -> class
+probabilities, batched across videos and keyed by video id."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One video's classifier input: `features` `[T, D]` float32 padded, `mask` `[T]` bool (True = real)."""
+
+    features: np.ndarray
+    mask: np.ndarray
+
+
+class VideoClassifierHandler(ModelHandler):
+    """RunInference handler for a model directory from `model.train`: ModelInput -> class probabilities.
+
+    The model loads once per worker process (shared across threads and DoFn instances by RunInference)."""
+
+    def __init__(self, model_dir: str, batch_size: int = 64, large_model: bool = False):
+        super().__init__()
+        self._model_dir = model_dir
+        self._batch_size = batch_size
+        self._large_model = large_model
+
+    def load_model(self):
+        from model.export import load_model_dir
+
+        return load_model_dir(self._model_dir).model
+
+    def run_inference(self, batch: Sequence[ModelInput], model, inference_args=None) -> Iterable[PredictionResult]:
+        features = np.stack([item.features for item in batch]).astype(np.float32)
+        mask = np.stack([item.mask for item in batch]).astype(bool)
+        probabilities = np.asarray(model.predict_on_batch({"features": features, "mask": mask}))
+        return [PredictionResult(item, row, self._model_dir) for item, row in zip(batch, probabilities)]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._large_model
+
+    def get_num_bytes(self, batch: Sequence[ModelInput]) -> int:
+        return sum(item.features.nbytes + item.mask.nbytes for item in batch)
+
+
+def video_model_input(video, max_seq_length: int) -> tuple[str, ModelInput]:
+    """An embedded Video -> (video_id, padded ModelInput)."""
+    from tfrecords_schema import pad_features
+
+    features, mask = pad_features(video.features, max_seq_length)
+    return video.ref.video_id, ModelInput(features, mask)
+
+
+def record_model_input(serialized: bytes):
+    """A serialized feature record -> (VideoRef, fingerprint, (video_id, ModelInput))."""
+    from beam_jobs.matching import VideoRef
+    from tfrecords_schema import decode_video_record
+
+    record = decode_video_record(serialized)
+    ref = VideoRef(video_id=record.video_id, uri=record.uri, label=record.label)
+    return ref, record.fingerprint, (record.video_id, ModelInput(record.features, record.mask))

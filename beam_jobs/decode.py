@@ -1,0 +1,195 @@
+"""Matched videos -> decoded, sampled frames: the launcher's video list read back, each file read (copied
+out of remote storage first), fingerprinted and decoded in an isolated child process.
+
+A video that cannot be used leaves the main output as `(video_id, uri, reason)` on the `failures` output
+and counts in `videos_failed`; programming errors raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from beam_jobs.matching import VideoRef, parse_ref
+from beam_jobs.progress import Progress
+from common import fs
+from video.frames import DecodeError, SampledFrames
+
+_LOG = logging.getLogger(__name__)
+
+FAILURES = "failures"
+_CHUNK = 1 << 22
+
+
+@dataclasses.dataclass
+class Video:
+    """A video on its way through a job: where it came from, its sampled frames, and (once embedded)
+    `features` `[n, D]` float32 for its `n` sampled frames (no padding yet)."""
+
+    ref: VideoRef
+    fingerprint: str
+    sampled: SampledFrames
+    features: np.ndarray | None = None
+    previous: tuple[str, dict] | None = None  # (fingerprint, row) when an earlier labelling run knew it
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameOptions:
+    """How frames are taken from a video; recorded in every record and in a model's preprocessing."""
+
+    max_seq_length: int = 20
+    image_size: int = 128
+    sampling: str = "uniform"
+    decode_timeout_s: float = 120.0
+
+
+class ReadVideoList(beam.PTransform):
+    """The launcher's listing file (one VideoRef as JSON a line, see beam_jobs.matching) -> PCollection[VideoRef],
+    read in parallel and spread across workers."""
+
+    def __init__(self, listing_path: str):
+        super().__init__()
+        self._listing_path = listing_path
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ReadListing" >> beam.io.ReadFromText(self._listing_path)
+            | "ParseRefs" >> beam.Map(parse_ref)
+            | "SpreadVideos" >> beam.Reshuffle()
+        )
+
+
+def copy_and_hash(source, destination=None) -> str:
+    """sha256 of what `source` holds, copied to `destination` on the way when one is given."""
+    sha = hashlib.sha256()
+    while chunk := source.read(_CHUNK):
+        sha.update(chunk)
+        if destination is not None:
+            destination.write(chunk)
+    return sha.hexdigest()
+
+
+def read_error(uri: str, exc: OSError) -> str:
+    """The failures.csv reason for a file that could not be read."""
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(uri):
+            return "broken symbolic link (its target does not exist)"
+        return "file not found (removed after it was listed?)"
+    if isinstance(exc, PermissionError):
+        return "cannot read the file: permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a video file"
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for its failure reason."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "an unusual file type"
+
+
+class DecodeFramesDoFn(beam.DoFn):
+    """VideoRef -> Video with sampled frames, decoded in an isolated child process (see video.isolated)."""
+
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
+        self._options = options
+        self._job_id = job_id
+        self._expected = expected_videos
+        self._decoded = Metrics.counter("videos", "videos_decoded")
+        self._failed = Metrics.counter("videos", "videos_failed")
+        self._frames = Metrics.counter("videos", "frames_sampled")
+
+    def setup(self):
+        from video.isolated import IsolatedDecoder
+
+        self._decoder = IsolatedDecoder(timeout_s=self._options.decode_timeout_s)
+        self._scratch = tempfile.mkdtemp(prefix="decode-")
+        self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
+
+    def _local_copy(self, ref: VideoRef) -> tuple[str, str]:
+        """(local path, content fingerprint); remote files are copied to scratch space first."""
+        if not fs.is_remote(ref.uri):
+            mode = os.stat(ref.uri).st_mode
+            if not stat.S_ISREG(mode):  # reading a named pipe would block this worker for good
+                raise DecodeError(f"not a regular file ({file_kind(mode)})")
+            with open(ref.uri, "rb") as source:
+                return ref.uri, copy_and_hash(source)
+        local = os.path.join(self._scratch, "video" + os.path.splitext(ref.uri)[1])
+        with fs.open_read(ref.uri) as source, open(local, "wb") as destination:
+            return local, copy_and_hash(source, destination)
+
+    def _read(self, ref: VideoRef) -> tuple[str, str]:
+        """(local path, fingerprint), or DecodeError with the reason the file cannot be read."""
+        try:
+            return self._local_copy(ref)
+        except OSError as exc:
+            raise DecodeError(read_error(ref.uri, exc)) from None
+        except DecodeError:
+            raise
+        except Exception as exc:  # remote filesystem errors
+            raise DecodeError(f"cannot read the file: {type(exc).__name__}: {exc}") from None
+
+    def process(self, element):
+        """`element` is a VideoRef, or (VideoRef, previous) for the labelling job's incremental runs."""
+        ref, previous = element if isinstance(element, tuple) else (element, None)
+        path = None
+        try:
+            path, fingerprint = self._read(ref)
+            if os.path.getsize(path) == 0:
+                raise DecodeError("empty file (0 bytes)")
+            o = self._options
+            sampled = self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+        except DecodeError as exc:
+            yield self._failure(ref, str(exc))
+            return
+        finally:
+            if path is not None and path != ref.uri:
+                os.remove(path)
+        self._decoded.inc()
+        self._frames.inc(len(sampled.frame_indices))
+        yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
+
+    def _failure(self, ref: VideoRef, reason: str):
+        self._failed.inc()
+        if self._progress:
+            self._progress.count(failed=1)
+        _LOG.warning("skipping %s: %s", ref.uri, reason)
+        return beam.pvalue.TaggedOutput(FAILURES, (ref.video_id, ref.uri, reason))
+
+    def teardown(self):
+        if getattr(self, "_decoder", None) is not None:
+            self._decoder.close()
+        shutil.rmtree(getattr(self, "_scratch", ""), ignore_errors=True)
+        if getattr(self, "_progress", None) is not None:
+            self._progress.release()
+            self._progress = None
+
+
+class DecodeFrames(beam.PTransform):
+    """PCollection[VideoRef] -> tagged outputs: main `videos` PCollection[Video], `failures` (id, uri, reason).
+
+    With a `job_id` (the same one given to EmbedFrames), progress is logged every 10 s (see Progress)."""
+
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
+        super().__init__()
+        self._dofn = DecodeFramesDoFn(options, job_id, expected_videos)
+
+    def expand(self, refs):
+        return refs | "Decode" >> beam.ParDo(self._dofn).with_outputs(FAILURES, main="videos")

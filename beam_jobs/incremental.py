@@ -1,0 +1,180 @@
+"""Incremental labelling: the previous run into the same output, joined with the current listing inside the
+pipeline, so its rows flow from the previous files to the new ones without passing through one process.
+
+A video is unchanged when the previous run labelled it with the same model and its size, modification time
+and version are the same: its row is carried over without reading it. The version is what a same-size edit
+with its modification time put back cannot keep: locally the file's inode and change time (ctime), on gs://
+the object's generation (see `beam_jobs.matching`). A video whose listing changed but whose content did not
+(same fingerprint) is decoded but skips the model (`SplitKnownContentDoFn`). `--verify` trusts no listing:
+every video is read and fingerprinted again. Videos the previous run knew that are no longer listed are
+removed (their rows drop out; their per-video files and thumbnails are deleted when the run publishes).
+
+The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+
+import apache_beam as beam
+
+from beam_jobs.label_rows import LABELS_FILE
+from beam_jobs.matching import VideoRef, parse_ref
+from beam_jobs.outputs import MANIFEST_FILE
+from common import fs
+from common.errors import UserError
+
+_LOG = logging.getLogger(__name__)
+
+INDEX_FILE = "index.jsonl"  # the single index file of runs before the index was sharded
+INDEX_PREFIX = "index"
+INDEX_PATTERN = f"{INDEX_PREFIX}-*-of-*.jsonl"
+CARRIED, REMOVED = "carried", "removed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviousRun:
+    """A finished earlier labelling run in the same output: which model made it, its labels.csv header, the
+    index files and whether it wrote per-video files."""
+
+    model_id: str
+    columns: tuple[str, ...]
+    index_files: tuple[str, ...]
+    per_video: bool
+
+    @classmethod
+    def read(cls, output: str) -> "PreviousRun | None":
+        """The previous predict run in `output`, or None when there is no finished, complete one."""
+        manifest_path = fs.join(output, MANIFEST_FILE)
+        if not fs.exists(manifest_path):
+            return None
+        manifest = fs.read_json(manifest_path)
+        if manifest.get("job") != "predict":
+            raise UserError(f"{output} holds the output of a {manifest.get('job', 'different')} job; "
+                            "pass --overwrite to replace it")
+        labels_path = fs.join(output, LABELS_FILE)
+        index_files = tuple(fs.match(fs.join(output, INDEX_PATTERN))) or tuple(
+            p for p in [fs.join(output, INDEX_FILE)] if fs.exists(p))
+        missing = [name for name, there in ((LABELS_FILE, fs.exists(labels_path)), (INDEX_FILE, index_files))
+                   if not there]
+        if missing:
+            _LOG.warning("the previous run in %s is incomplete (no %s): labelling every video again", output,
+                         " and no ".join(missing))
+            return None
+        with fs.open_read(labels_path) as raw:
+            header = next(csv.reader([io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()]), [])
+        return cls(model_id=manifest.get("model_id", ""), columns=tuple(header), index_files=index_files,
+                   per_video=bool(manifest.get("options", {}).get("per_video")))
+
+
+def parse_row(line: str, columns: tuple[str, ...]) -> tuple[str, dict]:
+    row = dict(zip(columns, next(csv.reader([line]))))
+    return row["video_id"], row
+
+
+def parse_entry(line: str) -> tuple[str, dict]:
+    entry = json.loads(line)
+    return entry["video_id"], entry
+
+
+class ReadPreviousRun(beam.PTransform):
+    """The previous run's index entries and labels.csv rows, each keyed by video id."""
+
+    def __init__(self, output: str, previous: PreviousRun):
+        super().__init__()
+        self._output, self._previous = output, previous
+
+    def expand(self, pbegin):
+        columns = self._previous.columns
+        entries = (
+            pbegin
+            | "IndexFiles" >> beam.Create(list(self._previous.index_files))
+            | "ReadIndex" >> beam.io.ReadAllFromText()
+            | "ParseIndex" >> beam.Map(parse_entry)
+        )
+        rows = (
+            pbegin
+            | "ReadLabels" >> beam.io.ReadFromText(fs.join(self._output, LABELS_FILE), skip_header_lines=1)
+            | "ParseLabels" >> beam.Map(parse_row, columns)
+        )
+        return entries, rows
+
+
+def unchanged(entry: dict | None, ref: VideoRef) -> bool:
+    """Whether the listing says `ref` is the video its previous index entry describes."""
+    return bool(entry) and ref.size >= 0 and all(
+        entry.get(key) == getattr(ref, key) for key in ("uri", "size", "mtime", "version"))
+
+
+class PlanIncrementalDoFn(beam.DoFn):
+    """(video_id, {"ref": [VideoRef...], "entry": [...], "row": [...]}) -> main: (VideoRef, previous) to read,
+    previous being (fingerprint, row) when the previous run labelled it; `carried`: (row, index entry) of
+    an unchanged video; `removed`: the id of a video no longer listed.
+
+    `carry` is False when the model changed or the run must relabel everything; `verify` reads every video."""
+
+    def __init__(self, carry: bool, verify: bool = False):
+        self._carry, self._verify = carry, verify
+
+    def process(self, joined):
+        video_id, parts = joined
+        refs, entries, rows = parts.get("ref", []), parts.get("entry", []), parts.get("row", [])
+        if not refs:
+            if entries or rows:
+                yield beam.pvalue.TaggedOutput(REMOVED, video_id)
+            return
+        ref = min(refs, key=lambda r: r.uri)  # listed twice by overlapping inputs: the same file
+        entry, row = (entries[0] if entries else None), (rows[0] if rows else None)
+        if not self._carry or entry is None or row is None:
+            yield ref, None
+        elif not self._verify and unchanged(entry, ref):
+            yield beam.pvalue.TaggedOutput(CARRIED, (row, entry))
+        else:
+            yield ref, (entry["fingerprint"], row)
+
+
+class PlanIncremental(beam.PTransform):
+    """The listing file (and the previous run, if any) -> tagged outputs: main (VideoRef, previous) to read,
+    `carried` (row, entry), `removed` video ids."""
+
+    def __init__(self, listing_path: str, output: str, previous: PreviousRun | None, carry: bool, verify: bool):
+        super().__init__()
+        self._listing, self._output, self._previous = listing_path, output, previous
+        self._carry, self._verify = carry, verify
+
+    def expand(self, pbegin):
+        refs = (pbegin
+                | "ReadListing" >> beam.io.ReadFromText(self._listing)
+                | "ParseListing" >> beam.Map(parse_ref)
+                | "KeyRefs" >> beam.Map(lambda ref: (ref.video_id, ref)))
+        parts = {"ref": refs}
+        if self._previous is not None:
+            parts["entry"], parts["row"] = pbegin | "Previous" >> ReadPreviousRun(self._output, self._previous)
+        return (parts
+                | "JoinWithPrevious" >> beam.CoGroupByKey()
+                | "Plan" >> beam.ParDo(PlanIncrementalDoFn(self._carry, self._verify)).with_outputs(
+                    CARRIED, REMOVED, main="todo"))
+
+
+def index_entry(ref: VideoRef, fingerprint: str) -> dict:
+    """The index line for a video: what the next run compares against."""
+    return {"video_id": ref.video_id, "uri": ref.uri, "size": ref.size, "mtime": ref.mtime,
+            "version": ref.version, "fingerprint": fingerprint}
+
+
+class SplitKnownContentDoFn(beam.DoFn):
+    """Decoded videos whose content the previous run already labelled (same fingerprint) skip the model:
+    they leave on the `known` output as (row, index entry); the others pass on."""
+
+    KNOWN = "known"
+
+    def process(self, video):
+        if video.previous and video.previous[0] == video.fingerprint:
+            row = dict(video.previous[1], video_uri=video.ref.uri)
+            yield beam.pvalue.TaggedOutput(self.KNOWN, (row, index_entry(video.ref, video.fingerprint)))
+        else:
+            yield video

@@ -1,0 +1,144 @@
+"""The labelling job's last step: labels.csv and failures.csv merged from their sorted shards, report.html,
+and everything staged moved into place with the manifest last (common.publish).
+
+It runs once, on one worker, and holds only what it is handed as small side inputs: counts, shard paths,
+and the few hundred rows the report shows. Rows, index entries, thumbnails and per-video files of a run of
+any size stream from files; thumbnails and per-video files of videos carried over from the previous run
+stay where they are, and those of removed videos are deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+
+from beam_jobs import outputs, report
+from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN
+from beam_jobs.label_rows import LABELS_FILE, PER_VIDEO_DIR, UNKNOWN_LABEL, per_video_path
+from beam_jobs.sinks import csv_key, csv_line, merge_sorted_shards
+from common import fs, publish
+
+_LOG = logging.getLogger("beam_jobs.predict")  # the job's summary lines, under the job's name
+
+PARTS_DIR = "_parts"  # shards and lists inside staging that publishing reads but does not publish
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """What a run did, from Beam's counts: videos matched, labelled by the model, reused because their content
+    was known, carried over unread, failed, and the frames, thumbnails and per-video files it made."""
+
+    matched: int
+    by_model: int
+    reused_content: int
+    carried: int
+    failed: int
+    frames_sampled: int = 0
+    thumbnails: int = 0
+    per_video: int = 0
+
+    @property
+    def labelled(self) -> int:
+        return self.by_model + self.reused_content + self.carried
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishPredict:
+    """Publishes the labelling run once; checks from the counts that every matched video is in exactly one
+    of labels.csv and failures.csv."""
+
+    output: str
+    staging: str
+    run_id: str  # the lease this run holds; publishing checks it still does
+    columns: tuple[str, ...]
+    manifest: dict
+    wipe: tuple[str, ...] = ()  # folders of the previous run replaced whole (thumbnails/**, per_video/**)
+    carried_thumbnails: bool = True  # thumbnails of carried videos stay in the output
+    started_at: float = 0.0  # time.time() when the job was launched
+    no_thumbnail: str = "no frames"  # what the report shows for a video without a thumbnail
+
+    def __call__(self, counts, summary, label_shards, failure_shards, removed_files=()):
+        counts = Counts(**counts)
+        self._check_accounting(counts, summary, label_shards)
+        seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
+        merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE), csv_key,
+                            csv_line(self.columns))
+        merge_sorted_shards([p for p, _ in failure_shards], fs.join(self.staging, outputs.FAILURES_FILE), csv_key,
+                            csv_line(outputs.FAILURE_COLUMNS))
+        page = self._report(counts, summary, seconds)
+        fs.write_text(fs.join(self.staging, report.REPORT_FILE), page)
+        manifest = dict(self.manifest, videos_matched=counts.matched, videos_labelled=counts.labelled,
+                        labelled_this_run=counts.by_model, reused_from_previous_run=counts.carried + counts.reused_content,
+                        failures=counts.failed, frames_sampled=counts.frames_sampled, seconds=round(seconds, 1),
+                        finished_at=publish.now_utc(), package_versions=outputs.package_versions())
+        staged = (path for path in fs.iter_files_under(self.staging) if self._published(path))
+        outputs.check_lease(self.output, self.run_id)
+        publish.publish(self.output, self.staging, staged, outputs.MANIFEST_FILE, fs.json_text(manifest),
+                        replace=self._replaced(removed_files))
+        self._log(counts, page, seconds)
+        return manifest
+
+    def _published(self, staged_path: str) -> bool:
+        relative = fs.relative(staged_path, self.staging)
+        return not relative.startswith(PARTS_DIR + "/") and relative != outputs.REFS_FILE
+
+    def _check_accounting(self, counts: Counts, summary: dict, label_shards) -> None:
+        rows = sum(count for _, count in label_shards)
+        if (counts.labelled + counts.failed != counts.matched or rows != counts.labelled
+                or summary["videos"] != counts.labelled or summary["failures"] != counts.failed):
+            raise RuntimeError(f"accounting error: {counts.matched} matched, {counts.labelled} labelled "
+                               f"({rows} rows), {counts.failed} failed")
+
+    def _replaced(self, removed_files):
+        """The previous run's files this run replaces: its single files, whole folders it rewrites, and the
+        per-video files and thumbnails of videos no longer listed."""
+        yield from (fs.join(self.output, name) for name in (LABELS_FILE, outputs.FAILURES_FILE, report.REPORT_FILE,
+                                                             INDEX_FILE))
+        yield from fs.match(fs.join(self.output, INDEX_PATTERN))
+        yield from (fs.join(self.output, folder) for folder in self.wipe)
+        for path in removed_files:
+            with fs.open_read(path) as raw:
+                for line in io.TextIOWrapper(raw, encoding="utf-8"):
+                    video_id = line.rstrip("\n")
+                    yield fs.join(self.output, per_video_path(video_id))
+                    yield fs.join(self.output, report.thumbnail_path(video_id))
+
+    def _thumbnail(self, video_id: str) -> bytes | None:
+        for folder in (self.staging, self.output if self.carried_thumbnails else None):
+            if folder and fs.exists(path := fs.join(folder, report.thumbnail_path(video_id))):
+                return fs.read_bytes(path)
+        return None
+
+    def _report(self, counts: Counts, summary: dict, seconds: float) -> str:
+        rows = summary["shown_rows"]
+        thumbnails = {row["video_id"]: jpeg for row in rows if (jpeg := self._thumbnail(row["video_id"]))}
+        facts = {
+            "Videos": f"{counts.matched} matched: {counts.labelled} labelled ({counts.by_model} by the model in this "
+                      f"run, {counts.carried + counts.reused_content} carried over from the previous run), "
+                      f"{counts.failed} failed",
+            "Model": f"{self.manifest.get('model', '')} (model id {self.manifest.get('model_id', '')})",
+            "Input": ", ".join(self.manifest.get("inputs", [])),
+            "Output": self.output,
+            "Finished": f"{publish.now_utc()}, after {seconds:.0f} s",
+        }
+        return report.render_report(rows, [tuple(f) for f in summary["shown_failures"]], thumbnails, facts,
+                                    unknown_label=UNKNOWN_LABEL, no_thumbnail=self.no_thumbnail,
+                                    totals=report.totals_from_summary(summary))
+
+    def _log(self, counts: Counts, page: str, seconds: float) -> None:
+        read = counts.by_model + counts.reused_content + counts.failed  # videos (or records) this run opened
+        rates = f"{read} {'videos' if counts.frames_sampled else 'inputs'} read at {read / seconds:.2f}/s"
+        if counts.frames_sampled:
+            rates += f", {counts.frames_sampled} frames sampled at {counts.frames_sampled / seconds:.1f} frames/s"
+        _LOG.info("predict finished in %.1f s: %d of %d videos labelled (%d by the model, %d carried over from the "
+                  "previous run), %d failed; %s", seconds, counts.labelled, counts.matched, counts.by_model,
+                  counts.carried + counts.reused_content, counts.failed, rates)
+        files = [f"{LABELS_FILE} ({counts.labelled} rows)", f"{outputs.FAILURES_FILE} ({counts.failed})",
+                 f"{report.REPORT_FILE} ({len(page) / 1024:.0f} KB)", outputs.MANIFEST_FILE]
+        if counts.thumbnails:
+            files.insert(3, f"{report.THUMBNAILS_DIR}/ ({counts.thumbnails} JPEGs)")
+        if counts.per_video:
+            files.insert(3, f"{PER_VIDEO_DIR}/ ({counts.per_video} CSVs)")
+        _LOG.info("predict outputs in %s: %s", self.output, ", ".join(files))

@@ -1,0 +1,70 @@
+"""beam_jobs.flags: the frame flags the featurize and predict jobs share."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from beam_jobs.flags import add_frame_flags, parse_extensions, validate_frame_args
+from common.errors import UserError
+from video.frames import DEFAULT_VIDEO_EXTENSIONS
+
+
+def parser(input_required: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_frame_flags(p, input_required=input_required)
+    return p
+
+
+def test_defaults():
+    args = parser().parse_args(["--input", "videos"])
+    assert args.input == ["videos"]
+    assert args.extensions == ",".join(DEFAULT_VIDEO_EXTENSIONS)
+    assert (args.batch_size, args.decode_timeout, args.overwrite) == (32, 120.0, False)
+    assert parse_extensions(args.extensions) == DEFAULT_VIDEO_EXTENSIONS
+
+
+def test_input_is_repeatable_and_values_are_typed():
+    args = parser().parse_args(["--input", "a", "--input", "gs://b/*.mp4", "--batch-size", "8",
+                                "--decode-timeout", "2.5", "--overwrite", "--extensions", "mp4"])
+    assert args.input == ["a", "gs://b/*.mp4"]
+    assert (args.batch_size, args.decode_timeout, args.overwrite, args.extensions) == (8, 2.5, True, "mp4")
+
+
+def test_input_required_or_not(capsys):
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args([])
+    assert caught.value.code == 2
+    assert "--input" in capsys.readouterr().err
+    assert parser(input_required=False).parse_args([]).input is None
+
+
+def test_unknown_flags_are_left_for_beam():
+    args, rest = parser().parse_known_args(["--input", "v", "--runner", "DirectRunner", "--temp_location=/t"])
+    assert args.input == ["v"] and rest == ["--runner", "DirectRunner", "--temp_location=/t"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mp4,.AVI", (".mp4", ".avi")),
+    (" .Mkv , webm ,", (".mkv", ".webm")),
+    ("..mov", (".mov",)),
+])
+def test_parse_extensions(text, expected):
+    assert parse_extensions(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", " , ,", ","])
+def test_no_extensions_is_a_user_error(text):
+    with pytest.raises(UserError, match=r"^--extensions names no file endings$"):
+        parse_extensions(text)
+
+
+def test_validate_frame_args():
+    validate_frame_args(parser().parse_args(["--input", "v", "--batch-size", "1", "--decode-timeout", "0.1"]))
+    with pytest.raises(UserError, match=r"^--batch-size must be at least 1, got 0$"):
+        validate_frame_args(parser().parse_args(["--input", "v", "--batch-size", "0"]))
+    with pytest.raises(UserError, match=r"^--decode-timeout must be positive, got 0.0$"):
+        validate_frame_args(parser().parse_args(["--input", "v", "--decode-timeout", "0"]))
+    with pytest.raises(UserError, match=r"^--decode-timeout must be positive, got -1.0$"):
+        validate_frame_args(parser().parse_args(["--input", "v", "--decode-timeout", "-1"]))

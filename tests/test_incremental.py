@@ -1,0 +1,197 @@
+"""beam_jobs.incremental: the previous run joined with the current listing in the pipeline, and what is left
+to do."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from beam_jobs.decode import Video
+from beam_jobs.incremental import (
+    CARRIED,
+    INDEX_FILE,
+    REMOVED,
+    PlanIncremental,
+    PreviousRun,
+    SplitKnownContentDoFn,
+    index_entry,
+    unchanged,
+)
+from beam_jobs.label_rows import LABELS_FILE
+from beam_jobs.matching import VideoRef, ref_line
+from beam_jobs.outputs import MANIFEST_FILE
+from common import fs
+from common.errors import UserError
+
+TestPipeline.__test__ = False  # a Beam class, not a test class for pytest to collect
+
+MODEL = "model-1"
+
+
+def ref(video_id: str, size: int = 100, mtime: float = 1.5, uri: str | None = None, version: str = "1:7:15") -> VideoRef:
+    return VideoRef(video_id, uri or f"/in/{video_id}", "", size, mtime, version)
+
+
+def row(video_id: str, label: str = "growing") -> dict:
+    return {"video_id": video_id, "video_uri": f"/in/{video_id}", "label": label}
+
+
+PREVIOUS = [ref("same.avi"), ref("touched.avi"), ref("resized.avi"), ref("removed.avi"), ref("moved.avi"),
+            ref("broken.avi", size=-1), ref("edited.avi"), ref("a,comma.avi")]
+CURRENT = [ref("new.avi"), ref("same.avi"), ref("touched.avi", mtime=9.0), ref("resized.avi", size=101),
+           ref("moved.avi", uri="/elsewhere/moved.avi"), ref("broken.avi", size=-1),
+           # written in place with its size and modification time kept: only its version (ctime) tells
+           ref("edited.avi", version="1:7:99"), ref("a,comma.avi"),
+           ref("same.avi")]  # listed twice by overlapping inputs
+
+
+def write_run(output: str, manifest: dict | None, rows: list[dict] | None = None, index: list[dict] | None = None,
+              index_name: str = "index-00000-of-00001.jsonl"):
+    if manifest is not None:
+        fs.write_json(fs.join(output, MANIFEST_FILE), manifest)
+    if rows is not None:
+        header = "video_id,video_uri,label\n"
+        quote = lambda v: f'"{v}"' if "," in v else v  # noqa: E731
+        fs.write_text(fs.join(output, LABELS_FILE), header + "".join(
+            f"{quote(r['video_id'])},{quote(r['video_uri'])},{r['label']}\n" for r in rows))
+    if index is not None:
+        fs.write_text(fs.join(output, index_name), "".join(json.dumps(e) + "\n" for e in index))
+
+
+def previous_output(output: str, model_id: str = MODEL) -> PreviousRun:
+    write_run(output, {"job": "predict", "model_id": model_id}, [row(r.video_id) for r in PREVIOUS],
+              [index_entry(r, f"fp-{r.video_id}") for r in PREVIOUS])
+    return PreviousRun.read(output)
+
+
+_FOUND: dict[str, list] = {}  # what the pipeline of `plan` produced (in-process runner: shared)
+
+
+def _keep(items, name: str) -> None:
+    _FOUND[name] = items
+
+
+def plan(tmp_path, previous, carry=True, verify=False, listed=CURRENT):
+    listing = tmp_path / "inputs.jsonl"
+    listing.write_text("".join(ref_line(r) for r in listed))
+    _FOUND.clear()
+    with TestPipeline() as pipeline:
+        result = pipeline | PlanIncremental(str(listing), str(tmp_path / "out"), previous, carry, verify)
+        for name, pcoll in (("todo", result.todo), (CARRIED, result[CARRIED]), (REMOVED, result[REMOVED])):
+            _ = pcoll | f"All{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
+    return dict(_FOUND)
+
+
+def test_unchanged_needs_the_same_uri_size_mtime_and_version():
+    entry = index_entry(ref("a.avi"), "fp")
+    assert unchanged(entry, ref("a.avi"))
+    for changed in (ref("a.avi", size=1), ref("a.avi", mtime=2.0), ref("a.avi", uri="/b/a.avi"),
+                    ref("a.avi", version="1:7:16"), ref("a.avi", size=-1)):
+        assert not unchanged(entry, changed)
+    assert not unchanged(None, ref("a.avi"))
+    del entry["version"]  # an index written before versions were recorded: its videos are read once
+    assert not unchanged(entry, ref("a.avi"))
+
+
+def test_the_plan_carries_unchanged_videos_reads_the_rest_and_drops_removed_ones(tmp_path):
+    found = plan(tmp_path, previous_output(str(tmp_path / "out")))
+    assert sorted(r["video_id"] for r, _ in found[CARRIED]) == ["a,comma.avi", "same.avi"]
+    assert all(entry["fingerprint"] == f"fp-{r['video_id']}" for r, entry in found[CARRIED])
+    todo = {r.video_id: (r, previous) for r, previous in found["todo"]}
+    assert sorted(todo) == ["broken.avi", "edited.avi", "moved.avi", "new.avi", "resized.avi", "touched.avi"]
+    assert todo["new.avi"][1] is None  # never labelled
+    assert todo["touched.avi"] == (CURRENT[2], ("fp-touched.avi", row("touched.avi")))  # the current listing
+    assert found[REMOVED] == ["removed.avi"]
+
+
+def test_a_different_model_or_overwrite_reads_everything_once(tmp_path):
+    found = plan(tmp_path, previous_output(str(tmp_path / "out")), carry=False)
+    assert found[CARRIED] == [] and found[REMOVED] == ["removed.avi"]
+    assert sorted(r.video_id for r, _ in found["todo"]) == sorted({r.video_id for r in CURRENT})
+    assert all(previous is None for _, previous in found["todo"])
+
+
+def test_verify_reads_every_video_but_can_still_reuse_by_fingerprint(tmp_path):
+    found = plan(tmp_path, previous_output(str(tmp_path / "out")), verify=True)
+    assert found[CARRIED] == []
+    todo = {r.video_id: previous for r, previous in found["todo"]}
+    assert todo["same.avi"] == ("fp-same.avi", row("same.avi")) and todo["new.avi"] is None
+
+
+def test_without_a_previous_run_every_listed_video_is_read_once(tmp_path):
+    found = plan(tmp_path, None, carry=False)
+    assert sorted(r.video_id for r, _ in found["todo"]) == sorted({r.video_id for r in CURRENT})
+    assert found[CARRIED] == [] and found[REMOVED] == []
+
+
+def test_index_entry():
+    assert index_entry(VideoRef("a.avi", "gs://b/a.avi", "x", 7, 2.5, "1712"), "abc") == {
+        "video_id": "a.avi", "uri": "gs://b/a.avi", "size": 7, "mtime": 2.5, "version": "1712", "fingerprint": "abc"}
+
+
+def decoded(video_id: str, fingerprint: str, previous=None, uri: str | None = None, size: int = 100) -> Video:
+    return Video(ref=ref(video_id, size=size, uri=uri), fingerprint=fingerprint, sampled=None, previous=previous)
+
+
+def test_split_known_content_in_a_pipeline():
+    videos = [decoded("touched.avi", "fp-touched.avi", ("fp-touched.avi", row("touched.avi")), "/moved/touched.avi", 5),
+              decoded("changed.avi", "fp-new", ("fp-old", row("changed.avi"))), decoded("new.avi", "fp-new.avi")]
+    with TestPipeline() as pipeline:
+        split = (pipeline | beam.Create(videos)
+                 | beam.ParDo(SplitKnownContentDoFn()).with_outputs(SplitKnownContentDoFn.KNOWN, main="new"))
+        assert_that(split.new | "NewIds" >> beam.Map(lambda v: (v.ref.video_id, v.fingerprint)),
+                    equal_to([("changed.avi", "fp-new"), ("new.avi", "fp-new.avi")]), label="New")
+        assert_that(split[SplitKnownContentDoFn.KNOWN], equal_to([(
+            {"video_id": "touched.avi", "video_uri": "/moved/touched.avi", "label": "growing"},
+            {"video_id": "touched.avi", "uri": "/moved/touched.avi", "size": 5, "mtime": 1.5, "version": "1:7:15",
+             "fingerprint": "fp-touched.avi"},
+        )]), label="Known")
+
+
+def test_previous_run_none_without_a_finished_run(tmp_path):
+    assert PreviousRun.read(str(tmp_path / "missing")) is None
+    write_run(str(tmp_path / "half"), None, [row("a.avi")], [index_entry(ref("a.avi"), "fp")])  # no manifest
+    assert PreviousRun.read(str(tmp_path / "half")) is None
+
+
+def test_previous_run_refuses_another_jobs_output(tmp_path):
+    write_run(str(tmp_path), {"job": "featurize"})
+    with pytest.raises(UserError) as caught:
+        PreviousRun.read(str(tmp_path))
+    assert str(caught.value) == f"{tmp_path} holds the output of a featurize job; pass --overwrite to replace it"
+    write_run(str(tmp_path), {"records": 3})
+    with pytest.raises(UserError, match="holds the output of a different job"):
+        PreviousRun.read(str(tmp_path))
+
+
+@pytest.mark.parametrize("kept", ["labels", "index"])
+def test_an_incomplete_previous_run_is_none_with_a_warning(kept, tmp_path, caplog, monkeypatch):
+    # A library's logging.config call can disable loggers that exist by then; this one must be heard.
+    monkeypatch.setattr(logging.getLogger("beam_jobs.incremental"), "disabled", False)
+    write_run(str(tmp_path), {"job": "predict", "model_id": MODEL}, [row("a.avi")] if kept == "labels" else None,
+              [index_entry(ref("a.avi"), "fp")] if kept == "index" else None)
+    with caplog.at_level(logging.WARNING, logger="beam_jobs.incremental"):
+        assert PreviousRun.read(str(tmp_path)) is None
+    missing = "index.jsonl" if kept == "labels" else "labels.csv"
+    assert f"is incomplete (no {missing}): labelling every video again" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["local", "mem"])
+def test_previous_run_reads_the_manifest_header_and_index_files(where, tmp_path, bucket):
+    output = str(tmp_path / "out") if where == "local" else f"{bucket}/out"
+    write_run(output, {"job": "predict", "model_id": MODEL, "options": {"per_video": True}}, [row("a.avi")],
+              [index_entry(ref("a.avi"), "fp-a")])
+    previous = PreviousRun.read(output)
+    assert previous == PreviousRun(MODEL, ("video_id", "video_uri", "label"),
+                                   (fs.join(output, "index-00000-of-00001.jsonl"),), per_video=True)
+
+
+def test_a_single_index_file_of_an_older_run_is_read_too(tmp_path):
+    write_run(str(tmp_path), {"job": "predict", "model_id": MODEL}, [row("a.avi")], [index_entry(ref("a.avi"), "fp")],
+              index_name=INDEX_FILE)
+    assert PreviousRun.read(str(tmp_path)).index_files == (str(tmp_path / INDEX_FILE),)
