@@ -11,23 +11,29 @@ frames never reach the output (attention ignores them as keys, max pooling skips
 With the reference values (20 frames of 1024-d features) and 5 classes the model has 4,237,321 weights:
 20,480 in the positional embedding, 4,211,716 in the encoder block and 5,125 in the output layer. The
 attention's key_dim is feature_dim / num_heads, so any number of heads has that same count; the reference
-has one head (key_dim = feature_dim), and `model.train` trains with 8 by default (bench/ANALYSIS.md 7h).
+has one head (key_dim = feature_dim), and `model.train` trains with 8 by default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from model.cli import quiet_tensorflow
+import keras
+from keras import layers, ops
 
-quiet_tensorflow()  # before Keras imports TensorFlow
-
-import keras  # noqa: E402
-from keras import layers, ops  # noqa: E402
+from model.averaging import AveragingAdam
 
 FEATURES_INPUT = "features"
 MASK_INPUT = "mask"
 OUTPUT_NAME = "label_probabilities"
+
+
+def attention_key_dim(feature_dim: int, num_heads: int) -> int:
+    """The key_dim of each attention head: the heads share feature_dim between them, as in "Attention Is All
+    You Need", so the weight count does not depend on num_heads. ValueError unless num_heads divides it."""
+    if feature_dim % num_heads:
+        raise ValueError(f"num_heads must divide feature_dim ({feature_dim}), got {num_heads}")
+    return feature_dim // num_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +55,7 @@ class ClassifierConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
-        if self.feature_dim % self.num_heads:
-            raise ValueError(f"num_heads must divide feature_dim ({self.feature_dim}), got {self.num_heads}")
+        attention_key_dim(self.feature_dim, self.num_heads)
         for name in ("attention_dropout", "head_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -115,12 +120,8 @@ class TransformerEncoder(layers.Layer):
         self.dense_dim = dense_dim
         self.num_heads = num_heads
         self.dropout = dropout
-        if feature_dim % num_heads:
-            raise ValueError(f"num_heads must divide feature_dim ({feature_dim}), got {num_heads}")
-        # The heads share feature_dim between them, as in "Attention Is All You Need": the weight count does not
-        # depend on num_heads.
         self.attention = layers.MultiHeadAttention(
-            num_heads=num_heads, key_dim=feature_dim // num_heads, dropout=dropout, name="attention"
+            num_heads=num_heads, key_dim=attention_key_dim(feature_dim, num_heads), dropout=dropout, name="attention"
         )
         self.dense_in = layers.Dense(dense_dim, activation="gelu", name="dense_in")
         self.dense_out = layers.Dense(feature_dim, name="dense_out")
@@ -212,37 +213,15 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
     return keras.Model({FEATURES_INPUT: features, MASK_INPUT: mask}, outputs, name="video_classifier")
 
 
-@keras.saving.register_keras_serializable(package="video_classifier")
-class AveragingAdam(keras.optimizers.Adam):
-    """Adam whose moving average of the weights (`use_ema`) warms up: at step t the momentum is
-    min(ema_momentum, (1 + t) / (10 + t)), as in `tf.train.ExponentialMovingAverage` with `num_updates`.
-
-    The average then spans about the last tenth of the steps taken (up to ~1 / (1 - ema_momentum) steps),
-    so a short run averages its recent weights instead of dragging its initial ones along, as Keras's
-    fixed momentum does.
-    """
-
-    def _update_model_variables_moving_average(self, trainable_variables):
-        if not self.use_ema:
-            return
-        step = ops.cast(self.iterations, "float32")
-        # Step 0 copies the weights into the (zero-initialised) averages.
-        momentum = ops.where(step > 0, ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step)), 0.0)
-        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
-            if average is not None:
-                m = ops.cast(momentum, variable.dtype)
-                average.assign(m * average + (1.0 - m) * variable)
-
-
 def compile_classifier(model: keras.Model, learning_rate: float = 1e-3, ema_momentum: float = 0.0) -> keras.Model:
     """Adam, sparse categorical cross-entropy on label ids, accuracy, XLA-compiled steps; returns `model`.
 
     `ema_momentum` > 0 has Adam keep an exponential moving average of the weights (`use_ema`, warmed up:
-    see AveragingAdam), updated every step; `model.train` validates and keeps those averaged weights.
+    see model.averaging), updated every step; `model.train` validates and keeps those averaged weights.
 
     XLA is asked for explicitly: Keras's `jit_compile="auto"` turns it off on machines without an
     accelerator, yet for this model it makes a training epoch about 3x faster on a CPU too. (Keras still
-    turns it off while TensorFlow's op determinism is on; `model.train` turns that on only with a GPU.)
+    turns it off while TensorFlow's op determinism is on; `model.loop` turns that on only with a GPU.)
     """
     model.compile(
         optimizer=(AveragingAdam(learning_rate=learning_rate, use_ema=True, ema_momentum=ema_momentum)

@@ -6,6 +6,10 @@ Prints accuracy, per-class precision/recall/F1, the confusion matrix and the mis
 writes `evaluation.json` (all of it, the confusion matrix as `{"labels", "matrix"}` with rows = true label
 and columns = predicted label) and `confusion_matrix.png` to `--output` (default: `<model>/evaluation`).
 A class that is never predicted has precision 0 (likewise recall and F1 for a class with no records).
+
+The model's card (`<model>/README.md`, model.card) gets an evaluation section with the accuracy, the per-class
+table and the confusion matrix (an image link when `--output` is inside the model directory, else its path);
+each run replaces the section that the previous run wrote, and the card is rewritten whole.
 """
 
 from __future__ import annotations
@@ -13,20 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from model.cli import UserError, main, quiet_tensorflow
+import numpy as np
 
-quiet_tensorflow()  # before TensorFlow is imported
+from common import fs
+from common.errors import UserError
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from model import export  # noqa: E402
-from model.classifier import FEATURES_INPUT, MASK_INPUT  # noqa: E402
-from model.plots import confusion_matrix_png  # noqa: E402
-from model.train import record_failure  # noqa: E402
-from tfrecords_schema import dataset_spec, make_decoded_dataset, match_record_files  # noqa: E402
+if TYPE_CHECKING:
+    from model.export import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +55,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def predict_records(loaded: export.LoadedModel, patterns: Sequence[str], batch_size: int = 64):
+def predict_records(loaded: LoadedModel, patterns: Sequence[str], batch_size: int = 64):
     """Probabilities `[N, num_classes]` and the video ids, uris and labels of the records, in file order.
 
     Records that do not match the model's preprocessing are refused with a UserError.
     """
+    import tensorflow as tf
+
+    from model.classifier import FEATURES_INPUT, MASK_INPUT
+    from model.data import record_failure
+    from tfrecords_schema import dataset_spec, make_decoded_dataset, match_record_files
+
     files = match_record_files(list(patterns))
     spec = dataset_spec(files)
     if problems := loaded.spec.mismatches(spec):
@@ -141,9 +146,15 @@ def format_report(result: dict) -> str:
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Evaluate as the command line says; writes evaluation.json and confusion_matrix.png, returns the result."""
+    """Evaluate as the command line says; writes evaluation.json and confusion_matrix.png, adds the results to
+    the model card, and returns the result."""
     args = parse_args(argv)
-    loaded = export.load_model_dir(args.model)
+    # TensorFlow and Keras load from here on, not at import, so that `__main__` can quiet them first.
+    from model.card import add_evaluation
+    from model.export import load_model_dir
+    from model.plots import confusion_matrix_png
+
+    loaded = load_model_dir(args.model)
     probabilities, video_ids, uris, labels = predict_records(loaded, args.data, args.batch_size)
     index = {label: i for i, label in enumerate(loaded.labels)}
     for video_id, label in zip(video_ids, labels):
@@ -162,16 +173,25 @@ def run(argv: Sequence[str] | None = None) -> dict:
         for i in np.flatnonzero(predicted != true_ids)
     ]
 
-    output = args.output or export.join(args.model, EVALUATION_DIR)
-    tf.io.gfile.makedirs(output)
+    output = args.output or fs.join(args.model, EVALUATION_DIR)
+    fs.makedirs(output)
     matrix = np.array(result["confusion_matrix"]["matrix"])
     title = f"{result['num_examples']} videos, accuracy {result['accuracy']:.1%}"
-    export.write_file(export.join(output, CONFUSION_MATRIX_FILE), confusion_matrix_png(matrix, loaded.labels, title))
-    export.write_json(export.join(output, EVALUATION_FILE), result)
+    picture, results_file = fs.join(output, CONFUSION_MATRIX_FILE), fs.join(output, EVALUATION_FILE)
+    fs.write_bytes(picture, confusion_matrix_png(matrix, loaded.labels, title))
+    fs.write_json(results_file, result)
+    try:
+        add_evaluation(args.model, result, picture, results_file)
+    except OSError as exc:  # e.g. a model directory this user may read but not write: the results are out
+        logger.warning("could not add the evaluation to the model card in %s: %s", args.model, exc)
     print(format_report(result))
     logger.info("wrote %s and %s to %s", EVALUATION_FILE, CONFUSION_MATRIX_FILE, output)
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(main(run))
+    from common.cli import main, quiet_tensorflow
+    from tfrecords_schema import RecordError
+
+    quiet_tensorflow()
+    sys.exit(main(run, user_errors=(RecordError,)))

@@ -12,7 +12,7 @@
     probabilities = loaded.model.predict_on_batch({"features": f, "mask": m})   # [B, T, D], [B, T] bool
     labels = [loaded.labels[i] for i in probabilities.argmax(-1)]
 
-Paths may be local or gs:// (through tf.io.gfile).
+Paths may be local or gs:// (through common.fs).
 """
 
 from __future__ import annotations
@@ -21,21 +21,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+import zipfile
+from typing import Any, Sequence
 
-from model.cli import quiet_tensorflow
+import keras
 
-quiet_tensorflow()  # before Keras imports TensorFlow
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from common import fs
+from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
 
 # Importing model.classifier registers its custom layers, so model.keras files load.
 from model.classifier import FEATURES_INPUT, MASK_INPUT
-from model.cli import UserError
-from tfrecords_schema import VOCABULARY_FILE, RecordError, RecordSpec, read_vocabulary, write_vocabulary
+from tfrecords_schema import VOCABULARY_FILE, RecordError, RecordSpec, parse_vocabulary, vocabulary_text
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = VOCABULARY_FILE
@@ -59,43 +56,6 @@ class LoadedModel:
     spec: RecordSpec
     model_id: str
     path: str
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def join(path: str, *names: str) -> str:
-    return "/".join([path.rstrip("/"), *names]) if is_remote(path) else os.path.join(path, *names)
-
-
-def write_file(path: str, data: bytes | str) -> None:
-    """Write `data` to a local or gs:// path."""
-    with tf.io.gfile.GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-
-
-def write_json(path: str, value: Any) -> None:
-    write_file(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str) -> Any:
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def copy_tree(source: str, destination: str, exclude: Sequence[str] = ()) -> None:
-    """Copy a local directory tree to a local or gs:// directory, leaving out the top-level `exclude` names."""
-    for directory, subdirectories, files in os.walk(source):
-        if directory == source:
-            subdirectories[:] = [name for name in subdirectories if name not in exclude]
-            files = [name for name in files if name not in exclude]
-            target = destination
-        else:
-            target = join(destination, *os.path.relpath(directory, source).split(os.sep))
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(directory, name), join(target, name), overwrite=True)
 
 
 def _check_model_fits(model: keras.Model, labels: Sequence[str], spec: RecordSpec) -> list[str]:
@@ -123,40 +83,33 @@ def export_model_dir(
     path: str,
     *,
     saved_model: bool = True,
-    extra_preprocessing: Mapping[str, Any] | None = None,
 ) -> None:
     """Write `model.keras`, `labels.txt`, `preprocessing.json` and (unless `saved_model=False`) the
     TF Serving SavedModel into the directory `path` (created if needed, files in it replaced).
 
     `labels` must be sorted and unique (the vocabulary file is sorted; output i is `labels[i]`).
-    `preprocessing.json` is `dataclasses.asdict(spec)` plus `extra_preprocessing`.
+    `preprocessing.json` is `dataclasses.asdict(spec)`.
     """
     labels = list(labels)
     if labels != sorted(set(labels)):
         raise ValueError(f"labels must be sorted and unique, got {labels}")
     if problems := _check_model_fits(model, labels, spec):
         raise ValueError("model and records do not fit: " + "; ".join(problems))
-    preprocessing = dataclasses.asdict(spec)
-    for key in extra_preprocessing or {}:
-        if key in preprocessing:
-            raise ValueError(f"extra_preprocessing must not override the record spec's {key!r}")
-    preprocessing.update(extra_preprocessing or {})
-
-    tf.io.gfile.makedirs(path)
+    fs.makedirs(path)
     with tempfile.TemporaryDirectory(prefix="model-export-") as scratch:
         local_model = os.path.join(scratch, MODEL_FILE)
         model.save(local_model)
-        tf.io.gfile.copy(local_model, join(path, MODEL_FILE), overwrite=True)
-        write_vocabulary(join(path, LABELS_FILE), labels)
-        write_json(join(path, PREPROCESSING_FILE), preprocessing)
+        fs.copy_file(local_model, fs.join(path, MODEL_FILE))
+        fs.write_text(fs.join(path, LABELS_FILE), vocabulary_text(labels))
+        fs.write_json(fs.join(path, PREPROCESSING_FILE), dataclasses.asdict(spec))
         if saved_model:
-            target = join(path, SAVED_MODEL_DIR)
-            if tf.io.gfile.exists(target):
-                tf.io.gfile.rmtree(target)
-            local_saved = target if not is_remote(path) else os.path.join(scratch, SAVED_MODEL_DIR)
+            target = fs.join(path, SAVED_MODEL_DIR)
+            fs.remove_tree(target)
+            local_saved = target if not fs.is_remote(path) else os.path.join(scratch, SAVED_MODEL_DIR)
             model.export(local_saved, format="tf_saved_model", verbose=False)
-            if is_remote(path):
-                copy_tree(local_saved, target)
+            if fs.is_remote(path):
+                for file in fs.files_under(local_saved):
+                    fs.copy_file(file, fs.join(target, fs.relative(file, local_saved)))
 
 
 def model_id(path: str) -> str:
@@ -164,8 +117,7 @@ def model_id(path: str) -> str:
     give the same id wherever they are, and any change to the weights, labels or preprocessing changes it."""
     digest = hashlib.sha256()
     for name in REQUIRED_FILES:
-        with tf.io.gfile.GFile(join(path, name), "rb") as f:
-            content = f.read()
+        content = fs.read_bytes(fs.join(path, name))
         digest.update(f"{name}\0{len(content)}\0".encode())
         digest.update(content)
     return digest.hexdigest()[:16]
@@ -181,44 +133,41 @@ def _spec_from_preprocessing(preprocessing: Any, source: str) -> RecordSpec:
     return RecordSpec(**{name: preprocessing[name] for name in fields if name in preprocessing})
 
 
+def _corrupt(path: str, why: str) -> OperationalError:
+    return OperationalError(f"{path} is corrupt or truncated: {why}", EXIT_DATA_ERROR)
+
+
 def load_model_dir(path: str) -> LoadedModel:
     """Load a model directory written by `export_model_dir` (local or gs://).
 
     Raises UserError naming the missing file when `model.keras`, `labels.txt` or `preprocessing.json` is
-    absent, or when they do not fit together.
+    absent, or when they do not fit together; OperationalError (exit 65) when one of them is corrupt or
+    truncated.
     """
-    if not tf.io.gfile.isdir(path):
+    if not fs.is_dir(path):
         raise UserError(f"model directory {path} does not exist")
-    if missing := [name for name in REQUIRED_FILES if not tf.io.gfile.exists(join(path, name))]:
+    if missing := [name for name in REQUIRED_FILES if not fs.exists(fs.join(path, name))]:
         raise UserError(f"{path} is not a model directory: it has no {' and no '.join(missing)}")
+    source = fs.join(path, LABELS_FILE)
     try:
-        labels = read_vocabulary(join(path, LABELS_FILE))
+        labels = parse_vocabulary(fs.read_text(source), source)
     except RecordError as exc:
         raise UserError(str(exc)) from None
-    source = join(path, PREPROCESSING_FILE)
+    except UnicodeDecodeError:
+        raise _corrupt(source, "it is not text") from None
+    source = fs.join(path, PREPROCESSING_FILE)
     try:
-        preprocessing = read_json(source)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{source} is not valid JSON: {exc}") from None
+        preprocessing = fs.read_json(source)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _corrupt(source, f"it is not valid JSON ({exc})") from None
     spec = _spec_from_preprocessing(preprocessing, source)
-    with tempfile.TemporaryDirectory(prefix="model-load-") as scratch:
-        local_model = join(path, MODEL_FILE)
-        if is_remote(path):
-            local_model = os.path.join(scratch, MODEL_FILE)
-            tf.io.gfile.copy(join(path, MODEL_FILE), local_model)
+    source = fs.join(path, MODEL_FILE)
+    with fs.local_copy(source) as local_model:
         try:
             model = keras.saving.load_model(local_model, compile=False)
-        except (ValueError, OSError) as exc:
-            raise UserError(f"cannot load {join(path, MODEL_FILE)}: {exc}") from None
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise _corrupt(source, f"Keras cannot load it ({type(exc).__name__}: {detail})") from None
     if problems := _check_model_fits(model, labels, spec):
         raise UserError(f"{path} does not hold together: " + "; ".join(problems))
     return LoadedModel(model=model, labels=labels, spec=spec, model_id=model_id(path), path=path)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a local or gs:// directory tree if it exists."""
-    if is_remote(path):
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
-    elif os.path.isdir(path):
-        shutil.rmtree(path)

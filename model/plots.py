@@ -1,4 +1,5 @@
-"""The two figures of a training run and an evaluation, rendered to PNG bytes with matplotlib's Agg canvas.
+"""The figures of a training run and an evaluation: training curves and confusion matrices rendered to PNG
+bytes with matplotlib's Agg canvas, and the model's layer graph drawn by Keras's `plot_model`.
 
 No pyplot: figures are built directly, so nothing depends on (or changes) a global backend or display.
 """
@@ -6,12 +7,15 @@ No pyplot: figures are built directly, so nothing depends on (or changes) a glob
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    import keras
 
 
 def _png(figure: Figure) -> bytes:
@@ -75,3 +79,20 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str =
             axes.text(col, row, str(int(matrix[row, col])), ha="center", va="center",
                       color="white" if matrix[row, col] > threshold else "black")
     return _png(figure)
+
+
+def model_plot(model: keras.Model, path: str) -> str | None:
+    """Draw `model`'s layers with their shapes to the local PNG `path`; returns None, or why it could not.
+
+    `keras.utils.plot_model` needs the pydot package and Graphviz's `dot` program; without either it raises
+    ImportError, whose message (what to install) is returned and nothing is written.
+    """
+    import keras
+
+    try:
+        keras.utils.plot_model(model, to_file=path, show_shapes=True, show_layer_names=True, dpi=96)
+    except ImportError as exc:
+        return str(exc)
+    except Exception as exc:  # dot failing in another way must not cost a finished training run its model
+        return f"drawing it failed: {type(exc).__name__}: {exc}"
+    return None

@@ -9,7 +9,7 @@ classified once; the GIF shows each sampled frame, larger than the model sees it
 their probabilities under it, like the animation of the Keras video-transformer example. The predictions
 are printed too.
 
-Frames come from `model.frames.decode_and_sample`, the decoder the featurize and labelling jobs use.
+Frames come from `video.frames.decode_and_sample`, the decoder the featurize and labelling jobs use.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import time
 from typing import Sequence
 
 import numpy as np
 
-from model.cli import UserError, main, quiet_tensorflow
-from model.frames import DecodeError, decode_and_sample
+from common import fs
+from common.errors import UserError
+from common.publish import write_atomically
+from model.engines import ENGINES, PRECISIONS
+from video.frames import DecodeError, decode_and_sample
 
 _LOG = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Preview:
 
 def read_sampled_frames(path: str, max_seq_length: int, image_size: int, sampling: str = "uniform",
                         display_size: int = DEFAULT_DISPLAY_SIZE) -> PreviewFrames:
-    """Decode the local video `path` and sample frames exactly as the labelling job does (`model.frames`),
+    """Decode the local video `path` and sample frames exactly as the labelling job does (`video.frames`),
     with a larger copy of each for display. A video that cannot be used is a UserError."""
     try:
         sampled = decode_and_sample(path, max_seq_length, image_size, sampling, display_size=display_size)
@@ -204,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=DEFAULT_DISPLAY_SIZE,
                         help="side of the frames in the GIF, in pixels (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=10.0, help="GIF frames per second (default: %(default)s)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="what runs DenseNet121, as in the jobs: auto is TensorFlow with a GPU, else OpenVINO "
+                             "(default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="as in the jobs; auto follows the model's features (int8 or a float precision) "
+                             "(default: %(default)s)")
     parser.add_argument("--weights", default=None,
                         help="DenseNet121 weights file, needed only when the model was trained on features of "
                              "a weights file (imagenet and random backbones are rebuilt from the model)")
@@ -221,55 +229,25 @@ def _validate(args) -> None:
         raise UserError(f"--fps must be within (0, 100], got {args.fps:g}")
 
 
-def _write(path: str, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all (local: a temporary file renamed into place)."""
-    if "://" in path:
-        from model.export import write_file
-
-        write_file(path, data)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".preview-", suffix=".gif", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the GIF is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _read_video(uri: str, spec, display_size: int) -> PreviewFrames:
-    import tensorflow as tf
-
-    if not tf.io.gfile.exists(uri):
-        raise UserError(f"video {uri} does not exist")
-    if tf.io.gfile.isdir(uri):
+    if fs.is_dir(uri):
         raise UserError(f"{uri} is a directory; give one video file")
-    if "://" not in uri:
-        return read_sampled_frames(uri, spec.max_seq_length, spec.image_size, spec.sampling, display_size)
-    with tempfile.TemporaryDirectory(prefix="preview-") as scratch:
-        local = os.path.join(scratch, "video" + os.path.splitext(uri)[1])
-        tf.io.gfile.copy(uri, local)
+    if not fs.exists(uri):
+        raise UserError(f"video {uri} does not exist")
+    with fs.local_copy(uri) as local:
         return read_sampled_frames(local, spec.max_seq_length, spec.image_size, spec.sampling, display_size)
 
 
-def classify_frames(loaded, frames: np.ndarray, weights) -> np.ndarray:
+def classify_frames(loaded, frames: np.ndarray, embedder) -> np.ndarray:
     """Sampled frames `[n, S, S, 3]` uint8 -> class probabilities `[num_classes]` from the loaded model
-    directory, with the features padded to its frame count and masked as the labelling job does."""
-    from model.backbone import FrameEmbedder
+    directory, embedded by `embedder` (model.engines), padded to its frame count and masked as the labelling
+    job does."""
+    from tfrecords_schema import pad_features
 
-    features = FrameEmbedder(weights, loaded.spec.image_size)(frames)
-    length = loaded.spec.max_seq_length
-    padded = np.zeros((1, length, features.shape[1]), np.float32)
-    padded[0, : len(features)] = features
-    mask = np.zeros((1, length), bool)
-    mask[0, : len(features)] = True
-    probabilities = np.asarray(loaded.model.predict_on_batch({"features": padded, "mask": mask}), np.float64)[0]
+    features = embedder(frames)
+    padded, mask = pad_features(features, loaded.spec.max_seq_length)
+    inputs = {"features": padded[None], "mask": mask[None]}
+    probabilities = np.asarray(loaded.model.predict_on_batch(inputs), np.float64)[0]
     return probabilities / probabilities.sum()
 
 
@@ -278,17 +256,21 @@ def run(argv: Sequence[str] | None = None) -> Preview:
     started = time.monotonic()
     args = build_parser().parse_args(argv)
     _validate(args)
-    from model import backbone
+    from model import backbone, engines
     from model.export import load_model_dir
 
     loaded = load_model_dir(args.model)
-    weights = backbone.weights_for_backbone_id(loaded.spec.backbone_id, args.weights)
-    backbone.ensure_available(weights)
+    backbone.ensure_available(backbone.weights_for_backbone_id(loaded.spec.backbone_id, args.weights))
+    options = engines.options_for_backbone(loaded.spec.backbone_id, loaded.spec.image_size, args.engine,
+                                           args.precision, args.weights)
     frames = _read_video(args.video, loaded.spec, args.size)
-    probabilities = classify_frames(loaded, frames.model_frames, weights)
+    # An int8 model's features come from a network calibrated on frames; the preview has this video's.
+    embedder = engines.make_embedder(options, batch_size=loaded.spec.max_seq_length,
+                                     calibration_frames=frames.model_frames if options.quantised else None)
+    probabilities = classify_frames(loaded, frames.model_frames, embedder)
     order = np.argsort(-probabilities, kind="stable")[: args.top_k]
     top = [(loaded.labels[i], float(probabilities[i])) for i in order]
-    _write(args.out, gif_bytes(frames.display_frames, top, args.fps))
+    write_atomically(args.out, gif_bytes(frames.display_frames, top, args.fps))
     seconds = time.monotonic() - started
     print(f"{args.video}: {top[0][0]}")
     for label, probability in top:
@@ -299,5 +281,8 @@ def run(argv: Sequence[str] | None = None) -> Preview:
 
 
 if __name__ == "__main__":
+    from common.cli import main, quiet_tensorflow
+    from tfrecords_schema import RecordError
+
     quiet_tensorflow()
-    sys.exit(main(run))
+    sys.exit(main(run, user_errors=(RecordError,)))

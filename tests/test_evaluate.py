@@ -2,14 +2,17 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.errors import UserError
 from model import evaluate
 from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-from model.cli import UserError
 from model.export import export_model_dir, load_model_dir
 from tfrecords_schema import VideoRecord, encode_video_record
 
@@ -98,6 +101,8 @@ def test_default_output_is_inside_the_model_directory(setup):
     root, _ = setup
     evaluate.run(["--model", str(root / "model"), "--data", str(root / "test-00000-of-00002.tfrecord")])
     assert os.path.exists(root / "model" / "evaluation" / "evaluation.json")
+    # A model directory without a model card (not written by model.train) does not get one.
+    assert not os.path.exists(root / "model" / "README.md")
 
 
 def test_records_that_do_not_fit_are_refused(setup, tmp_path):
@@ -110,3 +115,17 @@ def test_records_that_do_not_fit_are_refused(setup, tmp_path):
         evaluate.run(["--model", str(root / "model"), "--data", str(tmp_path / "unknown.tfrecord")])
     with pytest.raises(UserError, match="is not a model directory: it has no model.keras"):
         evaluate.run(["--model", str(tmp_path), "--data", str(tmp_path / "unknown.tfrecord")])
+
+
+def test_cli_reports_a_missing_model_in_one_line(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "model.evaluate", "--model", str(tmp_path / "none"), "--data", str(tmp_path)],
+        cwd=repo, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": repo},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    # TensorFlow's C++ start-up logging (absl format) is not ours; everything else is the one error line.
+    ours = [line for line in done.stderr.splitlines()
+            if line.strip() and not re.match(r"^(WARNING: All log messages before absl|[IWEF]\d{4} )", line)]
+    assert ours == [f"error: model directory {tmp_path / 'none'} does not exist"]

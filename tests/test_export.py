@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from model.classifier import ClassifierConfig, build_classifier
-from model.cli import UserError
+from common.errors import UserError
 from model.export import (
     LABELS_FILE,
     MODEL_FILE,
@@ -145,15 +145,17 @@ def test_export_refuses_what_would_not_load(tmp_path):
                          saved_model=False)
 
 
-def test_remote_paths_go_through_gfile(model_dir):
-    # ram:// stands in for gs://: both are reached only through tf.io.gfile.
+def test_remote_paths_go_through_the_filesystem_layer(model_dir):
+    # mem:// (tests/memfs.py) stands in for gs://: an object store reached only through common.fs.
+    import memfs
+
     path, expected = model_dir
-    remote = "ram://test-export/model"
+    remote = "mem://test-export/model"
     model = load_model_dir(path).model
     export_model_dir(model, LABELS, SPEC, remote)
-    assert sorted(tf.io.gfile.listdir(remote)) == sorted([LABELS_FILE, MODEL_FILE, PREPROCESSING_FILE,
-                                                          SAVED_MODEL_DIR])
-    assert tf.io.gfile.exists(remote + "/saved_model/saved_model.pb")
+    names = {name[len(remote) + 1:].split("/")[0] for name in memfs.OBJECTS if name.startswith(remote + "/")}
+    assert names == {LABELS_FILE, MODEL_FILE, PREPROCESSING_FILE, SAVED_MODEL_DIR}
+    assert remote + "/saved_model/saved_model.pb" in memfs.OBJECTS
     loaded = load_model_dir(remote)
     assert loaded.model_id == model_id(remote) and loaded.path == remote
     features, mask = inputs()

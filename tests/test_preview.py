@@ -35,7 +35,7 @@ def make_model_dir(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
-    from beam_jobs.sample_videos import write_sample_set
+    from tools.sample_videos import write_sample_set
 
     root = tmp_path_factory.mktemp("preview_clips")
     write_sample_set(str(root), per_class=1, seed=8, classes=("growing", "shrinking"), min_frames=30,
@@ -61,8 +61,8 @@ REAL_CLIPS = ("Punch/v_Punch_g03_c01.avi", "CricketShot/v_CricketShot_g04_c01_rg
 
 @pytest.mark.parametrize("sampling", ["uniform", "first"])
 def test_preview_samples_the_frames_the_labelling_job_samples(clips, tmp_path, sampling):
-    from model.frames import decode_and_sample
-    from beam_jobs.sample_videos import render_clip, write_clip
+    from video.frames import decode_and_sample
+    from tools.sample_videos import render_clip, write_clip
 
     short = tmp_path / "short.avi"  # fewer frames than the model takes
     write_clip(str(short), render_clip("growing", np.random.default_rng(1), 3, 64, 48), "MJPG")
@@ -173,7 +173,7 @@ def test_long_labels_are_cut_short_before_their_percentage():
     ("no_model", "model directory"),
 ])
 def test_preview_mistakes_are_one_line_and_write_nothing(case, message, model_dir, tmp_path, capsys):
-    from model.cli import main
+    from common.cli import main
 
     video = tmp_path / "video.mp4"
     if case == "not_a_video":

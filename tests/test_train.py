@@ -1,7 +1,9 @@
-"""Training from feature records: it learns frame order, is reproducible, and refuses bad input clearly."""
+"""Training end to end: it learns frame order, is reproducible, resumes, publishes whole, and refuses bad input
+clearly. The parts have their own tests: test_config, test_data, test_callbacks, test_averaging."""
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
@@ -9,54 +11,23 @@ import subprocess
 import sys
 
 import keras
+import memfs
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from model import train
-from model.cli import UserError
+from common import fs
+from common.errors import UserError
+from model import callbacks, export, train
 from model.export import load_model_dir
-from tfrecords_schema import RecordError, VideoRecord, encode_video_record, write_vocabulary
+from conftest import RECORD_DIM as DIM, make_records, write_records
+from tfrecords_schema import RecordError, write_vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FRAMES, DIM = 8, 16
 # Fast settings: the small model learns the toy task in a few epochs at a higher learning rate. (The kept
 # weights are the moving average, which trails the raw ones by a few steps: 12 epochs were enough without it.)
 # Every epoch is judged (no warm-up), so a short run keeps its best epoch; batch 16 (the default is 32) gives
 # the ~50 training clips 4 steps an epoch.
 FAST = ["--epochs", "16", "--learning-rate", "0.01", "--seed", "1", "--start-from-epoch", "0", "--batch-size", "16"]
-
-
-def make_records(directory, per_class, seed, shards=2, dim=DIM, backbone="test-net", order=1):
-    """Order-dependent clips: "up" features ramp up along one direction over the valid frames, "down" is the
-    same ramp reversed, so only frame order tells them apart. 3..8 valid frames, the rest padding.
-    Returns the records written (in write order)."""
-    rng = np.random.default_rng(seed)
-    direction = np.random.default_rng(0).normal(size=dim).astype("float32")
-    records = []
-    for label in ("down", "up"):
-        for i in range(per_class):
-            valid = int(rng.integers(3, FRAMES + 1))
-            ramp = np.linspace(0.0, 1.0, valid, dtype="float32")
-            features = np.zeros((FRAMES, dim), "float32")
-            features[:valid] = (ramp if label == "up" else ramp[::-1])[:, None] * direction
-            features[:valid] += 0.3 * rng.normal(size=(valid, dim))
-            records.append(VideoRecord(
-                video_id=f"{label}-{seed}-{i}", uri=f"file:///clips/{label}/{seed}-{i}.mp4", label=label,
-                features=features, num_valid_frames=valid, frame_indices=list(range(valid)), source_fps=25.0,
-                decoded_frame_count=valid, frame_height=64, frame_width=64, backbone_id=backbone, image_size=224))
-    write_records(directory, records[::order], shards)
-    return records
-
-
-def write_records(directory, records, shards):
-    os.makedirs(directory, exist_ok=True)
-    writers = [tf.io.TFRecordWriter(os.path.join(directory, f"features-{i:05d}-of-{shards:05d}.tfrecord"))
-               for i in range(shards)]
-    for i, record in enumerate(records):
-        writers[i % shards].write(encode_video_record(record))
-    for writer in writers:
-        writer.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +67,7 @@ def test_model_directory_is_complete(trained, data):
     output, metrics = trained
     names = set(os.listdir(output))
     assert {"model.keras", "labels.txt", "preprocessing.json", "saved_model", "history.csv",
-            "training_curves.png", "metrics.json", "logs"} <= names
+            "training_curves.png", "test_confusion_matrix.png", "README.md", "metrics.json", "logs"} <= names
     assert not os.path.exists(output + ".partial")
     assert not {"checkpoints", "train_state.json"} & names
     with open(os.path.join(output, "metrics.json")) as f:
@@ -104,7 +75,7 @@ def test_model_directory_is_complete(trained, data):
     for key in ("train", "val", "test"):
         assert 0.0 <= metrics[f"{key}_accuracy"] <= 1.0 and metrics[f"{key}_loss"] >= 0.0
     assert metrics["seed"] == 1 and metrics["labels"] == ["down", "up"]
-    # Eight attention heads by default (bench/ANALYSIS.md 7h), in the exported model as in the metrics.
+    # Eight attention heads by default, in the exported model as in the metrics.
     assert metrics["classifier"]["num_heads"] == metrics["config"]["num_heads"] == 8
     loaded = load_model_dir(output)
     assert loaded.model_id == metrics["model_id"]
@@ -135,38 +106,34 @@ def test_same_seed_same_model(trained, data, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_validation_split_depends_on_the_video_id_only(data, tmp_path):
-    records = make_records(str(tmp_path / "resharded"), per_class=30, seed=1, shards=3, order=-1)
-    ids = [r.video_id for r in records]
-    held_out = train.in_validation_split(tf.constant(ids), 0.15).numpy()
-    scanned = {}
-    for name in ("train", "resharded"):
-        pattern = str(data / "train") if name == "train" else str(tmp_path / "resharded")
-        found = train._scan("training", [pattern])
-        split = train.in_validation_split(tf.constant(found.video_ids.astype(str)), 0.15).numpy()
-        scanned[name] = set(found.video_ids[split])
-    assert scanned["train"] == scanned["resharded"] == {i for i, h in zip(ids, held_out) if h}
-    many = train.in_validation_split(tf.constant([f"clip-{i}" for i in range(4000)]), 0.15).numpy()
-    assert 0.12 < many.mean() < 0.18
-
-
-def test_early_stopping_stops_after_patience_epochs(data, tmp_path):
-    stopped = train.run(["--train", str(data / "train"), "--output", str(tmp_path / "stop"), "--epochs", "50",
-                         "--patience", "1", "--learning-rate", "0.5", "--seed", "2", "--start-from-epoch", "0"])
+def test_early_stopping_stops_after_patience_epochs_and_overwrite_replaces_the_old_model(data, tmp_path):
+    output = tmp_path / "stop"
+    output.mkdir()
+    (output / "notes.txt").write_text("not a model")
+    args = ["--train", str(data / "train"), "--output", str(output), "--epochs", "50", "--patience", "1",
+            "--learning-rate", "0.5", "--seed", "2", "--start-from-epoch", "0"]
+    with pytest.raises(UserError, match=f"^--output {output} exists and is not empty; pass --overwrite"):
+        train.run(args)
+    (output / "metrics.json").write_text("{}")  # an older finished model, with a file this run does not write
+    with pytest.raises(UserError, match=r"already holds a trained model \(metrics.json\); pass --overwrite"):
+        train.run(args)
+    stopped = train.run(args + ["--overwrite"])
     assert stopped["stopped_early"] and stopped["epochs_run"] == stopped["best_epoch"] + 1 < 50
+    assert "notes.txt" not in os.listdir(output) and json.loads((output / "metrics.json").read_text()) == stopped
+    assert not os.path.exists(str(output) + ".partial")
 
 
 def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     output = str(tmp_path / "model")
     args = ["--train", str(data / "train"), "--output", output, "--epochs", "4", "--patience", "0", *FAST[2:]]
-    original = train.TrainingState.on_epoch_end
+    original = callbacks.TrainingState.on_epoch_end
 
     def crash_after_two(self, epoch, logs=None):
         original(self, epoch, logs)
         if self.epochs_done == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.TrainingState, "on_epoch_end", crash_after_two)
+    monkeypatch.setattr(callbacks.TrainingState, "on_epoch_end", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         train.run(args)
     monkeypatch.undo()
@@ -184,31 +151,69 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     # --ema-momentum 0 --start-from-epoch 0 --num-heads 1).
     assert metrics["epochs_run"] == 4 and not metrics["stopped_early"]
     assert [row["epoch"] for row in read_history(output)] == [1, 2, 3, 4]
+    # The epochs after the restart read the records in the order, and drop the frames, an uninterrupted run's
+    # would: the same model.
+    whole = str(tmp_path / "whole")
+    uninterrupted = train.run(["--train", str(data / "train"), "--output", whole, "--epochs", "4", "--patience", "0",
+                               *FAST[2:]])
+    assert read_history(output) == read_history(whole)
+    assert (metrics["val_loss"], metrics["best_epoch"]) == (uninterrupted["val_loss"], uninterrupted["best_epoch"])
+    for a, b in zip(load_model_dir(output).model.get_weights(), load_model_dir(whole).model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_remote_output_is_staged_locally_then_copied(data, monkeypatch):
-    # ram:// stands in for gs://: the run is staged locally and copied, metrics.json last.
-    output = "ram://test-train/model"
+def test_streaming_reaches_the_accuracy_of_the_cached_path(trained, data, tmp_path):
+    # `trained` ran with --cache auto, which keeps these few records in memory and permutes all of them every
+    # epoch; streamed, the shards are read from random starting points and permuted in blocks (a disk cache
+    # reads what they give: test_datasets). The same seed draws other orders, so the models differ, within
+    # what another seed gives.
+    _, cached = trained
+    assert cached["cache"] == "memory"
+    streamed = train.run(["--train", str(data / "train"), "--test", str(data / "test"), "--output",
+                          str(tmp_path / "streamed"), "--cache", "none", *FAST])
+    other_seed = train.run(["--train", str(data / "train"), "--test", str(data / "test"), "--output",
+                            str(tmp_path / "seed"), *FAST[:4], "--seed", "2", *FAST[6:]])
+    assert streamed["cache"] == "none" and streamed["test_accuracy"] >= 0.9
+    spread = max(abs(other_seed["test_accuracy"] - cached["test_accuracy"]), 2 / 30)  # at least two clips
+    assert abs(streamed["test_accuracy"] - cached["test_accuracy"]) <= spread
+
+
+def uploaded(output):
+    """{name under `output`: content} of the mem:// objects there."""
+    return {path[len(output) + 1:]: content for path, (content, _) in memfs.OBJECTS.items()
+            if path.startswith(output + "/")}
+
+
+def test_remote_output_is_staged_locally_then_uploaded(data, monkeypatch):
+    # mem:// (tests/memfs.py) stands in for gs://: the run is staged locally and uploaded, metrics.json last.
+    output = "mem://test-train/model"
     args = ["--train", str(data / "train"), "--output", output, "--epochs", "2"]
-    copy_file = tf.io.gfile.copy
+    copy_file = fs.copy_file
 
-    def network_down(source, destination, overwrite=False):
-        if destination.endswith("saved_model.pb"):
-            raise tf.errors.UnavailableError(None, None, "network down")
-        copy_file(source, destination, overwrite=overwrite)
+    def network_down(source, destination):
+        if fs.is_remote(destination) and destination.endswith("saved_model.pb"):
+            raise OSError("network down")
+        copy_file(source, destination)
 
-    monkeypatch.setattr(tf.io.gfile, "copy", network_down)
-    with pytest.raises(tf.errors.UnavailableError):
+    monkeypatch.setattr(fs, "copy_file", network_down)
+    with pytest.raises(OSError, match="network down"):
         train.run(args)
     monkeypatch.undo()
-    assert tf.io.gfile.exists(output + "/model.keras") and not tf.io.gfile.exists(output + "/metrics.json")
-    # The copy is retried from the staged run; training is not repeated.
+    assert "model.keras" in uploaded(output) and "metrics.json" not in uploaded(output)
+    staging = train.staging_dir(output)
+    assert not fs.is_remote(staging) and {"checkpoints", "history.csv", "train_state.json"} <= set(os.listdir(staging))
+    # The upload is retried from the staged run, which the failure left whole; training is not repeated.
     metrics = train.run(args + ["--resume"])
     assert metrics["epochs_run"] == 2 and metrics["train_seconds"] == 0.0
-    assert tf.io.gfile.exists(output + "/metrics.json") and tf.io.gfile.exists(output + "/saved_model")
-    assert not tf.io.gfile.exists(output + "/checkpoints") and not tf.io.gfile.exists(output + "/train_state.json")
-    assert load_model_dir(output).model_id == metrics["model_id"]
-    assert not os.path.exists(train.staging_dir(output))
+    objects = uploaded(output)
+    assert {"metrics.json", "model.keras", "labels.txt", "preprocessing.json", "saved_model/saved_model.pb",
+            "history.csv", "training_curves.png", "README.md"} <= set(objects)
+    assert f"--model {output} " in objects["README.md"].decode()  # the card names the published directory
+    assert not {name for name in objects if name.startswith(("checkpoints/", "train_state.json"))}
+    assert json.loads(objects["metrics.json"]) == metrics
+    assert [row["epoch"] for row in csv.DictReader(io.StringIO(objects["history.csv"].decode()))] == ["1", "2"]
+    assert export.model_id(output) == metrics["model_id"]
+    assert not os.path.exists(staging)
     with pytest.raises(UserError, match="--overwrite"):
         train.run(["--train", str(data / "train"), "--output", output])
 
@@ -256,54 +261,6 @@ def test_cli_refuses_mismatched_records_with_one_line(data, tmp_path):
     assert not os.path.exists(tmp_path / "model") and not os.path.exists(tmp_path / "model.partial")
 
 
-def test_learning_rate_halves_when_the_validation_loss_stalls_and_survives_resume(tmp_path):
-    import keras
-
-    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-
-    staging = str(tmp_path / "run.partial")
-    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
-    state = train.TrainingState(staging, patience=0, fingerprint={}, lr_patience=2)
-    state.set_model(model)
-    # Best at epoch 1, then no improvement: halved after epochs 3 and 5; a new best at 6 restarts the count.
-    for epoch, val_loss in enumerate([1.0, 1.1, 1.2, 1.3, 1.4, 0.9, 1.0]):
-        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": val_loss, "val_accuracy": 0.5})
-    rates = [row["learning_rate"] for row in read_history(staging)]
-    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
-    assert state.best_epoch == 6 and state.last_lr_change == 5
-    # --resume takes the lowered rate from the last model and the count from the state file.
-    with open(os.path.join(staging, train.STATE_FILE)) as f:
-        resumed = train.TrainingState(staging, patience=0, fingerprint={}, state=json.load(f), lr_patience=2)
-    reloaded = keras.saving.load_model(resumed.last_model_path)
-    assert float(keras.ops.convert_to_numpy(reloaded.optimizer.learning_rate)) == pytest.approx(2.5e-4)
-    resumed.set_model(reloaded)
-    resumed.on_epoch_end(7, {"loss": 1.0, "val_loss": 1.0})  # two epochs since the best (6): halved again
-    assert float(keras.ops.convert_to_numpy(reloaded.optimizer.learning_rate)) == pytest.approx(1.25e-4)
-    assert train.MIN_LEARNING_RATE < 1.25e-4
-
-
-def test_warm_up_epochs_are_not_judged(tmp_path):
-    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-
-    staging = str(tmp_path / "run.partial")
-    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
-    state = train.TrainingState(staging, patience=3, fingerprint={}, lr_patience=1, start_from_epoch=3)
-    state.set_model(model)
-    # Epoch 1 has the lowest loss but is warm-up: the best is epoch 4, the first judged one. The rate then
-    # halves after each epoch without a lower loss (history logs the rate an epoch ran at), and the run
-    # stops 3 epochs after epoch 4.
-    for epoch, val_loss in enumerate([0.1, 0.5, 0.6, 1.0, 1.1, 1.2, 1.3, 1.4]):
-        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": val_loss, "val_accuracy": 0.5})
-        if state.model.stop_training:
-            break
-    assert state.best_epoch == 4 and state.best_val_loss == pytest.approx(1.0)
-    assert state.stopped_early and state.epochs_done == 7
-    rates = [row["learning_rate"] for row in read_history(staging)]
-    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4])
-    with pytest.raises(UserError, match="--start-from-epoch"):
-        train.parse_args(["--train", "x", "--output", "y", "--start-from-epoch", "-1"])
-
-
 def test_a_run_shorter_than_the_warm_up_keeps_its_last_averaged_weights(data, tmp_path):
     output = str(tmp_path / "model")
     metrics = train.run(["--train", str(data / "train"), "--output", output, "--epochs", "3",
@@ -313,63 +270,3 @@ def test_a_run_shorter_than_the_warm_up_keeps_its_last_averaged_weights(data, tm
     assert metrics["val_loss"] == pytest.approx(read_history(output)[-1]["val_loss"], rel=1e-4)
 
 
-def test_lr_patience_zero_keeps_the_learning_rate(tmp_path):
-    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-
-    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)))
-    state = train.TrainingState(str(tmp_path / "run.partial"), patience=0, fingerprint={}, lr_patience=0)
-    state.set_model(model)
-    for epoch in range(5):
-        state.on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0 + epoch, "val_accuracy": 0.5})
-    assert [row["learning_rate"] for row in read_history(str(tmp_path / "run.partial"))] == pytest.approx([1e-3] * 5)
-    with pytest.raises(UserError, match="--lr-patience"):
-        train.parse_args(["--train", "x", "--output", "y", "--lr-patience", "-1"])
-
-
-def test_averaged_weights_are_swapped_in_and_back():
-    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
-
-    model = compile_classifier(build_classifier(ClassifierConfig(num_classes=2, max_seq_length=FRAMES, feature_dim=DIM)),
-                               learning_rate=0.01, ema_momentum=0.9)
-    x = {"features": np.random.default_rng(0).normal(size=(4, FRAMES, DIM)).astype("float32"),
-         "mask": np.ones((4, FRAMES), bool)}
-    for _ in range(5):
-        model.train_on_batch(x, np.array([0, 1, 0, 1]))
-    raw = model.get_weights()
-    averages = [keras.ops.convert_to_numpy(v) for v in model.optimizer._model_variables_moving_average]
-    with train.averaged_weights(model):
-        for inside, average in zip(model.get_weights(), averages):
-            np.testing.assert_array_equal(inside, average)
-    for after, before in zip(model.get_weights(), raw):
-        np.testing.assert_array_equal(after, before)
-    assert any(not np.allclose(a, r) for a, r in zip(averages, raw))
-
-
-def test_ema_momentum_is_checked():
-    with pytest.raises(UserError, match="--ema-momentum"):
-        train.parse_args(["--train", "x", "--output", "y", "--ema-momentum", "1"])
-    assert train.parse_args(["--train", "x", "--output", "y"]).ema_momentum == 0.99
-
-
-def test_feature_noise_multiplies_training_features_afresh_each_epoch():
-    features = np.full((64, FRAMES, DIM), 2.0, "float32")
-    features[:, -1] = 0.0  # e.g. padding: stays zero
-    mask = np.ones((64, FRAMES), bool)
-    source = tf.data.Dataset.from_tensor_slices(({"features": features, "mask": mask}, np.arange(64)))
-
-    def epoch(ds):
-        items = list(ds.as_numpy_iterator())
-        assert [label for _, label in items] == list(range(64))
-        assert all((inputs["mask"] == mask[0]).all() for inputs, _ in items)
-        return np.stack([inputs["features"] for inputs, _ in items])
-
-    noisy = train.with_feature_noise(source, 0.2, seed=3)
-    first, second = epoch(noisy), epoch(noisy)
-    factors = first[:, :-1] / 2.0
-    assert (factors > 0).all() and (first[:, -1] == 0).all()
-    assert abs(factors.mean() - 1.0) < 0.01 and abs(np.log(factors).std() - 0.2) < 0.01
-    assert not np.allclose(first, second)  # fresh noise every epoch
-    np.testing.assert_array_equal(epoch(train.with_feature_noise(source, 0.2, seed=3)), first)
-    assert not np.allclose(epoch(train.with_feature_noise(source, 0.2, seed=4)), first)
-    with pytest.raises(UserError, match="--feature-noise"):
-        train.parse_args(["--train", "x", "--output", "y", "--feature-noise", "-0.1"])
