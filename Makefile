@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 RUNNER := --runner DirectRunner
-# The demo trains with the product's defaults, the ones bench/ measures (its run stops after 93 epochs).
+# The demo trains with the product's defaults, the ones bench/ measures (the run that made docs/images stopped
+# after 102 epochs, all 30 held-back clips right).
 # Extra model.train flags go here, e.g. `make demo DEMO_TRAIN_FLAGS="--epochs 40 --start-from-epoch 10"`.
 DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser graphviz demo images test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +26,10 @@ $(STAMP): setup.py | $(PY)
 install: $(STAMP)
 
 # The whole pipeline, offline: sample clips -> features -> trained model -> evaluation -> labels.
-demo: $(STAMP)
+demo: $(STAMP) graphviz
 	rm -rf $(DEMO)
-	$(PY) -m beam_jobs.sample_videos $(DEMO)/clips/train --per-class 30 --seed 1
-	$(PY) -m beam_jobs.sample_videos $(DEMO)/clips/heldback --per-class 5 --seed 2
+	$(PY) -m tools.sample_videos $(DEMO)/clips/train --per-class 30 --seed 1
+	$(PY) -m tools.sample_videos $(DEMO)/clips/heldback --per-class 5 --seed 2
 	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/train --output $(DEMO)/features/train \
 	    --weights random --num-shards 4
 	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/heldback --output $(DEMO)/features/heldback \
@@ -42,7 +43,7 @@ demo: $(STAMP)
 	@echo "Demo finished. Outputs:"
 	@echo "  clips           $(DEMO)/clips/{train,heldback}/<class>/*"
 	@echo "  feature records $(DEMO)/features/{train,heldback}/ (features-*.tfrecord, labels.txt, manifest.json)"
-	@echo "  model           $(DEMO)/model/ (model.keras, saved_model/, metrics.json, training_curves.png)"
+	@echo "  model           $(DEMO)/model/ (README.md: its model card; model.keras, saved_model/, metrics.json, pictures)"
 	@echo "  evaluation      $(DEMO)/evaluation/ (evaluation.json, confusion_matrix.png)"
 	@echo "  labels          $(DEMO)/labels/labels.csv, per_video/, failures.csv, manifest.json"
 
@@ -60,6 +61,26 @@ browser:
 	      chromium fonts-dejavu-core >/dev/null; \
 	  else echo "chromium not installed and apt-get unavailable: the browser test will skip"; fi; \
 	fi
+
+# The model card's plot of the layers (keras.utils.plot_model) needs Graphviz's dot besides pydot (setup.py);
+# installed here when missing and apt-get can run (as root). Without it the card says how to get the plot.
+graphviz:
+	@if ! command -v dot >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing graphviz for the model plot"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      graphviz >/dev/null; \
+	  else echo "graphviz not installed and apt-get unavailable: model directories will have no model plot"; fi; \
+	fi
+
+# The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
+# matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
+images: demo browser
+	cp $(DEMO)/model/training_curves.png docs/images/training_curves.png
+	cp $(DEMO)/evaluation/confusion_matrix.png docs/images/confusion_matrix.png
+	$(PY) -m tools.report_screenshot $(DEMO)/labels/report.html docs/images/report.png
+	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
+	    --out docs/images/preview.gif
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests

@@ -15,6 +15,11 @@ REQUIRED = [
     "google-cloud-storage==3.17.1",
     "matplotlib==3.11.2",
     "pillow==12.3.0",
+    # keras.utils.plot_model's layer graph in the model card (with Graphviz's dot: `make graphviz`).
+    "pydot==4.0.1",
+    # The CPU engine for DenseNet121 (model.engines) and its int8 calibration (NNCF).
+    "openvino==2026.4.1",
+    "nncf==3.4.0",
 ]
 
 EXTRAS = {
@@ -30,8 +35,10 @@ setuptools.setup(
     version="0.1.0",
     description="Batch video labelling with DenseNet121 features and a Transformer classifier on Apache Beam",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["beam_jobs", "beam_jobs.*", "model", "model.*",
-                                                "tfrecords_schema", "tfrecords_schema.*"]),
+    # tools/ (the sample-clip generator) and bench/ run from a checkout; workers need neither.
+    packages=setuptools.find_packages(include=["common", "common.*", "video", "video.*", "tfrecords_schema",
+                                                "tfrecords_schema.*", "model", "model.*", "beam_jobs",
+                                                "beam_jobs.*"]),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
 )

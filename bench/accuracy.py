@@ -58,9 +58,9 @@ def evaluate(model_dir: Path, records: Path) -> float:
 
 
 def pair_split(labels: list[str], probabilities: np.ndarray, truth: np.ndarray) -> dict:
-    """How predictions (`predict`'s output) fall by pair of reversed classes (beam_jobs.sample_videos.
-    ORDER_PAIRS): the share put in the right pair, and the accuracy on those."""
-    from beam_jobs.sample_videos import REVERSE_CLASS
+    """How predictions (`predict`'s output) fall by pair of reversed classes (tools.sample_videos.
+    REVERSE_CLASS): the share put in the right pair, and the accuracy on those."""
+    from tools.sample_videos import REVERSE_CLASS
 
     predicted = probabilities.argmax(-1)
     pair = np.array([min(label, REVERSE_CLASS.get(label, label)) for label in labels])
@@ -200,10 +200,10 @@ def accuracy(sizes: list[int], seeds: list[int], float16_seeds: list[int], test_
 
 def reproduce_records(embed, records: Path, clips: Path, count: int = 3) -> float:
     """Largest absolute difference between the cached features of the first `count` records and what the
-    current code computes for the same clips (`model.frames.decode_and_sample`, then `embed`), so a result
+    current code computes for the same clips (`video.frames.decode_and_sample`, then `embed`), so a result
     taken from the cache shows whether today's code still makes the same records."""
     from bench.data import read_records
-    from model.frames import decode_and_sample
+    from video.frames import decode_and_sample
     from tfrecords_schema import decode_video_record
 
     worst = 0.0

@@ -22,7 +22,7 @@ CLIP_INDEX = re.compile(r"_(\d+)\.[^./]+$")
 def clip_set(per_class: int, seed: int) -> Path:
     """A directory of `per_class` generated clips per class (6 order-only classes), made once."""
     def build(directory: Path) -> None:
-        from beam_jobs.sample_videos import write_sample_set
+        from tools.sample_videos import write_sample_set
 
         log(f"generating {per_class} clips per class (seed {seed})")
         write_sample_set(str(directory / "clips"), per_class, seed=seed)

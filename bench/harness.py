@@ -31,17 +31,34 @@ WORK_DIR = REPO / "bench" / "_work"
 LOG_DIR = WORK_DIR / "logs"
 CACHE_DIR = WORK_DIR / "cache"
 COMPLETE_MARK = ".complete"
-PACKAGES = ("tensorflow", "keras", "apache-beam", "opencv-python-headless", "numpy", "protobuf")
+PACKAGES = ("tensorflow", "keras", "apache-beam", "opencv-python-headless", "numpy", "protobuf", "openvino", "nncf")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 CACHE_VERSION = 1
+PRODUCT_DIRS = ("beam_jobs", "common", "model", "tfrecords_schema", "tools", "video")
+
+
+def sources(*patterns: str) -> tuple[str, ...]:
+    """The repository files matching `patterns` (globs from the repository root), sorted; a pattern that matches
+    nothing is kept as written, so that its digest reads "missing" rather than the file being forgotten."""
+    found: set[str] = set()
+    for pattern in patterns:
+        matches = [str(p.relative_to(REPO)) for p in REPO.glob(pattern) if p.is_file()]
+        found.update(matches or [pattern])
+    return tuple(sorted(found))
+
+
 # The sources that decide what each kind of cache entry holds.
-CLIP_SOURCES = ("beam_jobs/sample_videos.py",)
-FEATURIZE_SOURCES = (
-    "model/frames.py", "beam_jobs/transforms.py", "beam_jobs/matching.py", "model/backbone.py",
-    "tfrecords_schema/schema.py",
+CLIP_SOURCES = sources("tools/sample_videos.py")
+FEATURIZE_SOURCES = sources(
+    "video/*.py", "beam_jobs/decode.py", "beam_jobs/embed.py", "beam_jobs/records.py", "beam_jobs/matching.py",
+    "beam_jobs/featurize.py", "beam_jobs/calibration.py", "model/backbone.py", "model/engines.py",
+    "tfrecords_schema/*.py", "common/*.py",
 )
-TRAIN_SOURCES = ("model/train.py", "model/classifier.py", "tfrecords_schema/schema.py", "tfrecords_schema/dataset.py")
+TRAIN_SOURCES = sources(
+    "model/config.py", "model/data.py", "model/callbacks.py", "model/averaging.py", "model/loop.py",
+    "model/train.py", "model/classifier.py", "tfrecords_schema/*.py",
+)
 REFRESH = {"enabled": False}  # set by `python -m bench.run --refresh`: rebuild every cache entry used
 _REFRESHED: set[Path] = set()  # entries rebuilt in this process
 
@@ -76,6 +93,16 @@ def cpu_model() -> str:
     return f"{name} ({detail})" if detail else name
 
 
+def cpu_flags() -> list[str]:
+    """The /proc/cpuinfo flags that decide DenseNet121's speed: AVX-512, VNNI, BF16, AMX, FP16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f in ("avx2", "fma"))
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -87,7 +114,7 @@ def git_state() -> dict:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return ""
-    changed = git("status", "--porcelain", "--", "beam_jobs", "model", "tfrecords_schema").splitlines()
+    changed = git("status", "--porcelain", "--", *PRODUCT_DIRS).splitlines()
     return {"head": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_product_files": sorted(
         line[3:] for line in changed)}
 
@@ -199,26 +226,25 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def job_env(source_root: Path = REPO) -> dict[str, str]:
+def job_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return env
 
 
 def run_job(name: str, argv: Sequence[str], probe: Callable[[], float] | None = None,
-            interval_s: float = 0.2, pss_every: int = 5, source_root: Path = REPO) -> JobRun:
+            interval_s: float = 0.2, pss_every: int = 5) -> JobRun:
     """Run `argv` (from the repository root) to the end while a thread samples every `interval_s` the RSS
     and CPU time of every process in its tree (PSS every `pss_every` samples) and `probe()`. The final CPU
-    time is the user + system time of the job and of every descendant it waited for (os.wait4).
-    `source_root` is where the job's packages are imported from (a patched copy, to try a change)."""
+    time is the user + system time of the job and of every descendant it waited for (os.wait4)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}.log"
     load = load_average()
     started = time.monotonic()
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(list(argv), cwd=source_root, env=job_env(source_root), stdout=log_file,
+        process = subprocess.Popen(list(argv), cwd=REPO, env=job_env(), stdout=log_file,
                                    stderr=subprocess.STDOUT)
     peak = {"rss": 0, "pss": 0, "processes": 0}
     samples: list[tuple[float, float, float]] = []
@@ -257,9 +283,9 @@ _PROGRESS_LINE = re.compile(r"progress: .*?; (\d+) frames at [\d.]+ frames/s; (\
 
 
 def progress_frames_per_s(log_path: str) -> float:
-    """Frames/s between the first and the last progress line a job logged (beam_jobs.transforms.Progress logs
-    frames embedded and seconds since its start every 10 s): a steady rate that leaves start-up out. NaN
-    with fewer than two lines."""
+    """Frames/s between the first and the last progress line a job logged (beam_jobs.progress logs frames
+    embedded and seconds since its start every 10 s): a steady rate that leaves start-up out. NaN with fewer
+    than two lines."""
     points = []
     with open(log_path, errors="replace") as f:
         for line in f:

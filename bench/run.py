@@ -4,13 +4,14 @@
                                    # 2 idle cores once the accuracy runs are cached
     python -m bench.run --full     # bigger N, more runs and seeds; the accuracy runs take long the first time
     python -m bench.run --refresh  # rebuild every cached clip set, record set and accuracy run it uses
-    python -m bench.run --render   # measure nothing: rewrite RESULTS.md from results.json and ANALYSIS.md
+    python -m bench.run --render   # measure nothing: rewrite RESULTS.md from results.json
+    python -m bench.run --only engines  # only the engine benchmark (issue 22), merged into results.json
+    python -m bench.run --only scale    # only the bucket-scale re-runs (issue 23), likewise
 
 Targets are checked here and printed as PASS/FAIL; nothing here is a timed test of `make test`. The first
 run featurizes the accuracy clips and trains the accuracy models, which takes far longer than 10 minutes on
 2 cores; those results are cached under bench/_work/cache (see bench.harness: keyed by parameters, with
-their provenance) and reused. bench/ANALYSIS.md (written by hand: what the profile shows, what to change)
-is appended to RESULTS.md.
+their provenance) and reused. What the figures mean for the product's defaults is in docs/FINDINGS.md.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, harness, labelling, throughput, training
+from bench import accuracy, harness, labelling, scale, throughput, training
 from bench.data import clip_set
 from bench.harness import REPO, load_average, log, machine, median
+from bench.markdown import write_markdown
 
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 RESULTS_JSON = REPO / "bench" / "results.json"
-ANALYSIS_MD = REPO / "bench" / "ANALYSIS.md"
 THROUGHPUT_SEED = 21
 UCF101_TOP5_TRAIN_VIDEOS = 594  # the training set of the keras-io example: a realistic job size
 
@@ -70,12 +71,23 @@ TARGETS = {
     "test_accuracy": 0.97,
     "shuffled_test_accuracy": 0.40,
     "float16_accuracy_points": 0.5,
+    "default_engine_vs_tensorflow": 2.5,
+    "default_engine_vs_tensorflow_without_bf16": 1.3,
+    "default_engine_vs_reference": 25.0,
+    "default_engine_featurize_vs_bare": 0.85,
+    "int8_vs_tensorflow": 5.0,
+    "engine_probability_difference": 1e-3,
 }
+ENGINE_CALIBRATION_SEED = THROUGHPUT_SEED + 1  # int8 calibrates on other clips than those it is timed on
 
 
 def rounded(value, digits=5):
+    """Floats to `digits` decimals, and those smaller than 1e-3 to 3 significant digits (a gap to 1 in cosine,
+    a max abs difference), so that they do not round to 0."""
     if isinstance(value, float):
-        return round(value, digits) if math.isfinite(value) else None
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.3g}") if 0 < abs(value) < 1e-3 else round(value, digits)
     if isinstance(value, dict):
         return {k: rounded(v, digits) for k, v in value.items()}
     if isinstance(value, list):
@@ -187,6 +199,126 @@ def featurize_benchmarks(s: Settings, accuracy_result: dict) -> dict:
     }
 
 
+def _featurize_knows_engines() -> bool:
+    from beam_jobs import featurize
+
+    return "--engine" in featurize.build_parser().format_help()
+
+
+def engine_benchmarks(s: Settings) -> dict:
+    """Issue 22: each engine's bare embedder, interleaved with the TF reference and the one-predict-per-frame
+    reference, `s.rounds` rounds; fidelity to TF fp32; OpenVINO threads beside a busy decoder; a classifier
+    trained on TF features applied to each engine's; and the featurize job per engine once it has --engine."""
+    from beam_jobs.calibration import sample_calibration_frames
+    from beam_jobs.decode import FrameOptions
+    from model import engines
+
+    large = clip_set(8 * s.per_class, THROUGHPUT_SEED)
+    calibration_clips = clip_set(s.per_class, ENGINE_CALIBRATION_SEED)
+    frames = throughput.load_frames(large, max(s.bare_frames, s.reference_frames))[: s.bare_frames]
+    calibration, calibration_videos = sample_calibration_frames(
+        [str(p) for p in calibration_clips.rglob("*") if p.suffix in (".mp4", ".avi")],
+        FrameOptions(throughput.FRAMES_PER_VIDEO, throughput.IMAGE_SIZE))
+    default = engines.resolve("auto", "auto")
+    capabilities = list(engines.cpu_capabilities()) if not engines.openvino_import_error() else []
+    log(f"engines: default {default}, OpenVINO capabilities {capabilities}, int8 calibrated on "
+        f"{len(calibration)} frames of {len(calibration_videos)} clips")
+    cases = [c for c in throughput.ENGINE_CASES if c[1] != "bf16" or "BF16" in capabilities]
+    models = {f"{e} {p}": throughput.EngineModel(e, p, s.batch_size, calibration if p == "int8" else None)
+              for e, p in cases}
+    reference = throughput.ReferenceExtractor()
+    features = {name: m.embedder(frames) for name, m in models.items()}
+    fidelity = {name: throughput.fidelity(f, features["tensorflow f32"]) for name, f in features.items()}
+    rounds = []
+    for r in range(s.rounds):
+        log(f"engine round {r + 1}/{s.rounds}")
+        entry = {"load_before": load_average()}
+        for name, m in models.items():
+            entry[name] = m.measure(frames)
+        entry["reference"] = reference.measure(frames[: s.reference_frames])
+        rounds.append(entry)
+        log("  " + ", ".join(f"{name} {entry[name]['frames_per_s']:.1f}" for name in [*models, "reference"]))
+    threads = engine_threads(s, models[" ".join(default)] if default[0] == "openvino" else None, large, frames)
+    del reference
+
+    log("engines: a classifier trained on TF features, applied to each engine's features of other clips")
+    train_inputs, train_labels, labels = throughput.clip_inputs(models["tensorflow f32"].embedder, large)
+    test = {}
+    for name, m in models.items():
+        test[name], test_labels, _ = throughput.clip_inputs(m.embedder, calibration_clips)
+    labelling = throughput.agreement_of_labels(train_inputs, test, labels, train_labels, test_labels)
+    del models
+
+    jobs = {}
+    if _featurize_knows_engines():
+        for engine, precision in (("tensorflow", "f32"), ("auto", "auto")):
+            name = f"featurize-8n-engine-{engine}"
+            run = throughput.featurize(name, large, batch_size=s.batch_size,
+                                       extra=("--engine", engine, "--precision", precision))
+            jobs[f"{engine} {precision}"] = run.summary()
+    else:
+        log("engines: beam_jobs.featurize has no --engine flag yet; the featurize job per engine is not measured")
+
+    def med(name: str, key: str = "frames_per_s") -> float:
+        return median(r[name][key] for r in rounds)
+
+    default_name = " ".join(default)
+    rates = {name: med(name) for name in [*features, "reference"]}
+    # Ratios within each round (measured a few seconds apart), then their median.
+    per_round = {name: median(r[name]["frames_per_s"] / r["tensorflow f32"]["frames_per_s"] for r in rounds)
+                 for name in features}
+    return {
+        "cpu_model": harness.cpu_model(), "cpu_flags": harness.cpu_flags(), "openvino_capabilities": capabilities,
+        "default": default_name, "batch_size": s.batch_size, "frames": len(frames),
+        "calibration": {"frames": len(calibration), "clips": len(calibration_videos), "seed": ENGINE_CALIBRATION_SEED,
+                        "digest": engines.calibration_digest(calibration)},
+        "frames_per_s": rates,
+        "cpu_s_per_frame": {name: med(name, "cpu_s_per_frame") for name in [*features, "reference"]},
+        "vs_tensorflow": per_round,
+        "default_vs_reference": median(r[default_name]["frames_per_s"] / r["reference"]["frames_per_s"]
+                                       for r in rounds),
+        "fidelity": fidelity, "labelling": labelling, "threads": threads, "jobs": jobs,
+        "job_steady_vs_bare": (jobs["auto auto"]["steady_state"]["frames_per_s"] / rates[default_name]
+                               if "auto auto" in jobs else None),
+        "rounds": rounds, "load_end": load_average(),
+    }
+
+
+def engine_threads(s: Settings, default_model, clips: Path, frames) -> dict:
+    """The default OpenVINO engine on 1 thread and on every core, alone and beside a child process that decodes
+    clips without pause (as the job's decoder does while other worker threads feed it), and that decoder's rate
+    alone: `s.rounds` interleaved rounds, medians. The embedder's default thread count is chosen from these."""
+    if default_model is None:
+        return {}
+    counts = (1, len(os.sched_getaffinity(0)))
+    precision = default_model.embedder.precision
+    models = {n: throughput.EngineModel("openvino", precision, s.batch_size, threads=n) for n in counts}
+    rounds = []
+    for r in range(s.rounds):
+        entry = {"load_before": load_average()}
+        with throughput.DecoderLoad(clips) as decoder:
+            time.sleep(3.0)
+            entry["decoder_alone_frames_per_s"] = decoder.rate()
+        for n, model in models.items():
+            alone = model.measure(frames)["frames_per_s"]
+            with throughput.DecoderLoad(clips) as decoder:
+                busy = model.measure(frames)["frames_per_s"]
+                decoder_rate = decoder.rate()
+            entry[f"threads={n}"] = {"alone_frames_per_s": alone, "beside_decoder_frames_per_s": busy,
+                                     "decoder_frames_per_s": decoder_rate}
+        rounds.append(entry)
+        log(f"  threads round {r + 1}: " + "; ".join(
+            f"{n} thread(s) alone {entry[f'threads={n}']['alone_frames_per_s']:.1f}, beside the decoder "
+            f"{entry[f'threads={n}']['beside_decoder_frames_per_s']:.1f} (decoder "
+            f"{entry[f'threads={n}']['decoder_frames_per_s']:.0f})" for n in counts))
+    result = {"precision": precision, "rounds": rounds,
+              "decoder_alone_frames_per_s": median(r["decoder_alone_frames_per_s"] for r in rounds)}
+    for n in counts:
+        key = f"threads={n}"
+        result[key] = {k: median(r[key][k] for r in rounds) for k in rounds[0][key]}
+    return result
+
+
 def labelling_benchmark(s: Settings, clips: Path, model: Path) -> dict:
     runs = [labelling.label_videos(f"predict-8n-r{r}", clips, model, s.batch_size) for r in range(s.labelling_runs)]
     return {
@@ -197,12 +329,77 @@ def labelling_benchmark(s: Settings, clips: Path, model: Path) -> dict:
     }
 
 
+def engine_targets(e: dict, add) -> None:
+    """Issue 22's targets: ratios within the engine benchmark's own run."""
+    default, rates, ratio = e["default"], e["frames_per_s"], e["vs_tensorflow"]
+    has_bf16 = "BF16" in e["openvino_capabilities"]
+    goal = TARGETS["default_engine_vs_tensorflow" if has_bf16 else "default_engine_vs_tensorflow_without_bf16"]
+    add(f"22a. default engine ({default}) vs the TensorFlow embedder, bare", f">= {goal}x",
+        f"{ratio[default]:.2f}x", ratio[default] >= goal,
+        f"{rates[default]:.1f} vs {rates['tensorflow f32']:.1f} frames/s, {e['cpu_model']}")
+    add(f"22b. default engine ({default}) vs the reference (one predict() per frame)",
+        f">= {TARGETS['default_engine_vs_reference']:.0f}x", f"{e['default_vs_reference']:.1f}x",
+        e["default_vs_reference"] >= TARGETS["default_engine_vs_reference"],
+        f"reference {rates['reference']:.2f} frames/s")
+    if "openvino int8" in ratio:
+        add("22c. int8 vs the TensorFlow embedder, bare", f">= {TARGETS['int8_vs_tensorflow']:.0f}x",
+            f"{ratio['openvino int8']:.2f}x", ratio["openvino int8"] >= TARGETS["int8_vs_tensorflow"],
+            f"{rates['openvino int8']:.1f} frames/s; min cosine to TF fp32 "
+            f"{e['fidelity']['openvino int8']['min_cosine']:.5f}")
+    floats = {k: v for k, v in e["labelling"].items() if not k.endswith("int8")}
+    worst = max(v["max_probability_difference"] for v in floats.values())
+    identical = min(v["labels_identical"] for v in floats.values())
+    add("22d. one classifier on each float engine's features (TF f32, OpenVINO f32, bf16): same labels",
+        "identical, probabilities within 1e-3", f"{100 * identical:.0f}% identical, {worst:.1e}",
+        identical == 1.0 and worst <= TARGETS["engine_probability_difference"],
+        "; ".join(f"{k}: accuracy {100 * v['accuracy']:.0f}%" for k, v in e["labelling"].items()))
+    if e.get("job_steady_vs_bare") is not None:
+        add(f"22e. featurize job with the default engine, steady state vs its bare embedder",
+            f">= {TARGETS['default_engine_featurize_vs_bare']}x", f"{e['job_steady_vs_bare']:.2f}x",
+            e["job_steady_vs_bare"] >= TARGETS["default_engine_featurize_vs_bare"],
+            f"job {e['jobs']['auto auto']['steady_state']['frames_per_s']:.1f} vs bare {rates[default]:.1f} frames/s")
+
+
 def check_targets(results: dict) -> list[dict]:
-    f, a = results["featurize"], results["accuracy"]
     checks = []
 
     def add(name, goal, measured, passed, detail):
         checks.append({"target": name, "goal": goal, "measured": measured, "pass": bool(passed), "detail": detail})
+
+    if "featurize" in results:
+        product_targets(results, add)
+    if "engines" in results:
+        engine_targets(results["engines"], add)
+    if "scale" in results:
+        scale_targets(results["scale"], add)
+    return checks
+
+
+def scale_targets(s: dict, add) -> None:
+    runs = s["runs"]
+    small, large = runs.get("20000_0_new"), runs.get("1000000_0_new")
+    if small and large:
+        growth = large["graph_bytes"] / small["graph_bytes"] - 1
+        add("23a. pipeline graph bytes, 1,000,000 vs 20,000 unchanged videos", "within 10%", f"{100 * growth:+.2f}%",
+            abs(growth) <= scale.TARGETS["graph_growth"], f"{large['graph_bytes']:,} vs {small['graph_bytes']:,} bytes")
+        add("23b. launcher peak RSS at 1,000,000 videos", "<= 1.5 GB", f"{large['launcher_peak_rss_mb']} MB",
+            large["launcher_peak_rss_mb"] <= scale.TARGETS["launcher_rss_mb_at_1m"],
+            f"whole job (DirectRunner, in the same process) {large['whole_job_peak_rss_mb']} MB")
+    rerun = next((r for name, r in runs.items() if name.startswith("20") and name.endswith("_0_new")
+                  and r["videos_labelled"] >= 200_000), None)
+    if rerun:
+        add("23c. re-run over 200,000 unchanged videos", "<= 30 s", f"{rerun['wall_s']:.1f} s",
+            rerun["wall_s"] <= scale.TARGETS["rerun_200k_s"], f"load before {rerun['load_before']}")
+    with_new = next((r for name, r in runs.items() if name.startswith("200000_") and not name.endswith("_0_new")), None)
+    alone = next((r for name, r in runs.items() if name.endswith("_new_alone")), None)
+    if with_new and alone:
+        extra = with_new["wall_s"] - alone["wall_s"]
+        add("23d. 200,000 videos with 1,000 new vs the 1,000 alone", "<= +30 s", f"{extra:+.1f} s",
+            extra <= scale.TARGETS["new_1000_extra_s"], f"{with_new['wall_s']:.1f} s vs {alone['wall_s']:.1f} s")
+
+
+def product_targets(results: dict, add) -> None:
+    f, a = results["featurize"], results["accuracy"]
 
     add("1. featurize end to end vs bare DenseNet121 (steady state, frames/s)", ">= 0.90x",
         f"{f['steady_vs_bare']:.2f}x", f["steady_vs_bare"] >= TARGETS["featurize_vs_bare"],
@@ -233,221 +430,6 @@ def check_targets(results: dict) -> list[dict]:
         f"{a['float16_minus_float32_points']:+.2f} points ({100 * a['float16']['test_accuracy_median']:.1f}% vs "
         f"{100 * a['float32_same_seeds_test_accuracy']:.1f}%, seeds {a['float16']['seeds']}); "
         f"{f['bytes_per_video']['float16_over_float32']:.2f}x the bytes")
-    return checks
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _header(results: dict) -> list[str]:
-    m, s = results["machine"], results["settings"]
-    changes = m["git"]["uncommitted_product_files"]
-    return [
-        "# Benchmark results",
-        "",
-        f"Written by `python -m bench.run --{s['mode']}` on {results['finished_at']}; the run took "
-        f"{results['wall_s'] / 60:.1f} minutes.",
-        "",
-        f"- Machine: {m['usable_cores']} usable cores ({m['logical_cores']} logical), {m['cpu_model']}, "
-        f"{m['memory_gib']} GiB, Linux {m['kernel']}.",
-        f"- Software: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
-        f"- Code: HEAD {m['git']['head']}" + (f", with uncommitted changes to {', '.join(changes)}" if changes else "")
-        + ".",
-        f"- Load average (1, 5, 15 min): {results['load_start']} at the start, {results['load_end']} at the end; "
-        f"1-minute load before the measured jobs: {results['load_min']} to {results['load_max']}. The machine is "
-        "shared with other engineers' test runs, so absolute rates move with their load; each ratio is taken "
-        "between measurements made a minute or two apart in this run (the bare model right before and after "
-        "the job it is compared with).",
-        "",
-    ]
-
-
-def _targets(results: dict) -> list[str]:
-    lines = ["## Targets", "", "| target | goal | measured | result | detail |", "|---|---|---|---|---|"]
-    for c in results["targets"]:
-        verdict = "PASS" if c["pass"] else "**FAIL**"
-        lines.append(f"| {c['target']} | {c['goal']} | {c['measured']} | {verdict} | {c['detail']} |")
-    return lines + [""]
-
-
-def _featurize(f: dict) -> list[str]:
-    n, n8, per_video = f["clips"]["n"], f["clips"]["8n"], f["clips"]["frames_per_video"]
-    fit = f["linear_fit"]
-    lines = [
-        f"## 1-3. Featurize: DirectRunner, `--weights random`, batch {f['batch_size']}, 20 frames per clip at 128x128",
-        "",
-        f"Clips from the sample generator (seed {f['clips']['seed']}): N = {n} and 8N = {n8} clips of 24-72 frames, "
-        f"96x72 to 320x240, mp4v/XVID/MJPG. Median of {len(f['rounds'])} rounds; a round is: bare model, job on 8N, "
-        "bare model, job on N, reference. Jobs run as `python -m beam_jobs.featurize` in a subprocess; the bare "
-        "model and the reference run in the benchmark's own process.",
-        "",
-        "| what | frames/s | videos/s | CPU s/frame |",
-        "|---|---|---|---|",
-        f"| bare DenseNet121: the product's `FrameEmbedder` on ready batches (the limit) | "
-        f"{f['bare_frames_per_s']:.1f} | {f['bare_frames_per_s'] / per_video:.2f} | {f['bare_cpu_s_per_frame']:.4f} |",
-        f"| featurize job, steady state (while records are written: 10-90% of the output) | "
-        f"{f['job_steady_frames_per_s']:.1f} | {f['job_steady_frames_per_s'] / per_video:.2f} | "
-        f"{f['job_steady_cpu_s_per_frame']:.4f} |",
-        f"| featurize job, whole job on 8N = {n8} clips ({f['job_8n_wall_s']:.0f} s, start-up included) | "
-        f"{f['job_8n_whole_frames_per_s']:.1f} | {f['job_8n_whole_videos_per_s']:.2f} | |",
-        f"| featurize job, whole job on N = {n} clips ({f['job_n_wall_s']:.0f} s, start-up included) | "
-        f"{f['job_n_whole_frames_per_s']:.1f} | {f['job_n_whole_frames_per_s'] / per_video:.2f} | |",
-        f"| reference: one `predict()` per frame ({f['reference_frames_measured']} frames a round; decoding "
-        f"not counted) | {f['reference_frames_per_s']:.2f} | {f['reference_frames_per_s'] / per_video:.3f} | |",
-        "",
-        f"- **Steady state / bare = {f['steady_vs_bare']:.2f}x** (by CPU seconds per frame "
-        f"{f['steady_vs_bare_cpu']:.2f}x). The whole job on {n8} clips, start-up included, reaches "
-        f"{f['whole_job_vs_bare']:.2f}x of bare.",
-        f"- **Steady state / reference = {f['steady_vs_reference']:.1f}x**; whole job on {n8} clips / reference = "
-        f"{f['whole_job_vs_reference']:.1f}x. The reference is favoured: it gets a warm-up call, `verbose=0` and no "
-        "decoding.",
-        f"- Start-up (imports, DenseNet121 build and tracing, decoder start): the first record is written "
-        f"{f['first_record_after_s']:.0f} s after launch. The line through the N and 8N medians is "
-        f"{fit['startup_s']:.0f} s + frames / {fit['marginal_frames_per_s']:.1f} frames/s, so on the "
-        f"{fit['ucf101_top5_train_videos']} videos of the UCF101 top-5 training set a user would see "
-        f"{fit['ucf101_top5_whole_job_frames_per_s']:.1f} frames/s for the whole job.",
-        f"- Peak memory of the job's process tree (sampled every 0.2 s): RSS {f['peak_rss_mb_n']:.0f} MB at N, "
-        f"{f['peak_rss_mb_8n']:.0f} MB at 8N (**ratio {f['memory_ratio_rss']:.2f}**); PSS, which counts pages "
-        f"shared between processes once, {f['peak_pss_mb_n']:.0f} / {f['peak_pss_mb_8n']:.0f} MB (ratio "
-        f"{f['memory_ratio_pss']:.2f}); at most {f['peak_processes']} processes.",
-        "",
-        "| round | 1-min load before | bare frames/s (before/after) | steady frames/s | steady/bare | "
-        "whole-job 8N frames/s | reference frames/s | RSS N / 8N MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for i, r in enumerate(f["rounds"], 1):
-        b = r["bare"]
-        lines.append(
-            f"| {i} | {r['job_8n']['load_before'][0]} | {b['before']['frames_per_s']:.1f} / "
-            f"{b['after']['frames_per_s']:.1f} | {r['job_8n']['steady_state']['frames_per_s']:.1f} | "
-            f"{r['steady_vs_bare']:.2f} | {r['job_8n']['whole_job_frames_per_s']:.1f} | "
-            f"{r['reference']['frames_per_s']:.2f} | {r['job_n']['peak_rss_mb']:.0f} / "
-            f"{r['job_8n']['peak_rss_mb']:.0f} |")
-    return lines + [""]
-
-
-def _training(t: dict) -> list[str]:
-    return [
-        f"## 4. Training: `python -m model.train`, batch {t['batch_size']}, synthetic feature records",
-        "",
-        f"{t['videos']} videos ({t['num_train_examples']} train, {t['num_val_examples']} validation by the default "
-        f"0.15 split), {t['epochs_per_run']} epochs a run (`--patience 0`), {len(t['runs'])} run(s): "
-        f"**{t['seconds_per_epoch']:.1f} s per epoch, {t['train_examples_per_s']:.0f} training examples/s**. An epoch "
-        "is timed as the user waits for it (training pass, validation pass, per-epoch checkpoints), from the "
-        "trainer's per-epoch TensorBoard summaries, median over epochs 2 onwards. The whole command for "
-        f"{t['epochs_per_run']} epochs took {t['whole_command_s']:.0f} s (start-up, record scan, export of model.keras "
-        "and the SavedModel included).",
-        "",
-    ]
-
-
-def _labelling(f: dict, lab: dict) -> list[str]:
-    per_video = f["clips"]["frames_per_video"]
-    steady = lab["steady_state_videos_per_s"]
-    return [
-        "## 5. Labelling: `python -m beam_jobs.predict`, videos -> labels.csv",
-        "",
-        "| job | clips | wall s | whole-job videos/s | steady videos/s | peak RSS MB |",
-        "|---|---|---|---|---|---|",
-        f"| featurize (medians above) | {f['clips']['8n']} | {f['job_8n_wall_s']:.1f} | "
-        f"{f['job_8n_whole_videos_per_s']:.2f} | {f['job_steady_frames_per_s'] / per_video:.2f} | "
-        f"{f['peak_rss_mb_8n']:.0f} |",
-        f"| predict ({lab['runs']} run(s), median) | {lab['videos']} | {lab['wall_s']:.1f} | "
-        f"{lab['whole_job_videos_per_s']:.2f} | {'n/a' if steady is None else f'{steady:.2f}'} | "
-        f"{lab['peak_rss_mb']:.0f} |",
-        "",
-        "Predict does what featurize does up to the features, then classifies with RunInference, decodes "
-        "thumbnails and writes the HTML report; its steady rate is counted from the thumbnails it stages. The model "
-        f"is the accuracy benchmark's (30 clips per class, seed 0); it gave {pct(lab['labelled_as_folder_class'])} "
-        "of these clips, which it never saw, their folder's class.",
-        "",
-    ]
-
-
-def _accuracy(f: dict, a: dict) -> list[str]:
-    lines = [
-        "## 6. Record size",
-        "",
-        f"| encoding | bytes per video (20 frames x 1024) | test accuracy, {a['float16']['per_class']} clips per class |",
-        "|---|---|---|",
-        f"| float32 (default) | {f['bytes_per_video']['float32']:.0f} | {pct(a['float32_same_seeds_test_accuracy'])} |",
-        f"| float16 (`--feature-encoding float16`) | {f['bytes_per_video']['float16']:.0f} | "
-        f"{pct(a['float16']['test_accuracy_median'])} |",
-        "",
-        "Bytes per video: the finished shards (TFRecord framing included) over their videos, from real featurize runs "
-        "on the same N clips. Accuracy: models of the same seeds trained and tested on the same records re-encoded "
-        "as float16 (what `--feature-encoding float16` writes for the same features). A retrained model follows a "
-        "different path (training here swings by several points from one epoch to the next, see ANALYSIS.md), so "
-        "the storage question is answered by the same model on both encodings of the test records: "
-        f"{pct(a['same_model_float32_test_accuracy'])} (float32) vs {pct(a['same_model_float16_test_accuracy'])} "
-        f"(float16), {pct(a['same_model_predictions_agree'])} of the predictions identical, probabilities within "
-        f"{a['same_model_max_probability_difference']:.1e}.",
-        "",
-        "## 7. Accuracy (issue 3): default `model.train` settings, `--weights random`",
-        "",
-        f"Training clips: sample generator seed {a['train_clips_seed']}, the first k clips of each of the 6 classes; "
-        f"test: {a['test_videos']} other clips (seed {a['test_clips_seed']}, {a['test_per_class']} per class) that no "
-        "model saw. Time-shuffled: each test record's valid frames permuted (seeded), same models. Chance is 16.7%.",
-        "",
-        *_shuffled_pairs(a),
-        "| clips per class | training videos after the 15% validation split | seeds | test accuracy: median (each) "
-        "| time-shuffled: median (each) | epochs run |",
-        "|---|---|---|---|---|---|",
-    ]
-    for x in a["by_training_size"] + [a["float16"]]:
-        name = f"{x['per_class']}" + (" (float16)" if x["encoding"] == "float16" else "")
-        lines.append(
-            f"| {name} | {x['train_examples']} | {x['seeds']} | {pct(x['test_accuracy_median'])} "
-            f"({', '.join(pct(v) for v in x['test_accuracy_each'])}) | {pct(x['shuffled_test_accuracy_median'])} "
-            f"({', '.join(pct(v) for v in x['shuffled_test_accuracy_each'])}) | {x['epochs_run_each']} |")
-    made = sorted({(r["made_at"], r["git_head"]) for r in a["runs"]})
-    changed = sorted({p for r in a["runs"] for p in r["changed_sources_since"]})
-    records_changed = sorted({p for rec in a["records"].values() for p in rec["changed_sources"]})
-    lines += [
-        "",
-        f"Featurizing the {a['train_videos_all']} + {a['test_videos']} accuracy clips and training these models takes "
-        f"far longer than 10 minutes on 2 cores the first time ({sum(r['wall_s'] for r in a['runs']) / 60:.0f} minutes "
-        "of training alone here), so records and finished runs are cached under bench/_work/cache. "
-        + ("This run took every accuracy figure from that cache: " if a["all_cached"] else "Runs made: ")
-        + "; ".join(f"{when} at {head}" for when, head in made) + ". "
-        + (f"Trainer sources changed since: {', '.join(changed)}. " if changed else
-           "No source that decides these runs has changed since. ")
-        + (f"Featurize sources changed since the records were made: {', '.join(records_changed)}; " if records_changed
-           else "")
-        + "Today's code recomputes the features of the first cached test records to within "
-        f"{f['accuracy_records_reproduced_max_abs_diff']:.1e} (max abs difference). `--refresh` rebuilds them all.",
-        "",
-    ]
-    return lines
-
-
-def _shuffled_pairs(a: dict) -> list[str]:
-    """What the time-shuffled score is made of: the pair of reversed classes, then the order within it."""
-    split = a.get("shuffled_pairs")
-    if not split:
-        return []
-    test, shuffled = split["test"], split["shuffled"]
-    return [
-        "The classes come in pairs that show the same frames in opposite order, so a shuffled clip can only be told "
-        "apart from its reverse by order: a model that reads order falls to 50% within the pair, and a model that "
-        "also tells every pair apart by content scores about 50% overall, above the 40% of target 7b. Split that way, "
-        f"the model of {split['model']} puts {pct(shuffled['right_pair'])} of the shuffled clips in the right pair "
-        f"and labels {pct(shuffled['right_class_within_right_pair'])} of those right (on the unshuffled test clips: "
-        f"{pct(test['right_pair'])} and {pct(test['right_class_within_right_pair'])}). So it reads order, and it "
-        "stays under 40% partly because shuffled clips, unlike any it was trained on, often look to it like another "
-        "pair. ANALYSIS.md section 7g has more.",
-        "",
-    ]
-
-
-def write_markdown(results: dict) -> str:
-    f, a = results["featurize"], results["accuracy"]
-    lines = (_header(results) + _targets(results) + _featurize(f) + _training(results["training"])
-             + _labelling(f, results["labelling"]) + _accuracy(f, a))
-    if ANALYSIS_MD.exists():
-        lines += [ANALYSIS_MD.read_text().rstrip(), ""]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="more clips, runs and seeds")
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
     parser.add_argument("--render", action="store_true",
-                        help="measure nothing; rewrite RESULTS.md from results.json (after editing ANALYSIS.md)")
+                        help="measure nothing; rewrite RESULTS.md from results.json")
+    parser.add_argument("--only", choices=["engines", "scale"],
+                        help="run only this benchmark and merge it into results.json (the rest is kept)")
     args = parser.parse_args(argv)
     if args.render:
         RESULTS_MD.write_text(write_markdown(json.loads(RESULTS_JSON.read_text())))
@@ -466,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = FULL if args.full else QUICK
     harness.REFRESH["enabled"] = args.refresh
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.only == "scale":
+        return only_scale()
+    if args.only:
+        return only_engines(settings)
     started = time.monotonic()
     results: dict = {"settings": dataclasses.asdict(settings), "machine": machine(), "load_start": load_average()}
     log(f"{settings.mode} benchmarks on {results['machine']['usable_cores']} cores, load {results['load_start']}")
@@ -473,28 +461,82 @@ def main(argv: list[str] | None = None) -> int:
     results["accuracy"] = accuracy.accuracy(list(settings.accuracy_sizes), list(settings.accuracy_seeds),
                                             list(settings.float16_seeds), settings.test_per_class)
     results["featurize"] = featurize_benchmarks(settings, results["accuracy"])
+    log("engines")
+    results["engines"] = engine_benchmarks(settings)
+    results["engines"].update(finished_at=_now(), mode=settings.mode)
     log("training speed")
     results["training"] = training.training_speed(settings.train_videos, settings.train_epochs, settings.train_runs)
     log("labelling")
     results["labelling"] = labelling_benchmark(settings, Path(results["featurize"]["clips"]["8n_dir"]),
                                                Path(results["accuracy"]["labelling_model"]))
+    log("bucket scale")
+    results["scale"] = scale.measure(list(scale.SIZES), scale.NEW)
 
     results["load_end"] = load_average()
     loads = [r[job]["load_before"][0] for r in results["featurize"]["rounds"] for job in ("job_8n", "job_n")]
     results["load_min"], results["load_max"] = min(loads), max(loads)
     results["wall_s"] = time.monotonic() - started
-    results["finished_at"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    results["finished_at"] = _now()
     results["targets"] = check_targets(results)
     results = rounded(results)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS_MD.write_text(write_markdown(results))
 
     print()
-    for c in results["targets"]:
-        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']} (goal {c['goal']}); {c['detail']}")
+    _print_targets(results)
     print(f"\nwrote {RESULTS_MD.relative_to(REPO)} and {RESULTS_JSON.relative_to(REPO)} "
           f"in {results['wall_s'] / 60:.1f} min")
     return 0
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def only_engines(settings: Settings) -> int:
+    """`--only engines`: measure the engines and merge them into results.json, keeping the rest."""
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    started = time.monotonic()
+    load_start = load_average()
+    log(f"engine benchmark ({settings.mode}), load {load_start}")
+    engines = engine_benchmarks(settings)
+    engines.update(load_start=load_start, wall_s=time.monotonic() - started, finished_at=_now(), mode=settings.mode,
+                   machine=machine())
+    results["engines"] = engines
+    for key, value in (("settings", dataclasses.asdict(settings)), ("machine", engines["machine"]),
+                       ("load_start", load_start), ("load_end", engines["load_end"]), ("load_min", load_start[0]),
+                       ("load_max", engines["load_end"][0]), ("wall_s", engines["wall_s"]),
+                       ("finished_at", engines["finished_at"])):
+        results.setdefault(key, value)  # a results.json of its own when no full run wrote one
+    results["targets"] = check_targets(results)
+    results = rounded(results)
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS_MD.write_text(write_markdown(results))
+    _print_targets(results, "22")
+    print(f"wrote {RESULTS_MD.relative_to(REPO)} and {RESULTS_JSON.relative_to(REPO)} "
+          f"in {engines['wall_s'] / 60:.1f} min")
+    return 0
+
+
+def only_scale() -> int:
+    """`--only scale`: the bucket-scale re-runs, merged into results.json, keeping the rest."""
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    log(f"bucket-scale benchmark, load {load_average()}")
+    results["scale"] = scale.measure(list(scale.SIZES), scale.NEW)
+    results["scale"]["finished_at"] = _now()
+    results.setdefault("machine", results["scale"]["machine"])
+    results["targets"] = check_targets(results)
+    results = rounded(results)
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS_MD.write_text(write_markdown(results))
+    _print_targets(results, "23")
+    return 0
+
+
+def _print_targets(results: dict, prefix: str = "") -> None:
+    for c in results["targets"]:
+        if c["target"].startswith(prefix):
+            print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['measured']} (goal {c['goal']}); {c['detail']}")
 
 
 if __name__ == "__main__":

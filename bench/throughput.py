@@ -1,6 +1,8 @@
 """Featurize throughput (benchmarks 1-3 and 6 of issue 6): the featurize job end to end, the bare DenseNet121
 it is limited by, the keras-io reference's one-`predict()`-per-frame loop, the job's peak memory at N and
-8N clips, and the bytes per video of each feature encoding.
+8N clips, and the bytes per video of each feature encoding. And the engines (issue 22): the bare embedder
+per engine and precision, its fidelity to TensorFlow fp32, its threads beside a busy decoder, and whether a
+classifier trained on TF features labels each engine's features alike.
 
 The bare model and the reference run inside the benchmark process, between the featurize jobs, so that a
 change in the machine's load hits both sides of a ratio alike; each job runs in its own process (a user's
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import featurize_args, read_records, record_files
-from bench.harness import REPO, WORK_DIR, JobRun, log, progress_frames_per_s, run_job, tree_bytes
+from bench.harness import WORK_DIR, JobRun, log, progress_frames_per_s, run_job, tree_bytes
 
 IMAGE_SIZE = 128
 FRAMES_PER_VIDEO = 20
@@ -34,7 +36,7 @@ RECORDS_NAME = "features"  # in the names of the shards and of Beam's temporary 
 def load_frames(clips: Path, count: int) -> np.ndarray:
     """`count` frames sampled (20 per clip) from the clips, as the featurize job samples them: uint8
     `[count, 128, 128, 3]`."""
-    from model.frames import decode_and_sample
+    from video.frames import decode_and_sample
 
     frames, total = [], 0
     for path in sorted(p for p in clips.rglob("*") if p.suffix in (".mp4", ".avi")):
@@ -74,8 +76,8 @@ class BareModel:
 class ReferenceExtractor:
     """The keras-io example's feature extractor and loop: `keras.Model(inputs, DenseNet121(preprocess_input(
     inputs)))` and one `feature_extractor.predict(frame[None])` per frame, with `verbose=0` (the example
-    prints a progress bar per call, which bench.diagnose_embedder finds costs nothing measurable) and a
-    warm-up call before timing; decoding is not included on either side of its ratio."""
+    prints a progress bar per call, which costs nothing measurable) and a warm-up call before timing;
+    decoding is not included on either side of its ratio."""
 
     def __init__(self):
         import keras
@@ -151,11 +153,13 @@ def count_frames(records_dir: Path) -> tuple[int, int]:
 
 
 def featurize(name: str, clips: Path, encoding: str = "float32", batch_size: int = 32,
-              source_root: Path = REPO) -> FeaturizeRun:
+              extra: tuple[str, ...] = ()) -> FeaturizeRun:
+    """Run the featurize job on `clips` into bench/_work/runs/NAME (with `extra` flags), sampling its output as
+    it grows."""
     output = WORK_DIR / "runs" / name
     shutil.rmtree(output, ignore_errors=True)
-    job = run_job(name, featurize_args(clips, output, encoding, batch_size),
-                  probe=lambda: tree_bytes(output, RECORDS_NAME), source_root=source_root)
+    job = run_job(name, featurize_args(clips, output, encoding, batch_size) + list(extra),
+                  probe=lambda: tree_bytes(output, RECORDS_NAME))
     job.check()
     manifest = json.loads((output / "manifest.json").read_text())
     if manifest["failures"]:
@@ -164,3 +168,120 @@ def featurize(name: str, clips: Path, encoding: str = "float32", batch_size: int
     record_bytes = sum(f.stat().st_size for f in record_files(output))
     log(f"{name}: {videos} videos, {frames} frames in {job.wall_s:.1f}s, peak RSS {job.peak_rss_mb:.0f} MB")
     return FeaturizeRun(job, videos, frames, record_bytes)
+
+
+# --- Engines (issue 22): the bare embedder per engine and precision, interleaved with the TF reference --------
+
+ENGINE_CASES = (("tensorflow", "f32"), ("openvino", "f32"), ("openvino", "bf16"), ("openvino", "int8"))
+
+
+class EngineModel:
+    """One engine's embedder (model.engines.make_embedder) at 128x128 on ready-made batches."""
+
+    def __init__(self, engine: str, precision: str, batch_size: int, calibration_frames=None, threads: int = 0):
+        from model.engines import EmbedderOptions, make_embedder
+
+        self.name = f"{engine} {precision}" + (f" threads={threads}" if threads else "")
+        self.embedder = make_embedder(EmbedderOptions(f"{WEIGHTS}", IMAGE_SIZE, engine, precision, threads=threads),
+                                      batch_size, calibration_frames)
+        self.batch_size = batch_size
+
+    def measure(self, frames: np.ndarray, min_seconds: float = 3.0) -> dict:
+        """Frames/s over passes through `frames` until at least `min_seconds` (fast engines get more passes)."""
+        batches = [frames[i : i + self.batch_size] for i in range(0, len(frames), self.batch_size)]
+        self.embedder(batches[0])
+        done, wall, cpu = 0, 0.0, 0.0
+        while wall < min_seconds:
+            w, c = _timed(lambda: [self.embedder(b) for b in batches])
+            done, wall, cpu = done + len(frames), wall + w, cpu + c
+        return {"frames": done, "frames_per_s": done / wall, "cpu_s_per_frame": cpu / done}
+
+
+def fidelity(features: np.ndarray, reference: np.ndarray) -> dict:
+    """How close features are to the reference's: the min cosine over frames (and its gap to 1, and the
+    median's), the max abs difference (absolute and over the largest reference magnitude)."""
+    features, reference = np.asarray(features, np.float64), np.asarray(reference, np.float64)
+    cosine = (features * reference).sum(1) / np.linalg.norm(features, axis=1) / np.linalg.norm(reference, axis=1)
+    diff = float(np.abs(features - reference).max())
+    return {"min_cosine": float(cosine.min()), "cosine_gap": float(1.0 - cosine.min()),
+            "median_cosine_gap": float(1.0 - np.median(cosine)), "max_abs": diff,
+            "max_abs_relative": diff / float(np.abs(reference).max()), "reference_max_abs": float(np.abs(reference).max())}
+
+
+def _decode_loop(paths: list[str], frames_done, stop) -> None:
+    """A stand-in for the job's decoder child: decode and sample the clips round and round until `stop`."""
+    from video.frames import decode_and_sample
+
+    while not stop.is_set():
+        for path in paths:
+            if stop.is_set():
+                return
+            sampled = decode_and_sample(path, FRAMES_PER_VIDEO, IMAGE_SIZE, "uniform")
+            with frames_done.get_lock():
+                frames_done.value += len(sampled.frames)
+
+
+class DecoderLoad:
+    """A child process decoding clips while the embedder runs (the featurize job's decoder child, when other
+    threads of the worker keep it busy); `rate()` is its frames/s so far."""
+
+    def __init__(self, clips: Path):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._paths = [str(p) for p in sorted(clips.rglob("*")) if p.suffix in (".mp4", ".avi")]
+        self._count, self._stop = context.Value("q", 0), context.Event()
+        self._process = context.Process(target=_decode_loop, args=(self._paths, self._count, self._stop),
+                                        daemon=True)
+
+    def __enter__(self):
+        self._process.start()
+        deadline = time.monotonic() + 120
+        while self._count.value == 0:  # started and decoding
+            if not self._process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the decoder load process did not start (exit code {self._process.exitcode})")
+            time.sleep(0.05)
+        self._start, self._start_count = time.perf_counter(), self._count.value
+        return self
+
+    def rate(self) -> float:
+        return (self._count.value - self._start_count) / (time.perf_counter() - self._start)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._process.join(timeout=30)
+
+
+def agreement_of_labels(train: dict[str, np.ndarray], test: dict[str, dict[str, np.ndarray]], labels: list[str],
+                        train_labels: np.ndarray, test_labels: np.ndarray) -> dict:
+    """A classifier trained (in this process, 150 epochs) on TF fp32 features `train` (`features`, `mask`),
+    applied to the test clips' features from each engine: labels identical to TF's? largest probability
+    difference? accuracy?"""
+    import keras
+
+    from model.classifier import ClassifierConfig, build_classifier
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier(ClassifierConfig(num_classes=len(labels), max_seq_length=FRAMES_PER_VIDEO))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(train, train_labels, epochs=150, batch_size=16, verbose=0)
+    probabilities = {name: model.predict(inputs, verbose=0) for name, inputs in test.items()}
+    reference = probabilities["tensorflow f32"]
+    return {name: {"labels_identical": float((p.argmax(1) == reference.argmax(1)).mean()),
+                   "max_probability_difference": float(np.abs(p - reference).max()),
+                   "accuracy": float((p.argmax(1) == test_labels).mean())}
+            for name, p in probabilities.items()}
+
+
+def clip_inputs(embedder, clips: Path) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Classifier inputs (`features` [N, 20, 1024], `mask` [N, 20]) of every clip, label ids, labels."""
+    from video.frames import decode_and_sample
+
+    paths = [p for p in sorted(clips.rglob("*")) if p.suffix in (".mp4", ".avi")]
+    labels = sorted({p.parent.name for p in paths})
+    features = np.zeros((len(paths), FRAMES_PER_VIDEO, 1024), np.float32)
+    mask = np.zeros((len(paths), FRAMES_PER_VIDEO), bool)
+    for i, path in enumerate(paths):
+        sampled = decode_and_sample(str(path), FRAMES_PER_VIDEO, IMAGE_SIZE, "uniform").frames
+        features[i, : len(sampled)], mask[i, : len(sampled)] = embedder(sampled), True
+    return {"features": features, "mask": mask}, np.array([labels.index(p.parent.name) for p in paths]), labels

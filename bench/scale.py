@@ -1,0 +1,212 @@
+"""Bucket scale (issue 23): scheduled re-runs of the labelling job over N unchanged videos, N up to a million.
+
+    python -m bench.scale                 # N = 20,000, 200,000 and 1,000,000 with 0 new; 200,000 with 1,000 new
+    python -m bench.scale --sizes 2000    # a quick look
+
+The N videos are hard links of a few generated clips (hard links share size and modification time; ext4
+allows 65,000 links an inode, so each clip gets at most 50,000), in folders of 1,000. The previous finished
+run is written in the job's own format (labels.csv, a sharded index, manifest.json) from the listing itself,
+with distinct fingerprints and probabilities, as a real earlier run of the same model would have left it.
+Each re-run is `python -m beam_jobs.predict` in a child process (`--child`) that records the serialized
+pipeline graph and its peak RSS at the moment the pipeline starts (the launcher's), then runs it to the end;
+the whole job's peak RSS is sampled over its process tree (bench.harness.run_job). The model is a small
+untrained classifier for 32-pixel, 4-frame features: the new videos' model work is real but small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench.harness import REPO, WORK_DIR, load_average, log, machine, python_module, run_job
+
+FRAMES, IMAGE_SIZE = 4, 32
+SOURCE_CLIPS = 24
+LINKS_PER_CLIP = 50_000
+FOLDER_SIZE = 1000
+SCALE_DIR = WORK_DIR / "scale"
+SIZES = (20_000, 200_000, 1_000_000)
+NEW = 1000
+TARGETS = {"graph_growth": 0.10, "launcher_rss_mb_at_1m": 1536, "rerun_200k_s": 30.0, "new_1000_extra_s": 30.0}
+
+
+def _model_dir(root: Path) -> Path:
+    import keras
+
+    from model.classifier import ClassifierConfig, build_classifier
+    from model.export import export_model_dir
+    from tfrecords_schema import RecordSpec
+
+    path = root / "model"
+    if not (path / "model.keras").exists():
+        keras.utils.set_random_seed(3)
+        model = build_classifier(ClassifierConfig(num_classes=3, max_seq_length=FRAMES))
+        export_model_dir(model, ["fading_in", "growing", "shrinking"],
+                         RecordSpec(1024, FRAMES, "densenet121/random-seed1337", IMAGE_SIZE), str(path),
+                         saved_model=False)
+    return path
+
+
+def _source_clips(root: Path) -> list[Path]:
+    from tools.sample_videos import write_sample_set
+
+    clips = root / "sources"
+    if not clips.exists():
+        write_sample_set(str(clips), per_class=SOURCE_CLIPS // 3, seed=9, classes=("growing", "shrinking", "fading_in"),
+                         min_frames=6, max_frames=12, sizes=[(48, 40)])
+    return sorted(p for p in clips.rglob("*") if p.suffix in (".mp4", ".avi"))
+
+
+def _link_videos(folder: Path, sources: list[Path], count: int, start: int = 0) -> None:
+    """`count` hard links named video_<i> (i from `start`), in folders of FOLDER_SIZE."""
+    for i in range(start, start + count):
+        source = sources[(i // LINKS_PER_CLIP) % len(sources)]
+        path = folder / f"part_{i // FOLDER_SIZE:05d}" / f"video_{i:07d}{source.suffix}"
+        if i % FOLDER_SIZE == 0 or i == start:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, path)
+
+
+def _previous_run(output: Path, videos: Path, model: Path, exclude: str) -> None:
+    """A finished labelling run over every video now under `videos` but those whose id starts with `exclude`,
+    in the job's format."""
+    import hashlib
+
+    from beam_jobs.incremental import index_entry
+    from beam_jobs.label_rows import label_columns
+    from beam_jobs.matching import iter_videos
+    from beam_jobs.sinks import csv_line
+    from model.export import load_model_dir
+
+    loaded = load_model_dir(str(model))
+    columns = label_columns(loaded.labels)
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    count = 0
+    with open(output / "labels.csv", "w") as labels, open(output / "index-00000-of-00001.jsonl", "w") as index:
+        labels.write(csv_line(columns))
+        for ref in sorted(iter_videos([str(videos)]), key=lambda r: r.video_id):
+            if ref.video_id.startswith(exclude):
+                continue
+            p = (count % 997) / 1000
+            probabilities = [p, (1 - p) / 2, (1 - p) / 2]
+            best = max(range(3), key=probabilities.__getitem__)
+            labels.write(csv_line([ref.video_id, ref.uri, loaded.labels[best], f"{probabilities[best]:.6f}",
+                                   ";".join(f"{loaded.labels[i]}:{probabilities[i]:.6f}" for i in range(3)),
+                                   *(f"{q:.6f}" for q in probabilities), loaded.model_id]))
+            fingerprint = hashlib.sha256(ref.video_id.encode()).hexdigest()
+            index.write(json.dumps(index_entry(ref, fingerprint)) + "\n")
+            count += 1
+    (output / "manifest.json").write_text(json.dumps({"job": "predict", "model_id": loaded.model_id,
+                                                      "options": {"per_video": False}}))
+
+
+def _peak_rss_kb() -> int:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over exec from the
+    forked parent, so a child would report the benchmark's memory as its own."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def _child(argv: list[str]) -> None:
+    """Run predict in this process, recording the graph and the launcher's peak RSS as it starts."""
+    import apache_beam as beam
+
+    record_path, argv = argv[0], argv[1:]
+    original = beam.Pipeline.run
+
+    def run(pipeline, *args, **kwargs):
+        Path(record_path).write_text(json.dumps({
+            "graph_bytes": len(pipeline.to_runner_api().SerializeToString()),
+            "launcher_peak_rss_mb": _peak_rss_kb() / 1024}))
+        return original(pipeline, *args, **kwargs)
+
+    beam.Pipeline.run = run
+    from beam_jobs import predict
+    from common.cli import main, quiet_tensorflow
+
+    quiet_tensorflow()
+    sys.exit(main(predict.run, argv))
+
+
+def _rerun(name: str, videos: Path, output: Path, model: Path) -> dict:
+    record = SCALE_DIR / f"{name}.graph.json"
+    job = run_job(name, python_module("bench.scale", "--child", str(record), "--input", str(videos), "--model",
+                                      str(model), "--output", str(output), "--runner", "DirectRunner",
+                                      "--batch-size", "32")).check()
+    recorded = json.loads(record.read_text())
+    manifest = json.loads((output / "manifest.json").read_text())
+    result = {"wall_s": round(job.wall_s, 1), "whole_job_peak_rss_mb": round(job.peak_rss_mb),
+              "launcher_peak_rss_mb": round(recorded["launcher_peak_rss_mb"]),
+              "graph_bytes": recorded["graph_bytes"], "report_bytes": (output / "report.html").stat().st_size,
+              "labelled_this_run": manifest["labelled_this_run"], "videos_labelled": manifest["videos_labelled"],
+              "load_before": job.load_before}
+    log(f"{name}: {result}")
+    return result
+
+
+def measure(sizes: list[int], new: int, new_at: int = 200_000) -> dict:
+    """Hard links change the shared inode's ctime, which the listing sees (it is how in-place edits are
+    caught): so every link of a size is made before its previous run is written, and the `new` videos' run
+    alone comes last."""
+    SCALE_DIR.mkdir(parents=True, exist_ok=True)
+    model, sources = _model_dir(SCALE_DIR), _source_clips(SCALE_DIR)
+    results = {"machine": machine(), "sources": len(sources), "runs": {}}
+    videos, output = SCALE_DIR / "videos", SCALE_DIR / "labels"
+    for size in sizes:
+        shutil.rmtree(videos, ignore_errors=True)
+        with_new = new if size == new_at else 0
+        started = time.monotonic()
+        _link_videos(videos, sources, size)
+        _link_videos(videos / "new", sources, with_new, start=size)
+        _previous_run(output, videos, model, exclude="new/")
+        log(f"{size} videos linked and a previous run written in {time.monotonic() - started:.0f} s")
+        if with_new:
+            results["runs"][f"{size}_{new}_new"] = _rerun(f"scale_{size}_{new}_new", videos, output, model)
+        results["runs"][f"{size + with_new}_0_new"] = _rerun(f"scale_{size + with_new}_0_new", videos, output, model)
+        if with_new:
+            alone = SCALE_DIR / "new_alone"
+            shutil.rmtree(alone, ignore_errors=True)
+            _link_videos(alone, sources, new, start=size)
+            results["runs"][f"{new}_new_alone"] = _rerun(f"scale_{new}_new_alone", alone, SCALE_DIR / "alone_out",
+                                                         model)
+            shutil.rmtree(alone, ignore_errors=True)
+            shutil.rmtree(SCALE_DIR / "alone_out", ignore_errors=True)
+    shutil.rmtree(videos, ignore_errors=True)
+    shutil.rmtree(output, ignore_errors=True)
+    results["load_end"] = load_average()
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| run | graph bytes | launcher peak RSS | whole-job peak RSS | wall | report.html | labelled this run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results["runs"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {r['graph_bytes']:,} | {r['launcher_peak_rss_mb']} MB | "
+                     f"{r['whole_job_peak_rss_mb']} MB | {r['wall_s']} s | {r['report_bytes'] / 1024:.0f} KB | "
+                     f"{r['labelled_this_run']:,} of {r['videos_labelled']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _child(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m bench.scale")
+    parser.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=list(SIZES))
+    parser.add_argument("--new", type=int, default=NEW)
+    parser.add_argument("--new-at", type=int, default=200_000, help="the size that also gets --new new videos")
+    args = parser.parse_args(argv)
+    results = measure(args.sizes, args.new, args.new_at)
+    (WORK_DIR / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Training at scale (issue 24): `model.train`'s streaming input at 2,000, 20,000 and 200,000 videos.
+
+    python -m bench.training_scale                   # the three sizes, 2 epochs each (~15 min on 2 cores)
+    python -m bench.training_scale --sizes 2000      # a quick look
+
+The records are synthetic and in the schema: random float16 features of FRAMES x FEATURE_DIM (a smaller dim
+than DenseNet121's 1024, so that 2 epochs at 200,000 fit in minutes on 2 cores; the input pipeline's work per
+record shrinks with it, which makes the throughput target harder, not easier), 6 labels, 10..FRAMES valid
+frames, shards of SHARD_SIZE records, with labels.txt and the manifest.json featurize writes plus the
+`split_counts` it is asked to add (tfrecords_schema.split_counts). They are generated once under
+bench/_work/training_scale/ and reused.
+
+Each training run is a child process (`--child`) that does what model.loop does up to the end of `fit`:
+counts the records (from the manifest), builds the datasets and the classifier, and fits 2 epochs with
+model.loop.fit at the product's defaults otherwise (batch 32, moving average, 8 heads), timing the steps with
+a callback; it reports its own peak RSS (VmHWM), and bench.harness.run_job samples its process tree's. The
+runs: streamed (`--cache none`) at every size, and cached in memory (`--cache memory`) at 20,000 (the way
+today's trainer ran: "today's cached rate"). For records whose manifest has no split counts (today's
+featurize), the counting pass over the records' contexts is timed at every size too.
+
+- time before the first step: from the child's start (TensorFlow imported) to the end of the first training
+  step, which includes counting, building the model, the first batch's reading and the step's compilation;
+- examples/s: training examples per second of training steps after the first (validation left out);
+- peak RSS: the child's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.harness import WORK_DIR, load_average, log, machine, python_module, run_job
+
+SIZES = (2_000, 20_000, 200_000)
+FEATURE_DIM, FRAMES = 256, 20
+LABELS = ("archery", "bowling", "diving", "fencing", "punch", "rowing")
+SHARD_SIZE = 1000
+EPOCHS, BATCH_SIZE = 2, 32
+CACHED_REFERENCE = 20_000
+WORK = WORK_DIR / "training_scale"
+TARGETS = {"rss_growth": 1.25, "rate_vs_cached": 0.9, "first_step_growth": 1.25}
+
+
+# --- Records -------------------------------------------------------------------------------------------
+
+
+def records_dir(size: int, dim: int, frames: int) -> Path:
+    return WORK / f"records-{size}-{frames}x{dim}"
+
+
+def make_records(size: int, dim: int, frames: int) -> Path:
+    """`size` synthetic records in shards of SHARD_SIZE, with labels.txt and manifest.json (written last: its
+    presence means the set is complete)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfrecords_schema import RecordSpec, VideoRecord, encode_video_record, write_vocabulary
+    from tfrecords_schema.dataset import MANIFEST_FILE, add_split_counts, split_counts
+
+    directory = records_dir(size, dim, frames)
+    if (directory / MANIFEST_FILE).exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    rng = np.random.default_rng(size)
+    num_shards = -(-size // SHARD_SIZE)
+    shards, counts = [], None
+    for shard in range(num_shards):
+        name = f"features-{shard:05d}-of-{num_shards:05d}.tfrecord"
+        first, last = shard * SHARD_SIZE, min(size, (shard + 1) * SHARD_SIZE)
+        features = rng.standard_normal((last - first, frames, dim), dtype=np.float32).astype(np.float16)
+        valid = rng.integers(10, frames + 1, last - first)
+        labels = [LABELS[i % len(LABELS)] for i in range(first, last)]
+        ids = [f"{label}/v_{label}_{i:07d}.avi" for label, i in zip(labels, range(first, last))]
+        with tf.io.TFRecordWriter(str(directory / name)) as writer:
+            for j in range(last - first):
+                rows = features[j].astype(np.float32)
+                rows[valid[j]:] = 0.0
+                writer.write(encode_video_record(VideoRecord(
+                    video_id=ids[j], uri=f"file:///videos/{ids[j]}", label=labels[j], features=rows,
+                    num_valid_frames=int(valid[j]), frame_indices=list(range(int(valid[j]))), source_fps=25.0,
+                    decoded_frame_count=100, frame_height=240, frame_width=320, backbone_id="synthetic",
+                    image_size=224), feature_encoding="float16"))
+        part = split_counts(ids, labels)
+        counts = part if counts is None else add_split_counts(counts, part)
+        shards.append(name)
+    write_vocabulary(str(directory / "labels.txt"), LABELS)
+    spec = RecordSpec(dim, frames, "synthetic", 224, feature_encoding="float16")
+    import dataclasses
+
+    manifest = {"job": "featurize", "records_written": size, "labels": sorted(LABELS), "shards": shards,
+                "record_spec": dataclasses.asdict(spec), "split_counts": counts, "synthetic": True}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+    log(f"wrote {size} records ({_size_mb(directory):.0f} MB) in {time.monotonic() - started:.0f} s")
+    return directory
+
+
+def _size_mb(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.iterdir()) / 1e6
+
+
+# --- One training run (the child) ----------------------------------------------------------------------
+
+
+def child(records: str, cache: str, epochs: int, output: str, max_steps: int = 0) -> None:
+    """One run; with `max_steps`, one epoch of that many steps (a throughput probe, not a whole epoch)."""
+    started = time.monotonic()
+    import dataclasses
+
+    import keras
+
+    from model import loop
+    from model.callbacks import TrainingState
+    from model.classifier import ClassifierConfig, build_classifier, compile_classifier
+    from model.config import TrainConfig
+    from model.data import load_training_data
+    from model.datasets import cache_directory, model_datasets, record_errors
+
+    config = TrainConfig(train=(records,), output=output, epochs=epochs, patience=0, start_from_epoch=0,
+                         batch_size=BATCH_SIZE, cache=cache)
+    imported = time.monotonic()
+    data = load_training_data(config.train, validation_split=config.validation_split)
+    counted = time.monotonic() - imported
+    loop.seed_everything(config.seed)
+    timer = step_timer()
+    with cache_directory(cache) as cache_dir, record_errors(data.train.spec):
+        datasets = model_datasets(data, config.batch_size, config.seed, cache, 0, config.epochs, cache_dir)
+        if max_steps:
+            datasets = datasets._replace(steps_per_epoch=min(max_steps, datasets.steps_per_epoch))
+            config = dataclasses.replace(config, epochs=1)
+        ready = time.monotonic() - started
+        spec = data.train.spec
+        model = compile_classifier(build_classifier(ClassifierConfig(
+            num_classes=len(data.vocabulary), max_seq_length=spec.max_seq_length, feature_dim=spec.feature_dim,
+            num_heads=config.num_heads)), config.learning_rate, config.ema_momentum)
+        staging = os.path.join(output, "staging")
+        tracker = TrainingState(staging, config.patience, {}, None, config.lr_patience, config.start_from_epoch)
+        loop.fit(model, datasets, tracker, config, os.path.join(staging, "logs"), extra_callbacks=[timer])
+    epochs = config.epochs
+    steps = datasets.steps_per_epoch * epochs
+    examples = min(steps * BATCH_SIZE, data.num_train * epochs) - BATCH_SIZE  # after the first step
+    result = {
+        "records": data.train.num_records, "train_examples": data.num_train, "val_examples": data.num_validation,
+        "cache": datasets.cache, "counted_from": data.train.counted_from, "epochs": epochs,
+        "count_s": round(counted, 2), "datasets_ready_s": round(ready, 2),
+        "first_step_done_s": round(timer.first_step_end - started, 2),
+        "examples_per_s": round(examples / (timer.train_seconds - timer.first_step), 1),
+        "cores_used": round(timer.train_cpu_seconds / timer.train_seconds, 2),
+        "first_step_s": round(timer.first_step, 2), "steps": steps, "keras": keras.__version__,
+        "vm_hwm_mb": round(_vm_hwm_kb() / 1024, 1), "wall_s": round(time.monotonic() - started, 1),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def count_child(records: str) -> None:
+    """Time the counting pass a manifest without split counts needs (today's featurize)."""
+    from model.data import count_records
+    from tfrecords_schema import dataset_spec, match_record_files
+
+    started = time.monotonic()
+    files = match_record_files([records])
+    spec = dataset_spec(files, every_shard=False)
+    counts = count_records("training", files, spec, 0.15)
+    seconds = round(time.monotonic() - started, 2)
+    print("RESULT " + json.dumps({"records": sum(counts.labels.values()), "count_s": seconds,
+                                  "vm_hwm_mb": round(_vm_hwm_kb() / 1024, 1)}), flush=True)
+
+
+def _vm_hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1])
+
+
+def step_timer():
+    """A Keras callback that notes when the first step ended, how long it took, and the seconds of training
+    steps (from each epoch's start to its last step's end, validation left out)."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.first_step_end, self.first_step, self.train_seconds, self.train_cpu_seconds = None, 0.0, 0.0, 0.0
+            self._epoch_start = self._last_end = self._epoch_cpu = self._last_cpu = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = self._last_end = time.monotonic()
+            self._epoch_cpu = self._last_cpu = time.process_time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._last_end, self._last_cpu = time.monotonic(), time.process_time()
+            if self.first_step_end is None:
+                self.first_step_end, self.first_step = self._last_end, self._last_end - self._epoch_start
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += self._last_end - self._epoch_start
+            self.train_cpu_seconds += self._last_cpu - self._epoch_cpu
+
+    return StepTimer()
+
+
+# --- The benchmark -------------------------------------------------------------------------------------
+
+
+def _run_child(name: str, *args: str) -> dict:
+    job = run_job(name, python_module("bench.training_scale", *args)).check()
+    line = next(line for line in Path(job.log_path).read_text().splitlines() if line.startswith("RESULT "))
+    return {**json.loads(line[len("RESULT "):]), "sampled_peak_rss_mb": round(job.peak_rss_mb, 1),
+            "job_wall_s": round(job.wall_s, 1), "load_before": job.load_before}
+
+
+def run(sizes=SIZES, dim: int = FEATURE_DIM, frames: int = FRAMES, epochs: int = EPOCHS) -> dict:
+    started = time.monotonic()
+    result = {"feature_dim": dim, "frames": frames, "epochs": epochs, "batch_size": BATCH_SIZE,
+              "shard_size": SHARD_SIZE, "load_before": load_average(), "runs": [], "counting": []}
+    for size in sizes:
+        directory = make_records(size, dim, frames)
+        result.setdefault("records_mb", {})[str(size)] = round(_size_mb(directory))
+    runs = [(size, "none") for size in sizes]
+    if CACHED_REFERENCE in sizes:
+        runs.insert(sizes.index(CACHED_REFERENCE), (CACHED_REFERENCE, "memory"))
+    for size, cache in runs:
+        log(f"training on {size} records, --cache {cache}")
+        output = WORK / "runs" / f"{size}-{cache}"
+        run_result = _run_child(f"training-scale-{size}-{cache}", "--child", str(records_dir(size, dim, frames)),
+                                "--cache", cache, "--epochs", str(epochs), "--output", str(output))
+        result["runs"].append({"size": size, **run_result})
+        log(json.dumps(result["runs"][-1]))
+    for size in sizes:
+        counting = _run_child(f"training-scale-count-{size}", "--count", str(records_dir(size, dim, frames)))
+        result["counting"].append({"size": size, **counting})
+    result["load_after"] = load_average()
+    result["seconds"] = round(time.monotonic() - started)
+    result["targets"] = targets(result)
+    return result
+
+
+def probe(sizes, dim: int, frames: int, steps: int) -> dict:
+    """Streamed at the largest size against cached at CACHED_REFERENCE, `steps` steps each, alternating
+    (cached, streamed, cached, streamed): on a shared machine, runs next to each other see the same load."""
+    large = max(sizes)
+    pairs = []
+    for _ in range(2):
+        pair = {}
+        for size, cache in ((CACHED_REFERENCE, "memory"), (large, "none")):
+            run = _run_child(f"training-scale-probe-{size}-{cache}", "--child", str(records_dir(size, dim, frames)),
+                             "--cache", cache, "--max-steps", str(steps), "--output",
+                             str(WORK / "runs" / f"probe-{size}-{cache}"))
+            pair[f"{size}_{cache}"] = {k: run[k] for k in ("examples_per_s", "cores_used", "vm_hwm_mb",
+                                                           "load_before")}
+            log(json.dumps(pair))
+        pair["ratio"] = round(pair[f"{large}_none"]["examples_per_s"] /
+                              pair[f"{CACHED_REFERENCE}_memory"]["examples_per_s"], 3)
+        pairs.append(pair)
+    return {"steps": steps, "feature_dim": dim, "frames": frames, "pairs": pairs}
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets where the runs measured them, as bench.run's check_targets lists them."""
+    streamed = {r["size"]: r for r in result["runs"] if r["cache"] == "none"}
+    cached = next((r for r in result["runs"] if r["cache"] == "memory"), None)
+    small, large = (streamed[min(streamed)], streamed[max(streamed)]) if streamed else (None, None)
+    checks = []
+
+    def add(name, goal, measured, passed, detail):
+        checks.append({"target": name, "goal": goal, "measured": measured, "pass": bool(passed), "detail": detail})
+
+    if small and large and small is not large:
+        ratio = large["vm_hwm_mb"] / small["vm_hwm_mb"]
+        add(f"24a. training peak RSS at {large['size']:,} vs {small['size']:,} videos, streamed",
+            f"<= {TARGETS['rss_growth']}x", f"{ratio:.2f}x", ratio <= TARGETS["rss_growth"],
+            f"{large['vm_hwm_mb']:,.0f} vs {small['vm_hwm_mb']:,.0f} MB")
+        growth = large["first_step_done_s"] / small["first_step_done_s"]
+        add(f"24c. time before the first step at {large['size']:,} vs {small['size']:,} videos, with manifests",
+            f"<= {TARGETS['first_step_growth']}x (flat)", f"{growth:.2f}x", growth <= TARGETS["first_step_growth"],
+            f"{large['first_step_done_s']:.1f} vs {small['first_step_done_s']:.1f} s (counting "
+            f"{large['count_s']:.2f} vs {small['count_s']:.2f} s)")
+    if large and cached:
+        ratio = large["examples_per_s"] / cached["examples_per_s"]
+        add(f"24b. examples/s at {large['size']:,} streamed vs {cached['size']:,} cached in memory",
+            f">= {TARGETS['rate_vs_cached']}x", f"{ratio:.2f}x", ratio >= TARGETS["rate_vs_cached"],
+            f"{large['examples_per_s']:,.0f} vs {cached['examples_per_s']:,.0f} examples/s; load before "
+            f"{large['load_before']} and {cached['load_before']}")
+    return checks
+
+
+def markdown(result: dict) -> list[str]:
+    """The Markdown section: one row per run, the counting passes, the targets."""
+    lines = ["## Training from sharded records (issue 24)", "",
+             f"Synthetic records of {result['frames']} x {result['feature_dim']} float16 features, 6 labels, "
+             f"{result['shard_size']:,} a shard, with featurize's manifest.json and split counts; {result['epochs']} "
+             f"epochs at batch {result['batch_size']}, 15% held out. Load average {result['load_before']} before, "
+             f"{result.get('load_after')} after.", "",
+             "| videos | --cache | peak RSS | examples/s | cores used | before the first step | of which counting | "
+             "records |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        lines.append(f"| {r['size']:,} | {r['cache']} | {r['vm_hwm_mb']:,.0f} MB | {r['examples_per_s']:,.0f} | "
+                     f"{r.get('cores_used', float('nan')):.2f} | {r['first_step_done_s']:.1f} s | "
+                     f"{r['count_s']:.1f} s | {result['records_mb'][str(r['size'])]:,} MB |")
+    if result.get("counting"):
+        lines += ["", "Without split counts in the manifest (today's featurize), the records are counted first: "
+                  + ", ".join(f"{c['size']:,}: {c['count_s']:.1f} s" for c in result["counting"]) + "."]
+    lines += ["", "| target | goal | measured | result | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {c['target']} | {c['goal']} | {c['measured']} | {'PASS' if c['pass'] else '**FAIL**'} | "
+              f"{c['detail']} |" for c in result["targets"]]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.training_scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda text: tuple(int(x) for x in text.split(",")), default=SIZES)
+    parser.add_argument("--feature-dim", type=int, default=FEATURE_DIM)
+    parser.add_argument("--frames", type=int, default=FRAMES)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--out", default=str(WORK / "training_scale"), help="writes OUT.json and OUT.md")
+    parser.add_argument("--child", metavar="RECORDS", help=argparse.SUPPRESS)
+    parser.add_argument("--count", metavar="RECORDS", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--max-steps", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--probe", type=int, default=0, metavar="STEPS",
+                        help="instead: alternate runs of STEPS steps cached at 20,000 and streamed at the largest "
+                             "size, twice, to compare their rates under the same load")
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.cache, args.epochs, args.output, args.max_steps)
+        return 0
+    if args.probe:
+        result = {"machine": machine(), **probe(args.sizes, args.feature_dim, args.frames, args.probe)}
+        Path(args.out + "-probe.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["pairs"], indent=1))
+        return 0
+    if args.count:
+        count_child(args.count)
+        return 0
+    result = {"machine": machine(), **run(args.sizes, args.feature_dim, args.frames, args.epochs)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    Path(args.out + ".md").write_text("\n".join(markdown(result)) + "\n")
+    print("\n".join(markdown(result)))
+    return 0 if all(t["pass"] for t in result["targets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
