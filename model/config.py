@@ -47,6 +47,19 @@ def _flag(default=dataclasses.MISSING, *, help: str, metavar: str | None = None,
                                                         "choices": choices})
 
 
+# (field, test, what it must be): checked in this order, each a one-line UserError naming the flag.
+_RULES = (
+    ("epochs", lambda v: v >= 1, "at least 1"),
+    ("patience", lambda v: v >= 0, "0 (no early stopping) or more"),
+    ("lr_patience", lambda v: v >= 0, "0 (constant learning rate) or more"),
+    ("ema_momentum", lambda v: 0.0 <= v < 1.0, "0 (no averaging) or more and below 1"),
+    ("start_from_epoch", lambda v: v >= 0, "0 (judge every epoch) or more"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("num_heads", lambda v: v >= 1, "at least 1"),
+    ("learning_rate", lambda v: v > 0, "positive"),
+)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One training run, as given on the command line (the flag of `num_heads` is `--num-heads`)."""
@@ -92,22 +105,10 @@ class TrainConfig:
              f"decoded sets fit {MEMORY_CACHE_BUDGET / 1024**3:g} GiB, else disk for gs:// records, else none")
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.patience < 0:
-            raise UserError(f"--patience must be 0 (no early stopping) or more, got {self.patience}")
-        if self.lr_patience < 0:
-            raise UserError(f"--lr-patience must be 0 (constant learning rate) or more, got {self.lr_patience}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise UserError(f"--ema-momentum must be 0 (no averaging) or more and below 1, got {self.ema_momentum}")
-        if self.start_from_epoch < 0:
-            raise UserError(f"--start-from-epoch must be 0 (judge every epoch) or more, got {self.start_from_epoch}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.num_heads < 1:
-            raise UserError(f"--num-heads must be at least 1, got {self.num_heads}")
-        if not self.learning_rate > 0:
-            raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+        for name, valid, rule in _RULES:
+            value = getattr(self, name)
+            if not valid(value):
+                raise UserError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
         if not self.validation and not 0.0 < self.validation_split < 1.0:
             raise UserError(f"--validation-split must be between 0 and 1, got {self.validation_split}")
         if self.cache not in CACHE_MODES:
