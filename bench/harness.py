@@ -56,7 +56,7 @@ FEATURIZE_SOURCES = sources(
     "tfrecords_schema/*.py", "common/*.py",
 )
 TRAIN_SOURCES = sources(
-    "model/config.py", "model/data.py", "model/callbacks.py", "model/averaging.py", "model/loop.py",
+    "model/config.py", "model/data.py", "model/datasets.py", "model/callbacks.py", "model/averaging.py", "model/loop.py",
     "model/train.py", "model/classifier.py", "tfrecords_schema/*.py",
 )
 REFRESH = {"enabled": False}  # set by `python -m bench.run --refresh`: rebuild every cache entry used
