@@ -10,6 +10,9 @@ REQUIRED = [
     "tensorflow==2.21.0",
     "keras==3.15.1",
     "apache-beam[gcp]==2.77.0",
+    # Decoding (video/): PyAV, whose wheel bundles FFmpeg (libx264 included, for the benchmark's clips).
+    "av==18.1.0",
+    # Image work: the report's thumbnails and the sample clip generator.
     "opencv-python-headless==5.0.0.93",
     "numpy==2.4.6",
     "google-cloud-storage==3.17.1",

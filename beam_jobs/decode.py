@@ -27,6 +27,7 @@ from video.frames import DecodeError, SampledFrames
 _LOG = logging.getLogger(__name__)
 
 FAILURES = "failures"
+READ_COUNTERS = {"seek": "videos_read_seeking", "through": "videos_read_through", "fallback": "videos_seek_fallbacks"}
 _CHUNK = 1 << 22
 
 
@@ -115,6 +116,9 @@ class DecodeFramesDoFn(beam.DoFn):
         self._decoded = Metrics.counter("videos", "videos_decoded")
         self._failed = Metrics.counter("videos", "videos_failed")
         self._frames = Metrics.counter("videos", "frames_sampled")
+        # How each video was read (video.reader): seeking, decoding through, or seeking abandoned for decoding
+        # through because the container's index could not be trusted.
+        self._read_methods = {method: Metrics.counter("videos", counter) for method, counter in READ_COUNTERS.items()}
 
     def setup(self):
         from video.isolated import IsolatedDecoder
@@ -164,6 +168,9 @@ class DecodeFramesDoFn(beam.DoFn):
                 os.remove(path)
         self._decoded.inc()
         self._frames.inc(len(sampled.frame_indices))
+        self._read_methods[sampled.read_method].inc()
+        if sampled.read_method == "fallback":
+            _LOG.info("%s: decoded through instead of seeking: %s", ref.uri, sampled.fallback_reason)
         yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
 
     def _failure(self, ref: VideoRef, reason: str):

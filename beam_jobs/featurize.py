@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=128,
                         help="side of the square frames DenseNet121 sees (default: %(default)s)")
     parser.add_argument("--sampling", choices=SAMPLINGS, default="uniform",
-                        help="uniform: frames spread over the whole clip; first: the first frames, as the "
-                             "Keras reference does (default: %(default)s)")
+                        help="uniform: frames spread over the whole clip (seeking where that is cheaper, the "
+                             "same frames as decoding every frame); keyframes: the keyframe nearest each uniform "
+                             "position, decoding little else (much faster on long videos); first: the first "
+                             "frames, as the Keras reference does (default: %(default)s)")
     parser.add_argument("--weights", default="imagenet",
                         help="DenseNet121 weights: imagenet (downloaded and cached by Keras), a weights file "
                              "path, or random[:SEED] (seeded; for demos and tests) (default: %(default)s)")

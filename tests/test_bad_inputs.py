@@ -18,6 +18,7 @@ import sys
 import threading
 import wave
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -344,10 +345,14 @@ def test_a_slow_file_times_out_and_the_rest_still_decode(tmp_path):
 
     slow, quick = tmp_path / "slow.mp4", tmp_path / "quick.avi"
     noise = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), np.uint8)
-    writer = cv2.VideoWriter(str(slow), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (1280, 720))
-    for i in range(120):  # every frame must be decoded to reach the next: about 0.7 s here
-        writer.write(np.roll(noise, 3 * i, axis=1))
-    writer.release()
+    with av.open(str(slow), "w") as container:  # one keyframe: every frame must be decoded to reach the last
+        stream = container.add_stream("mpeg4", rate=25, options={"g": "1000"})
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 1280, 720, "yuv420p", 100_000_000
+        for i in range(200):  # about 0.5 s to decode here
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(noise, 3 * i, axis=1), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
     write_clip(str(quick), clip_frames(12), "MJPG")
     refs = match_videos([str(tmp_path)])
     with TestPipeline() as pipeline:
@@ -409,8 +414,8 @@ print(before, status_kb("VmHWM"), sampled.decoded_frame_count, len(sampled.frame
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_decoding_a_very_long_clip_keeps_memory_bounded(corpus):
-    """20,000 frames of 64x48: kept whole they would take 184 MB (61 MB resized to 32x32); decoding keeps at
-    most 2 * max_seq_length resized frames, so the peak barely moves. A fresh process, like the decoder's child
+    """20,000 frames of 64x48: kept whole they would take 184 MB (61 MB resized to 32x32); decoding keeps the
+    sampled frames, the packet index and at most 4 MB of packets (video.reader), so the peak barely moves. A fresh process, like the decoder's child
     (getrusage's peak would include the pytest process it was forked from)."""
     out = subprocess.run([sys.executable, "-c", MEASURE_PEAK_RSS, str(corpus / "good" / "clip.avi"),
                           str(corpus / "edge" / "long.avi")], capture_output=True, text=True, check=True).stdout

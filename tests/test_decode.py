@@ -25,6 +25,7 @@ from beam_jobs.decode import (
 from beam_jobs.matching import VideoRef, parse_ref, ref_line, write_listing
 from common import fs
 from tools.sample_videos import render_clip, write_clip
+from video.frames import SampledFrames
 
 TestPipeline.__test__ = False  # a Beam class, not a test class for pytest to collect
 
@@ -134,11 +135,12 @@ def test_decode_frames_splits_videos_and_failures(tmp_path, bucket):
     result = pipeline.run()
     result.wait_until_finish()
 
-    def counter(name):
-        (found,) = result.metrics().query(MetricsFilter().with_name(name))["counters"]
-        return found.committed
+    def counter(name):  # a counter never incremented is not reported
+        found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
+        return found[0].committed if found else 0
 
     assert (counter("videos_decoded"), counter("videos_failed"), counter("frames_sampled")) == (3, 5, 4 + 6 + 6)
+    assert counter("videos_read_seeking") + counter("videos_read_through") == 3
     assert memfs.OBJECTS[remote][0] == open(remote_source, "rb").read()  # the remote file is only read
 
 
@@ -161,3 +163,33 @@ def test_decoded_frames_are_the_clip_frames_cropped_and_resized(tmp_path):
             bool(np.abs(v.sampled.frames[..., ::-1].astype(np.int16) - e).mean() > np.abs(
                 v.sampled.frames.astype(np.int16) - e).mean())), expected)
         assert_that(errors, equal_to([([0, 1, 2], True, True)]))
+
+
+def test_reads_that_gave_up_seeking_are_counted(tmp_path, monkeypatch):
+    """Each video counts once under how it was read; a fallback (video.reader) counts in its own counter."""
+    import video.isolated
+
+    methods = {"a.avi": "seek", "b.avi": "fallback", "c.avi": "through", "d.avi": "fallback"}
+
+    class Decoder:
+        def __init__(self, timeout_s):
+            pass
+
+        def decode(self, path, max_seq_length, image_size, sampling):
+            return SampledFrames(np.zeros((1, 2, 2, 3), np.uint8), [0], 1, 25.0, 2, 2,
+                                 read_method=methods[os.path.basename(path)], fallback_reason="test")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(video.isolated, "IsolatedDecoder", Decoder)
+    refs = []
+    for name in methods:
+        (tmp_path / name).write_bytes(b"not empty")
+        refs.append(VideoRef(name, str(tmp_path / name)))
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create(refs) | DecodeFrames(FrameOptions(MAX_FRAMES, IMAGE_SIZE))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]}
+    assert (counts["videos_read_seeking"], counts["videos_read_through"], counts["videos_seek_fallbacks"]) == (1, 1, 2)

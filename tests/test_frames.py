@@ -1,4 +1,6 @@
-"""Frame sampling and decoding: short and long clips, odd frame sizes, lying metadata, bounded memory."""
+"""Frame sampling and decoding: short and long clips, odd frame sizes, lying metadata, the three samplings
+(uniform's frames equal decoding every frame's, keyframes' are distinct keyframes near the uniform positions),
+variable frame rates, and the isolated child process."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from h264_clips import decode_every_frame, write_h264
+from video.frames import DecodeError, decode_and_sample, keyframe_positions, sample_frame_indices, square_rgb
 from video.isolated import IsolatedDecoder
-from video.frames import DecodeError, decode_and_sample, sample_frame_indices, square_crop_resize
 
 
 def write_numbered_clip(path, num_frames, width=64, height=48, fourcc="MJPG"):
@@ -27,12 +30,28 @@ def test_uniform_indices_span_the_clip():
         sample_frame_indices(10, 5, "random")
 
 
-def test_square_crop_keeps_the_centre_and_converts_to_rgb():
-    frame = np.zeros((40, 100, 3), np.uint8)
-    frame[:, 30:70] = (255, 0, 0)  # blue in BGR, a 40x40 centre square
-    out = square_crop_resize(frame, 20)
-    assert out.shape == (20, 20, 3)
-    assert (out[..., 2] > 250).all() and (out[..., :2] < 5).all()  # RGB: blue is the last channel
+def test_square_rgb_keeps_the_centre_from_the_decoders_format():
+    import av
+
+    rgb = np.zeros((40, 100, 3), np.uint8)
+    rgb[:, 30:70] = (0, 0, 255)  # a blue 40x40 centre square
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    out = square_rgb(frame, 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    assert (out[2:-2, 2:-2, 2] > 230).all() and (out[2:-2, 2:-2, :2] < 30).all()
+
+
+def test_keyframe_positions_are_nearest_keyframes_then_the_frames_after_them():
+    # Keyframes every 60 frames, 20 uniform positions over 1800 frames: every position has its own keyframe.
+    picks = keyframe_positions(1800, np.arange(0, 1800, 60), 20)
+    uniform = sample_frame_indices(1800, 20)
+    assert all(p % 60 == 0 for p in picks) and len(set(picks)) == 20
+    assert max(abs(p - u) for p, u in zip(picks, uniform)) < 60  # the last frame, 1799, is 59 after the last keyframe
+    # Two keyframes for 20 positions: the positions that share one take the frames after it.
+    assert keyframe_positions(300, np.array([0, 250]), 5) == [0, 1, 250, 251, 252]
+    # A keyframe at the very end still leaves room for distinct picks.
+    assert keyframe_positions(30, np.array([0, 29]), 4) == [0, 1, 28, 29]
+    assert keyframe_positions(3, np.array([0]), 5) == [0, 1, 2]
 
 
 def test_short_clip_keeps_every_frame(tmp_path):
@@ -57,7 +76,8 @@ def test_long_clip_is_sampled_evenly_in_bounded_memory(tmp_path):
 def test_first_sampling_stops_after_the_first_frames(tmp_path):
     path = write_numbered_clip(tmp_path / "long.avi", 60)
     sampled = decode_and_sample(str(path), 8, 32, "first")
-    assert sampled.frame_indices == list(range(8)) and sampled.decoded_frame_count == 8
+    assert sampled.frame_indices == list(range(8)) and sampled.read_method == "through"
+    assert sampled.decoded_frame_count == 60  # the index's count: decoding stopped after the 8
 
 
 @pytest.mark.parametrize("width, height", [(97, 31), (31, 97), (1, 64), (64, 1)])
@@ -92,3 +112,45 @@ def test_isolated_decoder_matches_in_process_decoding_and_times_out(tmp_path):
         assert decoder.decode(path, 8, 32, "uniform").frame_indices == direct.frame_indices  # a fresh child
     finally:
         decoder.close()
+
+
+@pytest.mark.parametrize("interval", [1, 7, 30, 120, 300])
+def test_uniform_gives_the_frames_of_decoding_every_frame(tmp_path, interval):
+    path = tmp_path / f"k{interval}.mp4"
+    write_h264(path, 300, interval)
+    count, expected = decode_every_frame(path, 32, lambda n: sample_frame_indices(n, 8))
+    sampled = decode_and_sample(str(path), 8, 32)
+    assert sampled.decoded_frame_count == count == 300
+    assert sampled.frame_indices == sorted(expected)
+    np.testing.assert_array_equal(sampled.frames, np.stack([expected[i] for i in sampled.frame_indices]))
+    # Where keyframes are near the targets the read seeks; one keyframe for the whole clip decodes through.
+    assert sampled.read_method == ("through" if interval == 300 else "seek")
+
+
+@pytest.mark.parametrize("interval", [7, 30, 250])
+def test_keyframes_sampling_takes_distinct_frames_near_the_uniform_positions(tmp_path, interval):
+    path = tmp_path / f"k{interval}.mp4"
+    write_h264(path, 300, interval)
+    sampled = decode_and_sample(str(path), 8, 32, "keyframes")
+    indices, uniform = sampled.frame_indices, sample_frame_indices(300, 8)
+    assert len(set(indices)) == 8 and indices == sorted(indices)
+    assert max(abs(i - u) for i, u in zip(indices, uniform)) <= interval
+    # Each pick is a keyframe, or the frame after the previous pick where that took its keyframe.
+    assert all(i % interval == 0 or i == before + 1 for before, i in zip([-2] + indices, indices))
+    if interval == 7:
+        assert all(i % interval == 0 for i in indices)
+    _, expected = decode_every_frame(path, 32, lambda n: indices)
+    np.testing.assert_array_equal(sampled.frames, np.stack([expected[i] for i in indices]))
+
+
+def test_variable_frame_rate_times_come_from_the_timestamps(tmp_path):
+    times = np.cumsum([0.0] + [0.02 if i % 3 else 0.1 for i in range(1, 90)])  # 50 fps bursts, 10 fps gaps
+    path = tmp_path / "vfr.mp4"
+    write_h264(path, 90, 10, frame_times_s=list(times))
+    count, expected = decode_every_frame(path, 32, lambda n: sample_frame_indices(n, 10))
+    for sampling in ("uniform", "keyframes"):
+        sampled = decode_and_sample(str(path), 10, 32, sampling)
+        assert sampled.decoded_frame_count == count == 90
+        np.testing.assert_allclose(sampled.timestamps_s, times[sampled.frame_indices], atol=1e-3)
+    uniform = decode_and_sample(str(path), 10, 32)
+    np.testing.assert_array_equal(uniform.frames, np.stack([expected[i] for i in uniform.frame_indices]))

@@ -1,13 +1,15 @@
 """Decoding in a child process, so that no single file can hang or crash a job.
 
-OpenCV's FFmpeg backend can block on a damaged stream or take the whole process down on a malformed one.
+FFmpeg can block on a damaged stream or take the whole process down on a malformed one.
 `IsolatedDecoder` sends each file to one long-lived child process and waits at most `timeout_s`: a child
 that runs late is killed and the file is reported as timed out; a child that dies is reported as a crash;
-either way a fresh child takes the next file. The child imports only OpenCV and NumPy, so it starts fast,
+either way a fresh child takes the next file. The child imports only PyAV and NumPy, so it starts fast,
 and the time limit starts only once it is ready, so a slow start is never charged to a file.
 
-The child's stderr goes to a scratch file: what FFmpeg prints while a file is decoded tells a damaged file
-from one whose container merely states a wrong frame count (see video.frames), and stays out of the job's log.
+The child's stderr goes to a scratch file, and FFmpeg's own logger (not PyAV's Python one, which would take
+the GIL from FFmpeg's decoding threads) prints its warnings and errors there: what FFmpeg prints while a
+file is decoded tells a damaged file from one whose container merely states a wrong frame count, and makes
+a seeking read fall back to decoding through (see video.frames); it stays out of the job's log.
 """
 
 from __future__ import annotations
@@ -45,8 +47,12 @@ def _serve(connection) -> None:
     """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason).
 
     Sends READY first, once its imports are done."""
+    import av.logging
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_fd = _stderr_to_scratch_file()
+    av.logging.restore_default_callback()
+    av.logging.set_libav_level(av.logging.WARNING)
 
     def decoder_log() -> str:
         return os.pread(log_fd, _LOG_LIMIT, 0).decode("utf-8", "replace")
@@ -64,7 +70,7 @@ def _serve(connection) -> None:
             connection.send(("ok", decode_and_sample(*request, decoder_log=decoder_log)))
         except DecodeError as exc:
             connection.send(("error", str(exc)))
-        except Exception as exc:  # an OpenCV error on a damaged file is the file's fault, not ours
+        except Exception as exc:  # a decoder error on a damaged file is the file's fault, not ours
             first_line = (str(exc).strip().splitlines() or [""])[0]
             connection.send(("error", f"decoder error: {type(exc).__name__}: {first_line}"))
 
@@ -72,7 +78,7 @@ def _serve(connection) -> None:
 @contextlib.contextmanager
 def _main_module_hidden():
     """A spawned child normally re-imports the launching module (`python -m beam_jobs.featurize` and, with
-    it, TensorFlow): seconds and hundreds of MB per decoder for nothing, since the child needs OpenCV only.
+    it, TensorFlow): seconds and hundreds of MB per decoder for nothing, since the child needs PyAV only.
     Hiding `__main__`'s name and path while the child starts keeps it from doing so."""
     main = sys.modules.get("__main__")
     saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if main and name in main.__dict__}

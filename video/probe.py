@@ -13,13 +13,16 @@ import struct
 _SNIFF_BYTES = 4096
 _MAX_MOOV_BYTES = 64 << 20
 # FFmpeg's own log lines ("[mjpeg @ 0x55d0c1a2b3c0] huffman table decode error"); OpenCV's ("[ WARN:0@0.1] ...")
-# are not decoder errors.
-_FFMPEG_MESSAGE = re.compile(r"^\[[\w,.\-]+ @ 0x[0-9a-fA-F]+\] (.+)$")
+# are not decoder errors, nor are the scaler's ("deprecated pixel format used" for full-range JPEG formats).
+_FFMPEG_MESSAGE = re.compile(r"^\[([\w,.\-]+) @ 0x[0-9a-fA-F]+\] (.+)$")
+_NOT_DECODING = {"swscaler"}
 
 
 def ffmpeg_messages(log: str) -> list[str]:
-    """The FFmpeg messages in captured stderr text, without their `[codec @ address]` prefix."""
-    return [m.group(1).strip() for m in map(_FFMPEG_MESSAGE.match, log.splitlines()) if m]
+    """The demuxers' and decoders' messages in captured stderr text, without their `[codec @ address]`
+    prefix."""
+    return [m.group(2).strip() for m in map(_FFMPEG_MESSAGE.match, log.splitlines())
+            if m and m.group(1) not in _NOT_DECODING]
 
 
 _TRACK_KINDS = {b"soun": "audio", b"sbtl": "subtitle", b"subt": "subtitle", b"text": "text", b"meta": "metadata",
