@@ -1,5 +1,6 @@
 """`python tests/gcs_emulator.py start ...`: gcp-storage-emulator with Cloud Storage's generation
-preconditions, which it lacks.
+preconditions, which it lacks; `python tests/gcs_emulator.py proxy ...`: the TLS proxy TensorFlow needs to
+reach it (see tests/test_gcs.py), as a program of its own for a host of its own (tests/test_multihost.py).
 
 Cloud Storage refuses a write, read or delete that names `ifGenerationMatch=G` with 412 Precondition Failed
 unless the object's current generation is G (`0`: unless there is no such object). The output lease relies
@@ -50,6 +51,37 @@ def with_preconditions(handler):
 for _name in ("insert", "delete", "download", "get"):
     setattr(objects, _name, with_preconditions(getattr(objects, _name)))
 
+
+def serve_proxy(argv: list[str]) -> None:
+    """`proxy --listen ADDRESS:PORT --emulator HOST:PORT --certificate PEM --key PEM`: tests/test_gcs.py's proxy
+    (the two Cloud Storage hosts to the emulator, every other host refused), listening where other hosts reach
+    it rather than on the loopback of the test's own process."""
+    import argparse
+    import http.server
+    import ssl
+
+    from test_gcs import _ProxyHandler, _StorageProxy
+
+    class ListeningProxy(_StorageProxy):
+        def __init__(self, address: tuple[str, int], emulator: str, tls: ssl.SSLContext):
+            self.emulator, self.tls = emulator, tls
+            http.server.ThreadingHTTPServer.__init__(self, address, _ProxyHandler)
+
+    parser = argparse.ArgumentParser(prog="gcs_emulator.py proxy")
+    parser.add_argument("--listen", required=True, metavar="ADDRESS:PORT")
+    parser.add_argument("--emulator", required=True, metavar="HOST:PORT")
+    parser.add_argument("--certificate", required=True)
+    parser.add_argument("--key", required=True)
+    args = parser.parse_args(argv)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(args.certificate, args.key)
+    address, _, port = args.listen.rpartition(":")
+    ListeningProxy((address, int(port)), args.emulator, tls).serve_forever()
+
+
 if __name__ == "__main__":
-    # Imported only now, so its server module builds its routes from the wrapped handlers.
-    sys.exit(importlib.import_module("gcp_storage_emulator.__main__").main())
+    if sys.argv[1:2] == ["proxy"]:
+        serve_proxy(sys.argv[2:])
+    else:
+        # Imported only now, so its server module builds its routes from the wrapped handlers.
+        sys.exit(importlib.import_module("gcp_storage_emulator.__main__").main())
