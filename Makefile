@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz demo images test bench clean
+.PHONY: install browser graphviz iproute2 demo images test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,17 @@ graphviz:
 	  else echo "graphviz not installed and apt-get unavailable: model directories will have no model plot"; fi; \
 	fi
 
+# The multi-host test (tests/test_multihost.py) makes its hosts with `ip netns` and veth pairs, as root;
+# iproute2 is installed here when missing and apt-get can run. Without it, or without root, that test skips.
+iproute2:
+	@if ! command -v ip >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing iproute2 for the multi-host test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      iproute2 >/dev/null; \
+	  else echo "ip (iproute2) not installed and apt-get unavailable: the multi-host test will skip"; fi; \
+	fi
+
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
 images: demo browser
@@ -82,7 +93,7 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
-test: $(STAMP) browser
+test: $(STAMP) browser iproute2
 	$(PY) -m pytest -q tests
 
 clean:
