@@ -173,7 +173,8 @@ class _Counts:
 
 def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: float = 0.0) -> _Counts:
     """Count the records of `files` per label (and per label in the `held_out` share) from their contexts,
-    refusing a record whose feature dim, frame count or backbone differ from `spec`."""
+    refusing a record whose feature dim, frame count, backbone, image size or sampling differ from `spec`
+    (records of one sampling teach nothing about another's frames)."""
     counts = _Counts()
     threshold = validation_threshold(held_out)
     try:
@@ -181,13 +182,16 @@ def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: f
             ids, labels = batch["video_id"].numpy(), batch["label"].numpy()
             for key, expected, what in (("feature_dim", spec.feature_dim, "feature_dim"),
                                         ("max_seq_length", spec.max_seq_length, "frame count"),
-                                        ("backbone_id", spec.backbone_id.encode(), "backbone")):
+                                        ("backbone_id", spec.backbone_id.encode(), "backbone"),
+                                        ("image_size", spec.image_size, "image size"),
+                                        ("sampling", spec.sampling.encode(), "sampling")):
                 if len(bad := np.flatnonzero(batch[key].numpy() != expected)):
                     value = batch[key].numpy()[bad[0]]
                     value = repr(value.decode()) if isinstance(value, bytes) else int(value)
                     raise UserError(
                         f"{name} records: a record does not fit the others (feature_dim {spec.feature_dim}, "
-                        f"{spec.max_seq_length} frames, backbone {spec.backbone_id!r}): video "
+                        f"{spec.max_seq_length} frames, backbone {spec.backbone_id!r}, image size "
+                        f"{spec.image_size}, {spec.sampling} sampling): video "
                         f"{ids[bad[0]].decode()!r} has {what} {value}")
             held = split_buckets(batch["video_id"]).numpy() < threshold
             for label, video_id in zip(*np.unique(labels, return_index=True)):

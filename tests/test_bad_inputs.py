@@ -307,6 +307,29 @@ def test_predict_accounts_for_every_input_with_the_same_reasons(featurized, pred
         assert abs(sum(float(row[f"p_{label}"]) for label in labels) - 1.0) < 1e-4
 
 
+@pytest.mark.parametrize("sampling", ["uniform", "keyframes"])
+def test_both_samplings_give_the_corpus_the_same_accounting(corpus, sampling):
+    """The decode stage alone, per sampling: the same videos decode and the same reasons come out, whether
+    the reads seek or decode through."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    def reasons_match(rows):
+        found = {video_id: reason for video_id, _, reason in rows}
+        assert set(found) == set(EXPECTED_FAILURES), sorted(set(found) ^ set(EXPECTED_FAILURES))
+        for video_id, reason in found.items():
+            assert re.fullmatch(EXPECTED_FAILURES[video_id], reason), (video_id, reason)
+
+    with TestPipeline() as pipeline:
+        decoded = (pipeline | beam.Create(match_videos([str(corpus)]))
+                   | DecodeFrames(FrameOptions(FRAMES, IMAGE_SIZE, sampling, decode_timeout_s=60)))
+        assert_that(decoded[FAILURES], reasons_match, label="Failures")
+        assert_that(decoded.videos | beam.Map(lambda v: (v.ref.video_id, len(set(v.sampled.frame_indices)) ==
+                                                         len(v.sampled.frame_indices))),
+                    equal_to([(video_id, True) for video_id in SUCCEEDING]), label="Videos")
+
+
 def test_extensions_are_explicit_case_insensitive_and_overridable(corpus):
     everything = all_matched_ids(corpus)
     assert "good/notes.txt" not in everything and "good/extra.m4v" in everything

@@ -75,7 +75,20 @@ def test_the_counting_pass_refuses_records_that_do_not_fit(records, tmp_path):
     with pytest.raises(UserError) as raised:
         scan_records("training", [str(tmp_path / "mixed")])
     assert str(raised.value) == ("training records: a record does not fit the others (feature_dim 16, 8 frames, "
-                                 "backbone 'test-net'): video 'down-6-0' has feature_dim 8")
+                                 "backbone 'test-net', image size 224, uniform sampling): video 'down-6-0' has "
+                                 "feature_dim 8")
+
+
+def test_records_of_two_samplings_are_not_trained_together(tmp_path):
+    """uniform and keyframes records of the same backbone look alike but hold other frames: refused."""
+    import dataclasses
+
+    uniform = make_records(str(tmp_path / "u"), 2, seed=9)
+    keyframes = [dataclasses.replace(r, video_id=r.video_id + "-k", sampling="keyframes") for r in uniform[:1]]
+    write_records(str(tmp_path / "mixed"), uniform + keyframes, shards=1)
+    with pytest.raises(UserError, match=r"^training records: a record does not fit the others \(.*uniform "
+                                        r"sampling\): video 'down-9-0-k' has sampling 'keyframes'$"):
+        scan_records("training", [str(tmp_path / "mixed")])
 
 
 def test_the_vocabulary_is_labels_txt_beside_the_records_else_the_labels_found(records, tmp_path):

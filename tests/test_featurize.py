@@ -93,16 +93,17 @@ def test_corrupt_and_unlabelled_files_land_in_failures(clip_set, tmp_path):
 
 
 @pytest.mark.skipif(not REAL_VIDEOS.is_dir(), reason="../shared/real_videos is absent")
-def test_every_real_clip_yields_a_record_or_a_failure(tmp_path):
+@pytest.mark.parametrize("sampling", ["uniform", "keyframes"])
+def test_every_real_clip_yields_a_record(tmp_path, sampling):
     output = tmp_path / "real"
     featurize.run(featurize_args(REAL_VIDEOS, output, "--max-seq-length", "4", "--image-size", "32",
-                                 "--batch-size", "64"))
+                                 "--batch-size", "64", "--sampling", sampling))
     videos = [p for p in REAL_VIDEOS.rglob("*") if p.is_file() and p.suffix.lower() != ".md"]
     records, failed = read_records(output), failures(output)
-    assert len(records) + len(failed) == len(videos) > 20
-    assert all(row["reason"] for row in failed)
+    assert not failed and len(records) == len(videos) > 20
     for record in records.values():
-        assert 1 <= record.num_valid_frames <= 4 and record.frame_width > 0 and record.image_size == 32
+        assert record.num_valid_frames == 4 and record.frame_width > 0 and record.image_size == 32
+        assert record.sampling == sampling and len(set(record.frame_indices)) == 4
 
 
 def test_help_documents_every_flag_with_an_example():

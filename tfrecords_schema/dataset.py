@@ -20,7 +20,9 @@ from typing import Iterable, Sequence
 from tfrecords_schema.schema import (
     BACKBONE_ID_KEY,
     FEATURE_DIM_KEY,
+    IMAGE_SIZE_KEY,
     MAX_SEQ_LENGTH_KEY,
+    SAMPLING_KEY,
     VIDEO_ID_KEY,
     VIDEO_LABEL_KEY,
     RecordError,
@@ -181,6 +183,8 @@ def _context_features():
         FEATURE_DIM_KEY: tf.io.FixedLenFeature([], tf.int64),
         MAX_SEQ_LENGTH_KEY: tf.io.FixedLenFeature([], tf.int64),
         BACKBONE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_SIZE_KEY: tf.io.FixedLenFeature([], tf.int64),
+        SAMPLING_KEY: tf.io.FixedLenFeature([], tf.string),
     }
 
 
@@ -193,11 +197,13 @@ def parse_video_ids(serialized: tf.Tensor) -> tf.Tensor:
 
 def read_record_contexts(files: Sequence[str], batch_size: int = 1024) -> tf.data.Dataset:
     """Batches of what the records' contexts say, in file order, without decoding any frame: dicts of `[B]`
-    tensors `video_id`, `label` (string), `feature_dim`, `max_seq_length` (int64) and `backbone_id`."""
+    tensors `video_id`, `label` (string), `feature_dim`, `max_seq_length`, `image_size` (int64), `backbone_id`
+    and `sampling`."""
     import tensorflow as tf
 
     names = {VIDEO_ID_KEY: "video_id", VIDEO_LABEL_KEY: "label", FEATURE_DIM_KEY: "feature_dim",
-             MAX_SEQ_LENGTH_KEY: "max_seq_length", BACKBONE_ID_KEY: "backbone_id"}
+             MAX_SEQ_LENGTH_KEY: "max_seq_length", BACKBONE_ID_KEY: "backbone_id", IMAGE_SIZE_KEY: "image_size",
+             SAMPLING_KEY: "sampling"}
     features = _context_features()
     records = interleave_records(tf.data.Dataset.from_tensor_slices(list(files)), len(files))
     return records.batch(batch_size).map(
