@@ -312,4 +312,8 @@ def write_markdown(results: dict) -> str:
         lines += _engines(results["engines"])
     if "scale" in results:
         lines += _scale(results["scale"])
+    if "decoding" in results:
+        from bench.decoding import markdown
+
+        lines += markdown(results["decoding"])
     return "\n".join(lines)

@@ -31,6 +31,7 @@ all of it).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Callable
 
@@ -111,6 +112,21 @@ def keyframe_positions(num_frames: int, keyframes: np.ndarray, max_seq_length: i
     return picks
 
 
+_REFORMATTERS = threading.local()
+
+
+def _reformatter(size: int):
+    """This thread's scaler for output `size`: PyAV's `VideoFrame.reformat` builds a new one on every call,
+    which costs 25 times the scaling itself; a kept one is rebuilt only when the source size or format
+    changes."""
+    from av.video.reformatter import VideoReformatter
+
+    kept = getattr(_REFORMATTERS, "by_size", None)
+    if kept is None:
+        kept = _REFORMATTERS.by_size = {}
+    return kept.setdefault(size, VideoReformatter())
+
+
 def square_rgb(frame, size: int) -> np.ndarray:
     """A decoded PyAV frame of any size and pixel format -> RGB `[size, size, 3]` uint8: scaled (area
     averaging when shrinking) so that its shorter side is `size`, straight from the decoder's format, then
@@ -119,7 +135,8 @@ def square_rgb(frame, size: int) -> np.ndarray:
     side = min(width, height)
     scaled_w, scaled_h = max(size, round(width * size / side)), max(size, round(height * size / side))
     interpolation = "AREA" if side > size else "BILINEAR"
-    rgb = frame.reformat(width=scaled_w, height=scaled_h, format="rgb24", interpolation=interpolation).to_ndarray()
+    rgb = _reformatter(size).reformat(frame, width=scaled_w, height=scaled_h, format="rgb24",
+                                      interpolation=interpolation).to_ndarray()
     top, left = (scaled_h - size) // 2, (scaled_w - size) // 2
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 

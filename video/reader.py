@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ SEEK_COST = 4  # frames' worth of decoding that one seek costs (flush, thread re
 # through reads the file once, as decoding every frame without an index does (short clips, where opening
 # and demuxing the file again would cost a third of decoding it). Longer ones are read again.
 KEEP_PACKET_BYTES = 4 << 20
+DECODER_THREADS = min(len(os.sched_getaffinity(0)), 16) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class DecodeError(Exception):
@@ -69,8 +71,10 @@ def _open(path: str):
             reason = f"no video stream ({' and '.join(kinds)} streams only)" if kinds else "no streams at all"
         raise DecodeError(f"cannot open as a video: {reason}")
     stream = container.streams.video[0]
-    stream.codec_context.thread_type = "AUTO"  # FFmpeg's frame or slice threads, as many as there are cores
-    stream.codec_context.thread_count = 0
+    # FFmpeg's frame (or slice) threads, one per core this process may use: its own choice (thread_count 0)
+    # starts a thread more, which costs short clips more than it gains.
+    stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = DECODER_THREADS
     return container, stream
 
 
