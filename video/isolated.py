@@ -10,25 +10,47 @@ The child's stderr goes to a scratch file, and FFmpeg's own logger (not PyAV's P
 the GIL from FFmpeg's decoding threads) prints its warnings and errors there: what FFmpeg prints while a
 file is decoded tells a damaged file from one whose container merely states a wrong frame count, and makes
 a seeking read fall back to decoding through (see video.frames); it stays out of the job's log.
+
+`decode_segments` asks the same child for the frames of every window along a video (video.segments): the
+child sends them a chunk of windows at a time as it decodes, and the whole-video sample last. There the time
+limit applies to each message, not to the whole file: the child also reports that it is still decoding every
+`HEARTBEAT_S`, so a long video is never timed out for its length, only a decoder that stops making progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+import time
+from typing import Iterator
 
 from video.frames import DecodeError, SampledFrames, decode_and_sample
+from video.segments import WindowFrames, iter_segments
 
 _LOG = logging.getLogger(__name__)
 
 READY = "ready"
 START_TIMEOUT_S = 120.0
+HEARTBEAT_S = 1.0  # while decoding windows, the child says it is alive at least this often
 _LOG_LIMIT = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentRequest:
+    """Ask the child for every window of `window_s` seconds, every `stride_s` (see video.segments)."""
+
+    path: str
+    max_seq_length: int
+    image_size: int
+    sampling: str
+    window_s: float
+    stride_s: float
 
 
 def _stderr_to_scratch_file() -> int:
@@ -43,8 +65,26 @@ def _stderr_to_scratch_file() -> int:
     return log_fd
 
 
+def _send_segments(connection, request: SegmentRequest, decoder_log) -> None:
+    """("chunk", WindowFrames) for each chunk of windows, ("alive", None) while decoding takes long, and
+    ("ok", SampledFrames) last."""
+    last_sent = [time.monotonic()]
+
+    def alive() -> None:
+        if time.monotonic() - last_sent[0] >= HEARTBEAT_S:
+            connection.send(("alive", None))
+            last_sent[0] = time.monotonic()
+
+    for part in iter_segments(request.path, request.max_seq_length, request.image_size, request.sampling,
+                              request.window_s, request.stride_s, decoder_log=decoder_log, on_progress=alive):
+        connection.send(("chunk" if isinstance(part, WindowFrames) else "ok", part))
+        last_sent[0] = time.monotonic()
+
+
 def _serve(connection) -> None:
-    """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason).
+    """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason);
+    a SegmentRequest -> its windows' chunks, then ("ok", SampledFrames) (see `_send_segments`), or an error
+    after some chunks.
 
     Sends READY first, once its imports are done."""
     import av.logging
@@ -67,7 +107,10 @@ def _serve(connection) -> None:
             return
         os.ftruncate(log_fd, 0)
         try:
-            connection.send(("ok", decode_and_sample(*request, decoder_log=decoder_log)))
+            if isinstance(request, SegmentRequest):
+                _send_segments(connection, request, decoder_log)
+            else:
+                connection.send(("ok", decode_and_sample(*request, decoder_log=decoder_log)))
         except DecodeError as exc:
             connection.send(("error", str(exc)))
         except Exception as exc:  # a decoder error on a damaged file is the file's fault, not ours
@@ -142,15 +185,54 @@ class IsolatedDecoder:
 
     def decode(self, path: str, max_seq_length: int, image_size: int, sampling: str) -> SampledFrames:
         """Sample frames from the local file `path`; raise DecodeError with the reason on any failure."""
+        self._ensure_started()
+        status, value = self._exchange((path, max_seq_length, image_size, sampling))
+        if status == "error":
+            raise DecodeError(value)
+        return value
+
+    def decode_segments(self, path: str, max_seq_length: int, image_size: int, sampling: str, window_s: float,
+                        stride_s: float) -> Iterator[WindowFrames | SampledFrames]:
+        """Yield the windows of the local file `path` a chunk at a time as the child decodes them (WindowFrames),
+        then its whole-video sample (SampledFrames); raise DecodeError with the reason on any failure, which
+        may come after some chunks (see video.segments). `timeout_s` bounds the wait for each message.
+
+        A caller that stops iterating early has the child killed: it may still be sending."""
+        self._ensure_started()
+        finished = False
+        try:
+            message = self._exchange(SegmentRequest(path, max_seq_length, image_size, sampling, window_s, stride_s))
+            while True:
+                status, value = message
+                if status == "error":
+                    finished = True
+                    raise DecodeError(value)
+                if status == "chunk":
+                    yield value
+                elif status == "ok":
+                    finished = True
+                    yield value
+                    return
+                message = self._exchange(None)  # after a chunk, or the child's word that it is still decoding
+        finally:
+            if not finished:
+                self._stop(kill=True)
+
+    def _ensure_started(self) -> None:
         if self._process is None or not self._process.is_alive():
             self._stop(kill=True)
             self._start()
+
+    def _exchange(self, request) -> tuple[str, object]:
+        """Send `request` (None: nothing, just wait) and return the child's next message, waiting at most
+        `timeout_s`; DecodeError when it runs late (it is killed) or has died."""
         try:
-            self._connection.send((path, max_seq_length, image_size, sampling))
+            if request is not None:
+                self._connection.send(request)
             if not self._connection.poll(self.timeout_s):
                 self._stop(kill=True)
                 raise DecodeError(f"decoding timed out after {self.timeout_s:g}s (--decode-timeout)")
-            status, value = self._connection.recv()
+            return self._connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             code = None
             if self._process is not None:
@@ -159,9 +241,6 @@ class IsolatedDecoder:
             self._stop(kill=True)
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise DecodeError(f"the decoder crashed on this file ({how})") from None
-        if status == "error":
-            raise DecodeError(value)
-        return value
 
     def close(self) -> None:
         self._stop(kill=False)
