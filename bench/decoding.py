@@ -4,20 +4,22 @@ The corpus is encoded here (bench.hd_clips, PyAV's libx264, cached): 60 s clips 
 30 fps, a keyframe every 30, 60 and 250 frames; and the UCF101-like short clips of the sample clip
 generator. Per clip kind, in this process and interleaved kind by kind (`ROUNDS` rounds, medians):
 
-- `opencv_all_s`: today's method before PyAV, OpenCV decoding every frame (grab) and converting the 20 it
-  keeps; `pyav_all_s`: the same with PyAV (frame threads on, as the product decodes), converting the 20;
+- `opencv_all_s`: the method before PyAV, OpenCV decoding every frame (grab) and converting the 20 it
+  keeps; `pyav_all_s`: the same with PyAV, threaded as the product decodes through, converting the 20;
 - `uniform_s`, `keyframes_s`: `video.frames.decode_and_sample` in each sampling, opening the file and reading
   its index included; `index_s` the index alone; `keyframes_read_s` decoding just the chosen keyframes;
 - `embed_s`: the job's default embedder on 20 frames (at the job's batch size), measured in the same run.
 
-Then the whole featurize job, one run per kind and sampling, on a folder of one short clip plus `COPIES`
-copies of the kind's clip, against a run on the short clip alone: one more video costs the job
-`(wall - wall alone) / COPIES`, and the job's videos/s is its inverse. Its ratio to the embedder's own
-videos/s at 20 frames a video says how close decoding now lets the job come to the embedder's speed.
+Then the whole featurize job, one run per kind and sampling, on a folder of one short clip plus n copies
+of the kind's clip (n: enough for about JOB_WORK_S seconds of work), against a run on the short clip alone:
+one more video costs the job `(wall - wall alone) / n`, and the job's videos/s is its inverse. Its ratio to
+the embedder's own videos/s at 20 frames a video says how close decoding lets the job come to the
+embedder's speed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -34,6 +36,8 @@ HD_KINDS = [(w, h, k) for w, h in ((1280, 720), (1920, 1080)) for k in (30, 60, 
 SHORT_SEED, SHORT_PER_CLASS = 31, 2  # 12 short clips
 ROUNDS = 2
 COPIES = 6
+MAX_COPIES = 60
+JOB_WORK_S = 10.0
 SAMPLINGS = ("uniform", "keyframes")
 TARGETS = {"keyframes_vs_opencv": 1 / 6, "keyframes_vs_limit": 1.5, "uniform_vs_pyav_all": 1.0,
            "uniform_speedup_hd_2s": 2.5}
@@ -81,17 +85,19 @@ def _opencv_all(path: str) -> float:
 
 
 def _pyav_all(path: str) -> float:
-    """Decode every frame with PyAV as the product configures it and convert the 20 uniform ones (the
+    """Decode every frame with PyAV as the product configures it to decode through (its thread count) and
+    convert the 20 uniform ones (the
     count from the container's header; no index pass)."""
     import av
 
     from video.frames import sample_frame_indices, square_rgb
-    from video.reader import DECODER_THREADS
+    from video.reader import _set_threads
 
     started = time.perf_counter()
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.codec_context.thread_type, stream.codec_context.thread_count = "AUTO", DECODER_THREADS
+        stream.codec_context.thread_type = "AUTO"
+        _set_threads(stream.codec_context, seeking=False)
         wanted = set(sample_frame_indices(stream.frames, FRAMES))
         np.stack([square_rgb(frame, IMAGE_SIZE) for count, frame in enumerate(container.decode(stream))
                   if count in wanted])
@@ -186,17 +192,26 @@ def _job(name: str, folder: Path, sampling: str) -> dict:
     return {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "load_before": run.load_before}
 
 
-def _jobs(kinds: dict[str, list[Path]], short_clips: list[Path]) -> dict:
-    """Per kind and sampling, the job's cost of one more video: (wall with COPIES more - wall alone) / COPIES
-    (the short kind: all its clips), against a baseline run before and after."""
+def copies_for(estimate_s: float) -> int:
+    """How many copies of a clip make the job's extra work about JOB_WORK_S seconds (from the in-process
+    estimate of one video), so that the job's start-up, which varies by a second or so, does not swamp a
+    cheap video's cost: from COPIES to MAX_COPIES."""
+    return max(COPIES, min(MAX_COPIES, math.ceil(JOB_WORK_S / max(estimate_s, 1e-3))))
+
+
+def _jobs(kinds: dict[str, list[Path]], short_clips: list[Path], estimates: dict[tuple[str, str], float]) -> dict:
+    """Per kind and sampling, the job's cost of one more video: (wall with n more - wall alone) / n (the short
+    kind: all its clips, several times over), against a baseline run before and after."""
     alone_folder = _job_folder("alone", short_clips[0], [])
     runs = {"alone_before": _job("alone before", alone_folder, "uniform")}
     for name, paths in kinds.items():
-        clips = paths[1:] if name == "short sample clips" else paths * COPIES
-        folder = _job_folder(name, short_clips[0], clips)
         for sampling in SAMPLINGS:
-            log(f"decoding benchmark: featurize job, {name}, {sampling}, load {load_average()}")
+            copies = copies_for(estimates[name, sampling] * len(paths))
+            clips = (paths * copies)[1:] if name == "short sample clips" else paths * copies
+            folder = _job_folder(f"{name} {sampling}", short_clips[0], clips)
+            log(f"decoding benchmark: featurize job, {name}, {sampling}, {len(clips)} videos, load {load_average()}")
             runs[f"{name} {sampling}"] = {**_job(f"{name} {sampling}", folder, sampling), "videos": len(clips)}
+            shutil.rmtree(folder)
     runs["alone_after"] = _job("alone after", alone_folder, "uniform")
     alone = (runs["alone_before"]["wall_s"] + runs["alone_after"]["wall_s"]) / 2
     for key, run in runs.items():
@@ -214,8 +229,10 @@ def measure() -> dict:
     short_clips = sorted(p for p in short_dir.rglob("*") if p.suffix in (".mp4", ".avi"))
     kinds = {"short sample clips": short_clips, **{name: [path] for name, path in hd.items()}}
     in_process = _in_process(kinds)
-    jobs = _jobs(kinds, short_clips)
     embed_s = median(r["embed_s"] for r in in_process["rounds"])
+    estimates = {(name, sampling): float(np.mean([row[f"{sampling}_s"] for row in in_process["rounds"][-1][name]]))
+                 + embed_s for name in kinds for sampling in SAMPLINGS}
+    jobs = _jobs(kinds, short_clips, estimates)
     summary = {}
     for name in kinds:
         def med(key: str) -> float:
@@ -279,7 +296,8 @@ def markdown(d: dict) -> list[str]:
              "keyframe interval; moving shapes over a drifting gradient with per-frame grain), and the "
              f"generator's {SHORT_PER_CLASS * 6} short sample clips (96x72 to 320x240). {FRAMES} frames a video at {IMAGE_SIZE}x{IMAGE_SIZE}. Decode seconds are per video, in "
              f"one process, medians of {d['rounds']} interleaved rounds; the job's cost of one more video is "
-             f"(featurize wall with {d['copies']} copies - wall alone) / {d['copies']}. Embedder: {d['embedder']}, "
+             f"(featurize wall with n copies - wall alone) / n, n from {COPIES} to {MAX_COPIES} so that the copies "
+             f"take about {JOB_WORK_S:g} s (the n of each run is in results.json). Embedder: {d['embedder']}, "
              f"{d['embed_s_per_video']:.3f} s per video ({d['embedder_videos_per_s']:.1f} videos/s). Load "
              f"{d['load_start']} at the start, {d['load_end']} at the end. `python -m bench.run --only decoding` "
              "runs it alone.", "",

@@ -35,6 +35,7 @@ SEEK_COST = 4  # frames' worth of decoding that one seek costs (flush, thread re
 # through reads the file once, as decoding every frame without an index does (short clips, where opening
 # and demuxing the file again would cost a third of decoding it). Longer ones are read again.
 KEEP_PACKET_BYTES = 4 << 20
+SMALL_FRAME_PIXELS = 640 * 480
 DECODER_THREADS = min(len(os.sched_getaffinity(0)), 16) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -71,11 +72,21 @@ def _open(path: str):
             reason = f"no video stream ({' and '.join(kinds)} streams only)" if kinds else "no streams at all"
         raise DecodeError(f"cannot open as a video: {reason}")
     stream = container.streams.video[0]
-    # FFmpeg's frame (or slice) threads, one per core this process may use: its own choice (thread_count 0)
-    # starts a thread more, which costs short clips more than it gains.
-    stream.codec_context.thread_type = "AUTO"
-    stream.codec_context.thread_count = DECODER_THREADS
+    stream.codec_context.thread_type = "AUTO"  # FFmpeg's frame threads, or slice threads where it has none
     return container, stream
+
+
+def _set_threads(codec, seeking: bool) -> None:
+    """Decoder threads for what comes, set before the codec opens (it cannot change after): one for small
+    frames, where starting threads costs more than they give (4.0 ms against 5.1 ms a 40-frame 320x240 clip
+    with two); one per core to decode through; one more to seek, which drains the threads at every wanted
+    frame and refills them after (measured on 60 s 720p: 0.58-0.65 s with three against 0.64-0.71 with two)."""
+    if codec.is_open:
+        return
+    if codec.width * codec.height < SMALL_FRAME_PIXELS:
+        codec.thread_count = 1
+    else:
+        codec.thread_count = DECODER_THREADS + 1 if seeking else DECODER_THREADS
 
 
 class VideoReader:
@@ -147,6 +158,7 @@ class VideoReader:
 
     def _read_seeking(self, plan: list[tuple[int, bool, int]], convert) -> ReadResult:
         container, stream, codec = self._container, self._stream, self._stream.codec_context
+        _set_threads(codec, seeking=True)
         taken: dict[int, tuple[Any, int | None]] = {}
         pending: collections.deque = collections.deque()
         packets, drained, decoded = None, False, 0
@@ -210,6 +222,7 @@ class VideoReader:
             self._container, self._stream = _open(self.path)
             codec = self._stream.codec_context
             packets = self._container.demux(self._stream)
+        _set_threads(codec, seeking=False)
         wanted = set(positions)
         last = positions[-1] if positions else -1
         taken: dict[int, tuple[Any, int | None]] = {}
