@@ -154,3 +154,31 @@ def test_variable_frame_rate_times_come_from_the_timestamps(tmp_path):
         np.testing.assert_allclose(sampled.timestamps_s, times[sampled.frame_indices], atol=1e-3)
     uniform = decode_and_sample(str(path), 10, 32)
     np.testing.assert_array_equal(uniform.frames, np.stack([expected[i] for i in uniform.frame_indices]))
+
+
+@pytest.mark.parametrize("container_format, codec, name, method", [
+    ("m4v", "mpeg4", "raw.m4v", "seek"),  # a raw MPEG-4 stream: no container, timestamps from the demuxer
+    ("h264", "libx264", "raw.h264", "through"),  # raw H.264: packets without timestamps, an untrusted index
+    ("webm", "libvpx", "live.webm", "seek"),  # a live WebM: no duration, no frame count
+])
+def test_streams_without_a_container_index_or_duration(tmp_path, container_format, codec, name, method):
+    import av
+
+    from h264_clips import numbered_frame
+
+    path = str(tmp_path / name)
+    with av.open(path, "w", format=container_format, options={"live": "1"} if container_format == "webm" else {}) as out:
+        stream = out.add_stream(codec, rate=25, options={"g": "10"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(120):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(numbered_frame(i, 96, 64), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    for sampling in ("uniform", "keyframes"):
+        sampled = decode_and_sample(path, 8, 32, sampling)
+        count, expected = decode_every_frame(path, 32, lambda n: sampled.frame_indices)
+        assert sampled.decoded_frame_count == count == 120 and sampled.read_method == method
+        assert len(set(sampled.frame_indices)) == 8
+        np.testing.assert_array_equal(sampled.frames, np.stack([expected[i] for i in sampled.frame_indices]))
+    assert decode_and_sample(path, 8, 32).frame_indices == sample_frame_indices(120, 8)
