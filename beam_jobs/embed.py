@@ -3,7 +3,8 @@
 One embedder per worker process (shared across the DoFn's threads), built in `setup()` by
 `model.engines.make_embedder` from picklable `EmbedderOptions` (engine, precision, int8 calibration frames).
 A video's frames may span two batches; a video leaves the step once all its frames are embedded, its frames
-dropped unless `keep_frames`.
+dropped unless `keep_frames`. The chunks of windows of `predict --segments` (beam_jobs.segments) go through
+the same step as videos do; only whole videos count as videos embedded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs.decode import Video
 from beam_jobs.progress import Progress
 from model.engines import EmbedderOptions
+from video.segments import WindowFrames
 
 
 class FrameBatcher:
@@ -139,9 +141,10 @@ class EmbedFramesDoFn(beam.DoFn):
         features = self._embed(self._batcher.next_batch())
         self._batches.inc()
         done = self._batcher.finish_batch(features, self._keep_frames)
-        self._embedded.inc(len(done))
+        videos = sum(not isinstance(video.sampled, WindowFrames) for video in done)
+        self._embedded.inc(videos)
         if self._progress:
-            self._progress.count(frames=len(features), embedded=len(done))
+            self._progress.count(frames=len(features), embedded=videos)
         return done
 
     def teardown(self):

@@ -9,7 +9,9 @@ the object's generation (see `beam_jobs.matching`). A video whose listing change
 every video is read and fingerprinted again. Videos the previous run knew that are no longer listed are
 removed (their rows drop out; their per-video files and thumbnails are deleted when the run publishes).
 
-The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`).
+The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`), and of
+its segments.csv when it labelled windows (`predict --segments`): the segments of a carried-over video are
+carried over too, from a previous run with the same windows (`ReadPreviousSegments`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import apache_beam as beam
 from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef, parse_ref
 from beam_jobs.outputs import MANIFEST_FILE
+from beam_jobs.segments import SEGMENTS_FILE
 from common import fs
 from common.errors import UserError
 
@@ -39,12 +42,15 @@ CARRIED, REMOVED = "carried", "removed"
 @dataclasses.dataclass(frozen=True)
 class PreviousRun:
     """A finished earlier labelling run in the same output: which model made it, its labels.csv header, the
-    index files and whether it wrote per-video files."""
+    index files, whether it wrote per-video files, and the windows it labelled (SegmentOptions.manifest(),
+    None without --segments) with its segments.csv header."""
 
     model_id: str
     columns: tuple[str, ...]
     index_files: tuple[str, ...]
     per_video: bool
+    segments: dict | None = None
+    segment_columns: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, output: str) -> "PreviousRun | None":
@@ -56,19 +62,26 @@ class PreviousRun:
         if manifest.get("job") != "predict":
             raise UserError(f"{output} holds the output of a {manifest.get('job', 'different')} job; "
                             "pass --overwrite to replace it")
-        labels_path = fs.join(output, LABELS_FILE)
+        labels_path, segments_path = fs.join(output, LABELS_FILE), fs.join(output, SEGMENTS_FILE)
         index_files = tuple(fs.match(fs.join(output, INDEX_PATTERN))) or tuple(
             p for p in [fs.join(output, INDEX_FILE)] if fs.exists(p))
-        missing = [name for name, there in ((LABELS_FILE, fs.exists(labels_path)), (INDEX_FILE, index_files))
+        segments = manifest.get("segments")
+        missing = [name for name, there in ((LABELS_FILE, fs.exists(labels_path)), (INDEX_FILE, index_files),
+                                            (SEGMENTS_FILE, not segments or fs.exists(segments_path)))
                    if not there]
         if missing:
             _LOG.warning("the previous run in %s is incomplete (no %s): labelling every video again", output,
                          " and no ".join(missing))
             return None
-        with fs.open_read(labels_path) as raw:
-            header = next(csv.reader([io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()]), [])
-        return cls(model_id=manifest.get("model_id", ""), columns=tuple(header), index_files=index_files,
-                   per_video=bool(manifest.get("options", {}).get("per_video")))
+        return cls(model_id=manifest.get("model_id", ""), columns=_header(labels_path), index_files=index_files,
+                   per_video=bool(manifest.get("options", {}).get("per_video")), segments=segments,
+                   segment_columns=_header(segments_path) if segments else ())
+
+
+def _header(path: str) -> tuple[str, ...]:
+    """The header of a CSV file, reading its first line only."""
+    with fs.open_read(path) as raw:
+        return tuple(next(csv.reader([io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()]), []))
 
 
 def parse_row(line: str, columns: tuple[str, ...]) -> tuple[str, dict]:
@@ -102,6 +115,19 @@ class ReadPreviousRun(beam.PTransform):
             | "ParseLabels" >> beam.Map(parse_row, columns)
         )
         return entries, rows
+
+
+class ReadPreviousSegments(beam.PTransform):
+    """The previous run's segments.csv rows, keyed by video id."""
+
+    def __init__(self, output: str, previous: PreviousRun):
+        super().__init__()
+        self._output, self._previous = output, previous
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ReadSegments" >> beam.io.ReadFromText(fs.join(self._output, SEGMENTS_FILE), skip_header_lines=1)
+                | "ParseSegments" >> beam.Map(parse_row, self._previous.segment_columns))
 
 
 def unchanged(entry: dict | None, ref: VideoRef) -> bool:

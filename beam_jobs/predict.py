@@ -8,7 +8,10 @@ per class, model_id; sorted by video id), failures.csv, report.html (a page to s
 thumbnails of the sampled frames, label, confidence, top-k, sortable; see beam_jobs.report), thumbnails/
 (the report's thumbnail strips, one JPEG per video), manifest.json (written last), index.jsonl (what the
 next scheduled run needs), and with --per-video one CSV per video under per_video/, mirroring the input
-layout. Everything appears together when the run finishes.
+layout. With --segments SECONDS, also a label for every window of SECONDS along each video (see
+beam_jobs.segments and docs/SEGMENTS.md): segments.csv, events.csv (runs of one label, for annotation tools),
+tracks/<video id>.vtt (WebVTT, for players) and a timeline per video in the report. Everything appears
+together when the run finishes.
 
 Scheduled runs are incremental: re-running the same command on the same --output processes only videos that
 are new or changed (by size and modification time, then by content fingerprint) and copies the rows (and
@@ -33,9 +36,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs, report
+from beam_jobs import segments as seg
 from beam_jobs.classify import VideoClassifierHandler, record_model_input, video_model_input
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
+from beam_jobs.events import TRACKS_DIR
 from beam_jobs.calibration import calibrate
 from beam_jobs.flags import add_engine_flags, add_frame_flags, parse_extensions, validate_engine_args, validate_frame_args
 from beam_jobs.incremental import (
@@ -44,6 +49,7 @@ from beam_jobs.incremental import (
     REMOVED,
     PlanIncremental,
     PreviousRun,
+    ReadPreviousSegments,
     SplitKnownContentDoFn,
     index_entry,
 )
@@ -70,6 +76,10 @@ EXAMPLES = """examples:
   # label a folder of videos with a trained model (offline demo weights are taken from the model):
   python -m beam_jobs.predict --input data/new --model models/run1 --output labels/new
 
+  # also label every 10 s window along each video (segments.csv, events.csv, tracks/*.vtt):
+  python -m beam_jobs.predict --input data/long --model models/run1 --output labels/long --segments 10 \\
+      --min-confidence 0.5
+
   # label existing feature records, skipping decoding:
   python -m beam_jobs.predict --features 'features/test/features-*.tfrecord' --model models/run1 \\
       --output labels/test --top-k 5 --min-confidence 0.5
@@ -90,6 +100,7 @@ class Branch(NamedTuple):
     removed: beam.PCollection  # ids of videos the previous run knew that are no longer listed
     counts: dict  # name -> PCollection of one int, the fields of publish_labels.Counts
     rows_read: beam.PCollection  # the rows of videos read in this run (not carried over)
+    segments: seg.SegmentOutputs | None = None  # with --segments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=3, help="label:probability pairs in top_k (default: %(default)s)")
     parser.add_argument("--min-confidence", type=float, default=0.0,
                         help=f"below this probability the label is '{UNKNOWN_LABEL}' (default: %(default)s)")
+    parser.add_argument("--segments", type=float, default=None, metavar="SECONDS",
+                        help="also label every window of SECONDS along each video, sampled as the model's records "
+                             "were: segments.csv, events.csv and tracks/<video id>.vtt (videos only)")
+    parser.add_argument("--segment-stride", type=float, default=None, metavar="SECONDS",
+                        help="--segments: a window starts every SECONDS (default: the window's length, no overlap)")
     parser.add_argument("--per-video", action="store_true", help="also write per_video/<video id>.csv")
     parser.add_argument("--classifier-batch-size", type=int, default=64,
                         help="videos per classifier call in RunInference (default: %(default)s)")
@@ -138,7 +154,28 @@ def _parse(argv):
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if not 0.0 <= args.min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be within 0..1, got {args.min_confidence}")
+    _check_segment_args(args)
     return args, beam_args
+
+
+def _check_segment_args(args) -> None:
+    if args.segments is None:
+        if args.segment_stride is not None:
+            raise UserError("--segment-stride needs --segments SECONDS")
+        return
+    if args.features:
+        raise UserError("--segments labels windows of videos, and feature records hold no frames: give --input "
+                        "videos, or drop --segments")
+    for flag, value in (("--segments", args.segments), ("--segment-stride", args.segment_stride)):
+        if value is not None and not (0 < value < float("inf")):
+            raise UserError(f"{flag} must be a positive number of seconds, got {value:g}")
+
+
+def segment_options(args) -> seg.SegmentOptions | None:
+    """The windows --segments and --segment-stride ask for (None without --segments)."""
+    if args.segments is None:
+        return None
+    return seg.SegmentOptions(args.segments, args.segment_stride or args.segments)
 
 
 def run(argv: list[str] | None = None):
@@ -179,8 +216,9 @@ def run(argv: list[str] | None = None):
             result.wait_until_finish()
     if args.show:
         print(describe_rows(fs.join(args.output, LABELS_FILE), args.show))
-    print(f"predict: outputs in {args.output} ({LABELS_FILE}, {report.REPORT_FILE}, {outputs.FAILURES_FILE}, "
-          f"{outputs.MANIFEST_FILE})")
+    segment_files = f"{seg.SEGMENTS_FILE}, {seg.EVENTS_FILE}, {TRACKS_DIR}/, " if args.segments else ""
+    print(f"predict: outputs in {args.output} ({LABELS_FILE}, {segment_files}{report.REPORT_FILE}, "
+          f"{outputs.FAILURES_FILE}, {outputs.MANIFEST_FILE})")
     return result
 
 
@@ -231,6 +269,18 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
     wipe = [report.THUMBNAILS_DIR] if args.overwrite or args.features else []
     if args.overwrite or args.features or not args.per_video or (previous is not None and not previous.per_video):
         wipe.append(PER_VIDEO_DIR)
+    windows = segment_options(args)
+    segment_columns = tuple(seg.segment_columns(labels)) if windows else ()
+    side_inputs = {}
+    if windows:
+        side_inputs = {name: beam.pvalue.AsList(lines | f"{label}Lines" >> beam.Map(lambda kv: (kv[0], csv_line(kv[1])))
+                                                | f"Write{label}Shards" >> WriteSortedShards(fs.join(parts, name)))
+                       for name, label, lines in (("segment_shards", "Segment", branch.segments.segment_lines),
+                                                  ("event_shards", "Event", branch.segments.event_lines))}
+        counts["tracks"] = _count(branch.segments.tracks | "StageTracks" >> beam.Map(seg.stage_track, staging),
+                                  "CountTracks")
+    if args.overwrite or not windows or previous is None or previous.segments != windows.manifest():
+        wipe.append(TRACKS_DIR)  # else the tracks of videos carried over stay, as their thumbnails do
     keyed_counts = [pc | f"Name{name.title().replace('_', '')}" >> beam.Map(lambda v, n=name: (n, v))
                     for name, pc in counts.items()]
     finish = FinishPredict(
@@ -239,7 +289,9 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         no_thumbnail="no frames (labelled from feature records)" if args.features else "no thumbnail",
         manifest={"job": "predict", "inputs": list(args.input or args.features), "model": args.model,
                   "model_id": model_id, "labels": list(labels), "record_spec": dataclasses.asdict(spec),
-                  "embedding": embedding, "options": {k: v for k, v in vars(args).items() if k != "output"}},
+                  "embedding": embedding, "segments": windows.manifest() if windows else None,
+                  "options": {k: v for k, v in vars(args).items() if k != "output"}},
+        segment_columns=segment_columns,
     )
     _ = pipeline | "PublishOutputs" >> outputs.PublishOutputs(
         finish,
@@ -249,22 +301,35 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         label_shards=beam.pvalue.AsList(label_shards),
         failure_shards=beam.pvalue.AsList(failure_shards),
         removed_files=beam.pvalue.AsList(removed_files),
+        **side_inputs,
     )
 
 
 def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, staging: str) -> Branch:
     """Videos -> rows. Unchanged videos (by their listing) are carried over from the previous run without
-    reading them; those whose content is unchanged (by fingerprint) skip the model."""
-    carry = previous is not None and previous.model_id == fmt.model_id
+    reading them; those whose content is unchanged (by fingerprint) skip the model. With --segments, each
+    video's windows are labelled too (beam_jobs.segments); rows and segments are carried over only from a
+    previous run with the same windows."""
+    windows = segment_options(args)
+    carry = (previous is not None and previous.model_id == fmt.model_id
+             and (windows is None or previous.segments == windows.manifest()))
     plan = pipeline | "PlanIncremental" >> PlanIncremental(fs.join(staging, outputs.REFS_FILE), args.output,
                                                            previous, carry, args.verify)
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
     todo = plan.todo | "SpreadVideos" >> beam.Reshuffle()
-    decoded = todo | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging)
+    decode = (seg.DecodeSegments(frame_options, windows, job_id=staging) if windows
+              else DecodeFrames(frame_options, job_id=staging))
+    decoded = todo | "DecodeFrames" >> decode
     thumbnailed = decoded.videos | "MakeThumbnails" >> report.MakeThumbnails()
     split = thumbnailed.videos | "SplitKnownContent" >> beam.ParDo(SplitKnownContentDoFn()).with_outputs(
         SplitKnownContentDoFn.KNOWN, main="new")
-    embedded = split.new | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging)
+    to_embed = split.new
+    if windows:  # the windows' frames share the embedding step (and its batches) with the whole videos'
+        to_embed = (split.new, decoded[seg.CHUNKS]) | "WithWindowFrames" >> beam.Flatten()
+    embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging)
+    if windows:
+        embedded, window_frames = embedded | "SplitWindowFrames" >> beam.Partition(
+            lambda video, _: int(seg.is_window_frames(video)), 2)
     predictions = (embedded | "ModelInputs" >> beam.Map(video_model_input, spec.max_seq_length)
                    | "Classify" >> RunInference(handler))
     video_refs = embedded | "KeyRefs" >> beam.Map(lambda v: (v.ref.video_id, v.ref))
@@ -273,8 +338,17 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
     reused_rows = known | "KnownRows" >> beam.Map(lambda pair: pair[0])
     carried_rows = carried | "CarriedRows" >> beam.Map(lambda pair: pair[0])
     thumbnails = thumbnailed[report.THUMBNAILS] | "StageThumbnails" >> beam.Map(report.stage_thumbnail, staging)
+    segments = None
+    if windows:  # the rows come out of the join with their videos' segments, each with its timeline
+        previous_segments = (pipeline | "PreviousSegments" >> ReadPreviousSegments(args.output, previous) if carry
+                             else pipeline | "NoPreviousSegments" >> beam.Create([]))
+        segments = ((window_frames, new_rows, reused_rows, carried_rows, previous_segments)
+                    | "LabelSegments" >> seg.LabelSegments(handler, fmt, spec.max_seq_length, windows))
+        rows = segments.rows
+    else:
+        rows = (new_rows, reused_rows, carried_rows) | "AllRows" >> beam.Flatten()
     return Branch(
-        rows=(new_rows, reused_rows, carried_rows) | "AllRows" >> beam.Flatten(),
+        rows=rows,
         rows_read=(new_rows, reused_rows) | "RowsRead" >> beam.Flatten(),
         index=((embedded | "IndexNew" >> beam.Map(lambda v: index_entry(v.ref, v.fingerprint)),
                 known | "IndexKnown" >> beam.Map(lambda pair: pair[1]),
@@ -290,7 +364,9 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
             "frames_sampled": (thumbnailed.videos | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
                                | "SumFramesSampled" >> beam.CombineGlobally(sum)),
             "thumbnails": _count((thumbnails, carried) | "ThumbnailsShown" >> beam.Flatten(), "CountThumbnails"),
+            **(segments.counts if segments else {}),
         },
+        segments=segments,
     )
 
 

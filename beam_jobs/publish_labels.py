@@ -4,7 +4,8 @@ and everything staged moved into place with the manifest last (common.publish).
 It runs once, on one worker, and holds only what it is handed as small side inputs: counts, shard paths,
 and the few hundred rows the report shows. Rows, index entries, thumbnails and per-video files of a run of
 any size stream from files; thumbnails and per-video files of videos carried over from the previous run
-stay where they are, and those of removed videos are deleted.
+stay where they are, and those of removed videos are deleted. With --segments, segments.csv and events.csv
+are merged from their shards the same way, and the WebVTT tracks follow the rules of the thumbnails.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 import time
 
 from beam_jobs import outputs, report
+from beam_jobs.events import EVENT_COLUMNS, TRACKS_DIR, event_line_key, track_path
 from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN
 from beam_jobs.label_rows import LABELS_FILE, PER_VIDEO_DIR, UNKNOWN_LABEL, per_video_path
+from beam_jobs.segments import EVENTS_FILE, SEGMENTS_FILE, segment_line_key
 from beam_jobs.sinks import csv_key, csv_line, merge_sorted_shards
 from common import fs, publish
 
@@ -28,7 +31,8 @@ PARTS_DIR = "_parts"  # shards and lists inside staging that publishing reads bu
 @dataclasses.dataclass(frozen=True)
 class Counts:
     """What a run did, from Beam's counts: videos matched, labelled by the model, reused because their content
-    was known, carried over unread, failed, and the frames, thumbnails and per-video files it made."""
+    was known, carried over unread, failed, and the frames, thumbnails and per-video files it made; with
+    --segments, the segments and events written, the videos they cover and the WebVTT tracks written."""
 
     matched: int
     by_model: int
@@ -38,6 +42,10 @@ class Counts:
     frames_sampled: int = 0
     thumbnails: int = 0
     per_video: int = 0
+    segments: int = 0
+    events: int = 0
+    segment_videos: int = 0
+    tracks: int = 0
 
     @property
     def labelled(self) -> int:
@@ -58,8 +66,10 @@ class FinishPredict:
     carried_thumbnails: bool = True  # thumbnails of carried videos stay in the output
     started_at: float = 0.0  # time.time() when the job was launched
     no_thumbnail: str = "no frames"  # what the report shows for a video without a thumbnail
+    segment_columns: tuple[str, ...] = ()  # segments.csv's, with --segments
 
-    def __call__(self, counts, summary, label_shards, failure_shards, removed_files=()):
+    def __call__(self, counts, summary, label_shards, failure_shards, removed_files=(), segment_shards=(),
+                 event_shards=()):
         counts = Counts(**counts)
         self._check_accounting(counts, summary, label_shards)
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
@@ -67,11 +77,18 @@ class FinishPredict:
                             csv_line(self.columns))
         merge_sorted_shards([p for p, _ in failure_shards], fs.join(self.staging, outputs.FAILURES_FILE), csv_key,
                             csv_line(outputs.FAILURE_COLUMNS))
+        if self.segment_columns:
+            merge_sorted_shards([p for p, _ in segment_shards], fs.join(self.staging, SEGMENTS_FILE),
+                                segment_line_key, csv_line(self.segment_columns))
+            merge_sorted_shards([p for p, _ in event_shards], fs.join(self.staging, EVENTS_FILE),
+                                event_line_key, csv_line(EVENT_COLUMNS))
         page = self._report(counts, summary, seconds)
         fs.write_text(fs.join(self.staging, report.REPORT_FILE), page)
         manifest = dict(self.manifest, videos_matched=counts.matched, videos_labelled=counts.labelled,
                         labelled_this_run=counts.by_model, reused_from_previous_run=counts.carried + counts.reused_content,
                         failures=counts.failed, frames_sampled=counts.frames_sampled, seconds=round(seconds, 1),
+                        **({"segments_written": counts.segments, "events_written": counts.events}
+                           if self.segment_columns else {}),
                         finished_at=publish.now_utc(), package_versions=outputs.package_versions())
         staged = (path for path in fs.iter_files_under(self.staging) if self._published(path))
         outputs.check_lease(self.output, self.run_id)
@@ -90,12 +107,15 @@ class FinishPredict:
                 or summary["videos"] != counts.labelled or summary["failures"] != counts.failed):
             raise RuntimeError(f"accounting error: {counts.matched} matched, {counts.labelled} labelled "
                                f"({rows} rows), {counts.failed} failed")
+        if self.segment_columns and counts.segment_videos != counts.labelled:
+            raise RuntimeError(f"accounting error: {counts.labelled} videos labelled, {counts.segment_videos} "
+                               f"of them with segments")
 
     def _replaced(self, removed_files):
         """The previous run's files this run replaces: its single files, whole folders it rewrites, and the
         per-video files and thumbnails of videos no longer listed."""
         yield from (fs.join(self.output, name) for name in (LABELS_FILE, outputs.FAILURES_FILE, report.REPORT_FILE,
-                                                             INDEX_FILE))
+                                                             INDEX_FILE, SEGMENTS_FILE, EVENTS_FILE))
         yield from fs.match(fs.join(self.output, INDEX_PATTERN))
         yield from (fs.join(self.output, folder) for folder in self.wipe)
         for path in removed_files:
@@ -104,6 +124,7 @@ class FinishPredict:
                     video_id = line.rstrip("\n")
                     yield fs.join(self.output, per_video_path(video_id))
                     yield fs.join(self.output, report.thumbnail_path(video_id))
+                    yield fs.join(self.output, track_path(video_id))
 
     def _thumbnail(self, video_id: str) -> bytes | None:
         for folder in (self.staging, self.output if self.carried_thumbnails else None):
@@ -123,9 +144,13 @@ class FinishPredict:
             "Output": self.output,
             "Finished": f"{publish.now_utc()}, after {seconds:.0f} s",
         }
+        if windows := self.manifest.get("segments"):
+            facts["Segments"] = (f"{counts.segments} windows of {windows['window_s']:g} s every "
+                                 f"{windows['stride_s']:g} s over {counts.segment_videos} videos; {counts.events} "
+                                 f"events")
         return report.render_report(rows, [tuple(f) for f in summary["shown_failures"]], thumbnails, facts,
                                     unknown_label=UNKNOWN_LABEL, no_thumbnail=self.no_thumbnail,
-                                    totals=report.totals_from_summary(summary))
+                                    totals=report.totals_from_summary(summary), labels=self.manifest.get("labels", ()))
 
     def _log(self, counts: Counts, page: str, seconds: float) -> None:
         read = counts.by_model + counts.reused_content + counts.failed  # videos (or records) this run opened
@@ -141,4 +166,7 @@ class FinishPredict:
             files.insert(3, f"{report.THUMBNAILS_DIR}/ ({counts.thumbnails} JPEGs)")
         if counts.per_video:
             files.insert(3, f"{PER_VIDEO_DIR}/ ({counts.per_video} CSVs)")
+        if self.segment_columns:
+            files[1:1] = [f"{SEGMENTS_FILE} ({counts.segments} rows)", f"{EVENTS_FILE} ({counts.events})",
+                          f"{TRACKS_DIR}/ ({counts.tracks} WebVTT tracks written)"]
         _LOG.info("predict outputs in %s: %s", self.output, ", ".join(files))

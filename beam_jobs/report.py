@@ -13,6 +13,11 @@ real clips, 3.5 KB for the synthetic ones; base64 adds a third, so the page grow
 run that carries a video's row over from the previous run (the file did not change) carries its thumbnail
 over from there too, without reading the video again. Videos labelled from feature records
 (`--features`) have no frames, hence no thumbnail.
+
+With `predict --segments`, each row also shows the video's timeline: one strip across the row, coloured by
+the label of each stretch of windows (grey where it is `unknown`), the times and labels in its tooltip, and
+a legend of the colours above the table. The strip comes with the row (`TIMELINE`, made in the pipeline by
+`timeline_blocks`), at most `TIMELINE_BLOCKS` stretches however long the video, so the page stays small.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ THUMBNAIL_FRAMES = 8
 THUMBNAIL_SIDE = 48
 THUMBNAIL_GAP = 2
 JPEG_QUALITY = 70
+TIMELINE = "timeline"  # a labels.csv row's key for its video's timeline (predict --segments), not a CSV column
+TIMELINE_BLOCKS = 40
+UNKNOWN_COLOUR = "#d9d9d9"
 
 
 def thumbnail_strip(frames: np.ndarray, count: int = THUMBNAIL_FRAMES, side: int = THUMBNAIL_SIDE) -> bytes:
@@ -195,6 +203,82 @@ def _histogram_html(histogram: Sequence[int]) -> str:
             f"<th>Videos</th></tr></thead><tbody>{bars}</tbody></table>")
 
 
+# --- Timelines of labels along a video (predict --segments) ----------------------------------------------
+
+
+def _merged(spans: Iterable[tuple[float, float, str, float]]) -> list[tuple[float, float, str, float]]:
+    """Neighbouring spans of one label as one, with their duration-weighted mean confidence."""
+    blocks: list[list] = []
+    for start, end, label, confidence in spans:
+        if blocks and blocks[-1][2] == label:
+            block = blocks[-1]
+            weight, extra = block[1] - block[0], end - start
+            block[3] = (block[3] * weight + confidence * extra) / (weight + extra) if weight + extra else confidence
+            block[1] = end
+        else:
+            blocks.append([start, end, label, confidence])
+    return [tuple(block) for block in blocks]
+
+
+def timeline_blocks(spans: Sequence[tuple], most: int = TIMELINE_BLOCKS) -> list[tuple]:
+    """A video's windows' stretches (start_s, end_s, label, confidence; beam_jobs.events.window_spans), in
+    order -> its timeline: (start_s, end_s, label, mean confidence) for each run of stretches with one label
+    (`unknown` too), at most `most`: a longer timeline is cut into `most` equal parts, each with the label
+    shown longest in it."""
+    blocks = _merged(spans)
+    if len(blocks) > most:
+        end = blocks[-1][1]
+        coarse = []
+        for k in range(most):
+            low, high = end * k / most, end * (k + 1) / most
+            shown: dict[str, list[float]] = {}
+            for start, stop, label, confidence in blocks:
+                overlap = min(stop, high) - max(start, low)
+                if overlap > 0:
+                    seen = shown.setdefault(label, [0.0, 0.0])
+                    seen[0] += overlap
+                    seen[1] += overlap * confidence
+            label, (duration, weighted) = max(shown.items(), key=lambda item: item[1][0])
+            coarse.append((low, high, label, weighted / duration))
+        blocks = _merged(coarse)
+    return [(round(start, 3), round(end, 3), label, round(confidence, 4)) for start, end, label, confidence in blocks]
+
+
+def label_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per label (hues spread by the golden angle, in vocabulary order); `unknown` is grey."""
+    return {label: f"hsl({(137.508 * i) % 360:.0f}, 60%, 55%)" for i, label in enumerate(labels)}
+
+
+def _clock(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
+
+
+def _timeline_html(blocks: Sequence[Sequence], colours: Mapping[str, str], unknown_label: str) -> str:
+    end = max(float(blocks[-1][1]), 1e-9)
+
+    def colour(label):
+        return UNKNOWN_COLOUR if label == unknown_label else colours.get(label, UNKNOWN_COLOUR)
+
+    stops = ",".join(f"{colour(label)} {100 * float(start) / end:.2f}% {100 * float(stop) / end:.2f}%"
+                     for start, stop, label, _ in blocks)
+    title = "\n".join(f"{_clock(float(start))}-{_clock(float(stop))} {label} {_percent(float(confidence))}"
+                      for start, stop, label, confidence in blocks)
+    length = f"{end:.1f} s" if end < 60 else _clock(end)
+    return (f'<td class="timeline"><div style="background:linear-gradient(90deg,{stops})" '
+            f'title="{_e(title)}"></div><span>0</span><span class="end">{length}</span></td>')
+
+
+def _legend_html(rows: Sequence[Mapping], colours: Mapping[str, str], unknown_label: str) -> str:
+    shown = sorted({block[2] for row in rows for block in row.get(TIMELINE) or ()},
+                   key=lambda label: (label == unknown_label, label))
+    items = "".join(f'<span class="swatch" style="background:'
+                    f'{UNKNOWN_COLOUR if label == unknown_label else colours.get(label, UNKNOWN_COLOUR)}"></span>'
+                    f"{_e(label)}" for label in shown)
+    return f'<p class="legend">Timeline: {items}</p>'
+
+
 # --- The page ------------------------------------------------------------------------------------------
 
 _STYLE = """
@@ -222,6 +306,10 @@ tr.unknown td.label { color: #b00; font-style: italic; }
 ol.topk { margin: 0; padding-left: 1.4em; white-space: nowrap; }
 ol.topk li span { color: #555; font-variant-numeric: tabular-nums; }
 .hint { color: #666; font-size: .9em; }
+td.timeline { width: 18em; } td.timeline div { height: 1.1em; border-radius: 3px; background: #eee; }
+td.timeline span { color: #777; font-size: .8em; } td.timeline span.end { float: right; }
+.legend .swatch { display: inline-block; width: .9em; height: .9em; border-radius: 2px; vertical-align: -.1em;
+                  margin: 0 .3em 0 .9em; }
 """
 
 _SCRIPT = """
@@ -291,7 +379,8 @@ def _meter_colour(confidence: float) -> str:
     return f"hsl({round(120 * min(max(confidence, 0.0), 1.0))}, 65%, 62%)"
 
 
-def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str, unknown_label: str) -> str:
+def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str, unknown_label: str,
+              colours: Mapping[str, str] | None = None) -> str:
     video_id, label = row["video_id"], row["label"]
     confidence = float(row["confidence"])
     if thumbnail:
@@ -304,6 +393,10 @@ def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str
     name = f'<a href="{_e(link)}">{_e(video_id)}</a>' if link else _e(video_id)
     top = "".join(f"<li>{_e(l)} <span>{_percent(p)}</span></li>" for l, p in parse_top_k(row["top_k"]))
     classes = ' class="unknown"' if label == unknown_label else ""
+    timeline = ""
+    if colours is not None:
+        blocks = row.get(TIMELINE)
+        timeline = _timeline_html(blocks, colours, unknown_label) if blocks else '<td class="timeline"></td>'
     return (
         f'<tr data-video-id="{_e(video_id)}"{classes}>{strip}'
         f'<td class="video" data-value="{_e(video_id)}" title="{_e(row.get("video_uri", ""))}">{name}</td>'
@@ -311,7 +404,7 @@ def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str
         f'<td class="confidence" data-value="{confidence:.6f}"><div class="meter">'
         f'<span style="width:{100 * confidence:.1f}%;background:{_meter_colour(confidence)}"></span>'
         f"<b>{_percent(confidence)}</b></div></td>"
-        f'<td><ol class="topk">{top}</ol></td></tr>'
+        f'<td><ol class="topk">{top}</ol></td>{timeline}</tr>'
     )
 
 
@@ -346,11 +439,13 @@ def render_report(
     unknown_label: str = "unknown",
     no_thumbnail: str = "no frames",
     totals: "ReportTotals | None" = None,
+    labels: Sequence[str] = (),
 ) -> str:
     """The report page. `rows` are the labels.csv rows shown (strings, as written), `failures` the
     (video_id, uri, reason) shown, `thumbnails` JPEG strips by video id (rows without one show
     `no_thumbnail`), `summary` the facts shown at the top, in order (name -> value). `totals` are the whole
-    run's counts when `rows` and `failures` are only the part shown; by default they are counted from them."""
+    run's counts when `rows` and `failures` are only the part shown; by default they are counted from them.
+    Rows with a `TIMELINE` give the table a timeline column, coloured by `labels` (the model's vocabulary)."""
     rows = sorted(rows, key=lambda r: r["video_id"])
     failures = sorted(failures)
     totals = totals or ReportTotals.of(rows, len(failures))
@@ -362,7 +457,12 @@ def render_report(
         f'<tr><td>{_e(label)}</td><td class="num">{count}</td><td class="num">{_percent(count / labelled)}</td></tr>'
         for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     )
-    body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label) for r in rows)
+    colours = label_colours(labels or sorted({b[2] for r in rows for b in r.get(TIMELINE) or ()}))
+    timelines = any(r.get(TIMELINE) for r in rows)
+    body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label,
+                                    colours if timelines else None) for r in rows)
+    legend = _legend_html(rows, colours, unknown_label) if timelines else ""
+    timeline_header = "<th>Timeline</th>" if timelines else ""
     failure_section = _failure_section(failures, totals.failures)
     capped = totals.videos > len(rows)
     videos_heading = f"{len(rows)} least confident of {totals.videos}" if capped else f"{len(rows)}"
@@ -387,12 +487,13 @@ def render_report(
 <h2 id="videos-heading">Videos ({videos_heading})</h2>
 <p class="hint">{shown_hint}Click a column header to sort by it; the first click on Confidence shows the least
 confident videos first.</p>
+{legend}
 <table id="labels">
 <thead><tr><th>Sampled frames</th>
 <th data-sort="text" aria-sort="ascending"><button type="button">Video</button></th>
 <th data-sort="text"><button type="button">Label</button></th>
 <th data-sort="number" data-first="ascending"><button type="button">Confidence</button></th>
-<th>Top {top_k}</th></tr></thead>
+<th>Top {top_k}</th>{timeline_header}</tr></thead>
 <tbody>
 {body_rows}
 </tbody>

@@ -3,12 +3,14 @@ test_report.py and test_runners.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
-from beam_jobs.predict import _parse, build_parser
+from beam_jobs.predict import _parse, build_parser, segment_options
 from beam_jobs.publish_labels import Counts, FinishPredict
+from beam_jobs.segments import SegmentOptions
 from beam_jobs.sinks import csv_key, csv_line
 from common.errors import UserError
 
@@ -38,6 +40,16 @@ def test_lost_or_extra_videos_are_an_accounting_error(counts, rows, message):
         finish()._check_accounting(counts, summary(counts.labelled, counts.failed), [("labels-0", rows)])
 
 
+def test_with_segments_every_labelled_video_must_have_segments():
+    finish_segments = FinishPredict(output="out", staging="out/.staging-x", run_id="run-x", columns=("video_id",),
+                                    manifest={"job": "predict"}, segment_columns=("video_id", "segment"))
+    counts = Counts(matched=3, by_model=2, reused_content=0, carried=1, failed=0, segments=7, segment_videos=3)
+    finish_segments._check_accounting(counts, summary(3, 0), [("labels-0", 3)])
+    with pytest.raises(RuntimeError, match=r"^accounting error: 3 videos labelled, 2 of them with segments$"):
+        finish_segments._check_accounting(dataclasses.replace(counts, segment_videos=2), summary(3, 0),
+                                          [("labels-0", 3)])
+
+
 def test_csv_lines_and_their_sort_key():
     line = csv_line(["a,b/c.mp4", "x", 'say "hi"'])
     assert line == '"a,b/c.mp4",x,"say ""hi"""\n' and csv_key(line) == "a,b/c.mp4"
@@ -51,6 +63,15 @@ def test_parser_defaults_and_shared_frame_flags():
     assert (args.top_k, args.min_confidence, args.per_video, args.classifier_batch_size) == (3, 0.0, False, 64)
     assert (args.weights, args.show, args.large_model) == (None, 0, False)
     assert (args.batch_size, args.decode_timeout, args.overwrite) == (32, 120.0, False)  # from beam_jobs.flags
+    assert (args.segments, args.segment_stride, segment_options(args)) == (None, None, None)
+
+
+def test_segment_stride_defaults_to_the_window():
+    args, _ = _parse(["--input", "v", "--model", "m", "--output", "o", "--segments", "10"])
+    assert segment_options(args) == SegmentOptions(10.0, 10.0)
+    args, _ = _parse(["--input", "v", "--model", "m", "--output", "o", "--segments", "10", "--segment-stride", "2.5"])
+    assert segment_options(args) == SegmentOptions(10.0, 2.5) and segment_options(args).manifest() == {
+        "window_s": 10.0, "stride_s": 2.5}
 
 
 def test_parser_values():
@@ -82,6 +103,13 @@ EITHER = "give either --input (videos) or --features (records), not both and not
     (["--input", "v", "--min-confidence", "1.5"], "--min-confidence must be within 0..1, got 1.5"),
     (["--input", "v", "--min-confidence", "-0.1"], "--min-confidence must be within 0..1, got -0.1"),
     (["--input", "v", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--features", "f", "--segments", "10"], "--segments labels windows of videos, and feature records hold no "
+                                              "frames: give --input videos, or drop --segments"),
+    (["--input", "v", "--segment-stride", "5"], "--segment-stride needs --segments SECONDS"),
+    (["--input", "v", "--segments", "0"], "--segments must be a positive number of seconds, got 0"),
+    (["--input", "v", "--segments", "10", "--segment-stride", "-1"],
+     "--segment-stride must be a positive number of seconds, got -1"),
+    (["--input", "v", "--segments", "nan"], "--segments must be a positive number of seconds, got nan"),
 ])
 def test_bad_flag_values_are_user_errors(extra, message):
     with pytest.raises(UserError) as caught:

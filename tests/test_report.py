@@ -254,6 +254,30 @@ def test_render_report_without_failures_says_so():
     assert '<p id="no-failures">' in page and "Failures (0)" in page
 
 
+def test_a_long_timeline_is_coarsened_to_its_longest_labels():
+    spans = [(float(k), float(k + 1), "a" if k % 10 else "b", 0.5 if k % 10 else 1.0) for k in range(1000)]
+    blocks = report.timeline_blocks(spans, most=20)
+    assert len(blocks) == 1 and blocks[0][:3] == (0.0, 1000.0, "a")  # b shows 1 s in every 50: never the most
+    mixed = [(float(k), float(k + 1), "ab"[(k // 100) % 2], 0.9) for k in range(1000)]
+    blocks = report.timeline_blocks(mixed, most=20)
+    assert [b[2] for b in blocks] == list("ababababab") and blocks[1][:2] == (100.0, 200.0)
+    assert report.timeline_blocks([(0.0, 5.0, "a", 0.5), (5.0, 10.0, "a", 1.0)]) == [(0.0, 10.0, "a", 0.75)]
+
+
+def test_rows_with_a_timeline_get_a_coloured_strip_and_a_legend():
+    timeline = [(0.0, 30.0, "cat", 0.9), (30.0, 45.0, "unknown", 0.3), (45.0, 90.0, "dog", 0.8)]
+    rows = [dict(label_row("a.mp4", "cat", 0.6, "cat:0.6;dog:0.4"), **{report.TIMELINE: timeline}),
+            label_row("b.mp4", "dog", 0.9, "dog:0.9;cat:0.1")]
+    page = report.render_report(rows, [], {}, {}, labels=("cat", "dog"))
+    colours = report.label_colours(("cat", "dog"))
+    strip = (f"linear-gradient(90deg,{colours['cat']} 0.00% 33.33%,{report.UNKNOWN_COLOUR} 33.33% 50.00%,"
+             f"{colours['dog']} 50.00% 100.00%)")
+    assert strip in page and 'title="0:00-0:30 cat 90.0%\n0:30-0:45 unknown 30.0%\n0:45-1:30 dog 80.0%"' in page
+    assert "<th>Timeline</th>" in page and page.count('<td class="timeline">') == 2  # b.mp4's is empty
+    assert '<span class="end">1:30</span>' in page and "</span>cat<span" in page and "</span>dog<span" in page
+    assert "Timeline" not in report.render_report(rows[1:], [], {}, {})
+
+
 # --- The predict job writes it -------------------------------------------------------------------------
 
 

@@ -1,0 +1,247 @@
+"""Labels along each video (`predict --segments SECONDS [--segment-stride SECONDS]`): every window of SECONDS,
+sampled the way the model's records were (video.segments), embedded and classified with the same model as
+the whole video, in the same pipeline.
+
+`DecodeSegments` decodes each video once for all its windows and the whole-video sample, in the isolated
+child: the windows leave a chunk at a time on the `window_frames` output (a `Video` whose `sampled` is a
+`video.segments.WindowFrames`, each distinct frame once), the whole video on the main output once its last
+chunk is out, so the frames in memory are a chunk's, never a video's. Both go through the one EmbedFrames
+step. `LabelSegments` turns the embedded chunks into one classifier input per window, classifies them with
+RunInference and joins the windows' rows with their video's labels.csv row by video id: segments of a video
+that failed after some chunks were decoded are dropped there, and a video whose row was carried over from the
+previous run (or whose content it knew) gets the previous run's segments. Incremental runs carry segments
+over only from a previous run with the same windows (`SegmentOptions.manifest()` in its manifest).
+
+Outputs: segments.csv (SEGMENT columns: a labels.csv row per window, with its index and its start and end in
+seconds of presentation time), events.csv and tracks/<video id>.vtt (beam_jobs.events), and each row of
+labels.csv carries its video's timeline for the report (`report.TIMELINE`, not a CSV column).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from beam_jobs import events as ev
+from beam_jobs import report
+from beam_jobs.classify import ModelInput
+from beam_jobs.decode import FAILURES, DecodeFramesDoFn, FrameOptions, Video
+from beam_jobs.label_rows import UNKNOWN_LABEL, RowFormat, format_label_row, probability_column
+from beam_jobs.report import parse_top_k
+from common import fs
+from video.frames import DecodeError
+from video.segments import WindowFrames
+
+SEGMENTS_FILE = "segments.csv"
+EVENTS_FILE = "events.csv"
+CHUNKS = "window_frames"  # the tag of DecodeSegments' output of windows' frames
+SEGMENT_BASE = ("video_id", "segment", "start_s", "end_s", "label", "confidence", "top_k")
+FROM_MODEL, FROM_PREVIOUS = "model", "previous"  # where a video's segments come from in this run
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentOptions:
+    """Windows of `window_s` seconds every `stride_s` seconds."""
+
+    window_s: float
+    stride_s: float
+
+    def manifest(self) -> dict:
+        """What the manifest records, and what an incremental run compares to carry segments over."""
+        return {"window_s": self.window_s, "stride_s": self.stride_s}
+
+
+def segment_columns(labels) -> list[str]:
+    return [*SEGMENT_BASE, *(probability_column(label) for label in labels), "model_id"]
+
+
+def segment_sort_key(video_id: str, index: int) -> str:
+    """segments.csv's order, as one string (the sinks shard by it): by video id, then window index."""
+    return f"{video_id}\x00{index:010d}"
+
+
+def segment_line_key(line: str) -> str:
+    """`segment_sort_key` of a segments.csv line."""
+    values = next(csv.reader([line]))
+    return segment_sort_key(values[0], int(values[1]))
+
+
+class DecodeSegmentsDoFn(DecodeFramesDoFn):
+    """(VideoRef, previous) -> the video's windows' frames, a chunk at a time on `window_frames`, then the
+    Video with its whole-video sample (main), or its failure. A video whose content the previous run labelled
+    (same fingerprint) has only its whole-video sample decoded: its segments are carried over."""
+
+    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0):
+        super().__init__(options, job_id, expected_videos)
+        self._segments = segments
+        self._windows = Metrics.counter("videos", "windows_decoded")
+        self._window_frames = Metrics.counter("videos", "window_frames")
+
+    def process(self, element):
+        ref, previous = element if isinstance(element, tuple) else (element, None)
+        o, path = self._options, None
+        try:
+            path, fingerprint = self._read(ref)
+            if os.path.getsize(path) == 0:
+                raise DecodeError("empty file (0 bytes)")
+            if previous and previous[0] == fingerprint:
+                sampled = self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+            else:
+                for part in self._decoder.decode_segments(path, o.max_seq_length, o.image_size, o.sampling,
+                                                          self._segments.window_s, self._segments.stride_s):
+                    sampled = part
+                    if isinstance(part, WindowFrames):
+                        self._windows.inc(len(part.windows))
+                        self._window_frames.inc(len(part.frame_indices))
+                        yield beam.pvalue.TaggedOutput(CHUNKS, Video(ref=ref, fingerprint=fingerprint, sampled=part))
+        except DecodeError as exc:
+            yield self._failure(ref, str(exc))
+            return
+        finally:
+            if path is not None and path != ref.uri:
+                os.remove(path)
+        self._decoded.inc()
+        self._frames.inc(len(sampled.frame_indices))
+        self._read_methods[sampled.read_method].inc()
+        yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
+
+
+class DecodeSegments(beam.PTransform):
+    """PCollection[(VideoRef, previous)] -> tagged outputs: main `videos` PCollection[Video] (the whole-video
+    sample), `window_frames` PCollection[Video] (chunks of windows), `failures` (id, uri, reason)."""
+
+    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0):
+        super().__init__()
+        self._dofn = DecodeSegmentsDoFn(options, segments, job_id, expected_videos)
+
+    def expand(self, refs):
+        return refs | "Decode" >> beam.ParDo(self._dofn).with_outputs(CHUNKS, FAILURES, main="videos")
+
+
+def is_window_frames(video: Video) -> bool:
+    return isinstance(video.sampled, WindowFrames)
+
+
+def window_model_inputs(video: Video, max_seq_length: int):
+    """An embedded chunk of windows -> ((video_id, window index, start_s, end_s), padded ModelInput) for each
+    of its windows with a frame that decoded."""
+    from tfrecords_schema import pad_features
+
+    chunk = video.sampled
+    for window in chunk.windows:
+        if rows := chunk.rows(window):
+            features, mask = pad_features(video.features[rows], max_seq_length)
+            yield (video.ref.video_id, window.index, window.start_s, window.end_s), ModelInput(features, mask)
+
+
+def format_segment_row(keyed_result, fmt: RowFormat) -> tuple[str, dict]:
+    """((video_id, index, start_s, end_s), PredictionResult) -> (video_id, segments.csv row)."""
+    (video_id, index, start_s, end_s), result = keyed_result
+    row = format_label_row(video_id, "", result.inference, fmt)
+    del row["video_uri"]
+    row.update(segment=str(index), start_s=f"{start_s:.3f}", end_s=f"{end_s:.3f}")
+    return video_id, row
+
+
+def relabelled(row: dict, min_confidence: float) -> dict:
+    """A segments.csv row of an earlier run with the label this run's --min-confidence gives it."""
+    best = parse_top_k(row["top_k"])[0][0]
+    return dict(row, label=best if float(row["confidence"]) >= min_confidence else UNKNOWN_LABEL)
+
+
+class JoinSegmentsDoFn(beam.DoFn):
+    """(video_id, {"row": [(source, labels.csv row)], "new": [segment rows], "old": [segment rows]}) -> main:
+    the row with its timeline; `segment_lines` and `event_lines` (sort key, CSV values); `tracks` (video_id,
+    WebVTT) for videos the model labelled in this run; `covered`: the id of each video with segments.
+
+    Segments without a row are of a video that failed, or of one no longer listed: they are dropped."""
+
+    SEGMENT_LINES, EVENT_LINES, TRACKS, COVERED = "segment_lines", "event_lines", "tracks", "covered"
+
+    def __init__(self, columns: tuple[str, ...], min_confidence: float, window_s: float):
+        self._columns, self._min_confidence, self._window_s = columns, min_confidence, window_s
+
+    def process(self, joined):
+        video_id, parts = joined
+        if not parts["row"]:
+            return
+        (source, row), = parts["row"]
+        if source == FROM_MODEL:
+            segments = list(parts["new"])
+        else:
+            segments = [relabelled(s, self._min_confidence) for s in parts["old"]]
+        segments.sort(key=lambda s: int(s["segment"]))
+        spans = ev.window_spans(segments, self._window_s)
+        events = ev.merge_events(spans)
+        for segment in segments:
+            yield beam.pvalue.TaggedOutput(self.SEGMENT_LINES, (segment_sort_key(video_id, int(segment["segment"])),
+                                                                [segment.get(c, "") for c in self._columns]))
+        for event in events:
+            yield beam.pvalue.TaggedOutput(self.EVENT_LINES, (ev.event_sort_key(video_id, event.start_s),
+                                                              ev.event_values(video_id, event)))
+        if source == FROM_MODEL:
+            yield beam.pvalue.TaggedOutput(self.TRACKS, (video_id, ev.webvtt(events)))
+        if segments:
+            yield beam.pvalue.TaggedOutput(self.COVERED, video_id)
+        yield dict(row, **{report.TIMELINE: report.timeline_blocks(spans)})
+
+
+class SegmentOutputs(NamedTuple):
+    rows: beam.PCollection  # every labels.csv row, with its video's timeline
+    segment_lines: beam.PCollection  # (sort key, segments.csv values)
+    event_lines: beam.PCollection  # (sort key, events.csv values)
+    tracks: beam.PCollection  # (video_id, WebVTT text), videos labelled by the model in this run
+    counts: dict  # segments, events, segment_videos: PCollections of one int
+
+
+class LabelSegments(beam.PTransform):
+    """(embedded window chunks, rows by the model, rows of known content, carried rows, the previous run's
+    segments keyed by video id) -> SegmentOutputs. Rows are carried over or known only from a previous run
+    with the same model and the same windows, whose segments are then the ones they get."""
+
+    def __init__(self, handler, fmt: RowFormat, max_seq_length: int, windows: SegmentOptions):
+        super().__init__()
+        self._handler, self._fmt, self._max_seq_length, self._windows = handler, fmt, max_seq_length, windows
+
+    def expand(self, inputs):
+        chunks, new_rows, known_rows, carried_rows, previous_segments = inputs
+        fmt = self._fmt
+        new_segments = (chunks
+                        | "WindowInputs" >> beam.FlatMap(window_model_inputs, self._max_seq_length)
+                        | "ClassifyWindows" >> RunInference(self._handler)
+                        | "FormatSegmentRows" >> beam.Map(format_segment_row, fmt))
+        tagged = [rows | f"Source{name}" >> beam.Map(lambda r, s=source: (r["video_id"], (s, r)))
+                  for name, source, rows in (("Model", FROM_MODEL, new_rows), ("Known", FROM_PREVIOUS, known_rows),
+                                             ("Carried", FROM_PREVIOUS, carried_rows))]
+        parts = {"row": tagged | "AllSources" >> beam.Flatten(), "new": new_segments, "old": previous_segments}
+        columns = tuple(segment_columns(fmt.labels))
+        joined = (parts
+                  | "JoinWithRows" >> beam.CoGroupByKey()
+                  | "PerVideo" >> beam.ParDo(JoinSegmentsDoFn(columns, fmt.min_confidence, self._windows.window_s)).with_outputs(
+                      *(getattr(JoinSegmentsDoFn, tag) for tag in ("SEGMENT_LINES", "EVENT_LINES", "TRACKS",
+                                                                   "COVERED")), main="rows"))
+        segment_lines, event_lines = joined[JoinSegmentsDoFn.SEGMENT_LINES], joined[JoinSegmentsDoFn.EVENT_LINES]
+
+        def count(pcoll, label):
+            return pcoll | label >> beam.combiners.Count.Globally()
+
+        return SegmentOutputs(
+            rows=joined.rows, segment_lines=segment_lines, event_lines=event_lines,
+            tracks=joined[JoinSegmentsDoFn.TRACKS],
+            counts={"segments": count(segment_lines, "CountSegments"), "events": count(event_lines, "CountEvents"),
+                    "segment_videos": count(joined[JoinSegmentsDoFn.COVERED], "CountSegmentVideos")},
+        )
+
+
+def stage_track(item: tuple[str, str], staging: str) -> str:
+    """Write one video's WebVTT track under `staging`; returns its path."""
+    video_id, text = item
+    path = fs.join(staging, ev.track_path(video_id))
+    fs.write_text(path, text)
+    return path
