@@ -12,7 +12,7 @@ that failed after some chunks were decoded are dropped there, and a video whose 
 previous run (or whose content it knew) gets the previous run's segments. Incremental runs carry segments
 over only from a previous run with the same windows (`SegmentOptions.manifest()` in its manifest).
 
-Outputs: segments.csv (SEGMENT columns: a labels.csv row per window, with its index and its start and end in
+Outputs: segments.csv (`segment_columns`: a labels.csv row per window, with its index and its start and end in
 seconds of presentation time), events.csv and tracks/<video id>.vtt (beam_jobs.events), and each row of
 labels.csv carries its video's timeline for the report (`report.TIMELINE`, not a CSV column).
 """

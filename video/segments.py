@@ -10,11 +10,13 @@ spread evenly (`uniform`), at keyframes (`keyframes`), or the first ones (`first
 starts (a frame shown for longer than the window) takes the frame on screen at its start.
 
 `iter_segments` reads the union of every window's positions and of the whole-video sample with the reader
-of video.reader: each frame is decoded and converted once, however many windows share it. It yields the
-windows a chunk at a time (`WindowFrames`: whole windows, at most `CHUNK_FRAMES` distinct frames), then the
-whole-video sample (`SampledFrames`, the frames `decode_and_sample` takes). Memory holds one chunk, the frames
-later chunks share with it and the whole-video sample, never all of a video's frames: a 10-hour video in 10 s
-windows of 20 frames samples 72,000 frames (3.5 GB at 128 px), read 256 at a time.
+of video.reader, in increasing order, in one pass: each sampled frame is decoded and converted once, however
+many windows share it (a chunk's read starts with a seek, so the frames between the keyframe before it and
+its first frame may be decoded a second time, unconverted). It yields the windows a chunk at a time
+(`WindowFrames`: whole windows, at most `CHUNK_FRAMES` distinct frames), then the whole-video sample
+(`SampledFrames`, the frames `decode_and_sample` takes). Memory holds one chunk, the frames later chunks share
+with it and the whole-video sample, never all of a video's frames: a 10-hour video in 10 s windows of 20
+frames samples 72,000 frames (3.5 GB at 128 px), read 256 at a time.
 
 An index that cannot be trusted (video.index) gives no timestamps to plan by: the file is decoded through
 once for every frame's timestamp, then once more for the frames (two passes, as rare as such files). When a
