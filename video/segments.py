@@ -42,7 +42,7 @@ from video.frames import (
     sample_frame_indices,
     square_rgb,
 )
-from video.reader import DECODER_THREADS, DecodeError, VideoReader
+from video.reader import DecodeError, VideoReader, _set_threads
 
 CHUNK_FRAMES = 256  # distinct frames a chunk of windows holds at most (a window more when one alone is more)
 PROGRESS_FRAMES = 256  # frames decoded through between two calls of `on_progress`
@@ -167,7 +167,8 @@ class _ReadThrough:
         container = av.open(path, metadata_errors="ignore")
         try:
             stream = container.streams.video[0]
-            stream.codec_context.thread_type, stream.codec_context.thread_count = "AUTO", DECODER_THREADS
+            stream.codec_context.thread_type = "AUTO"
+            _set_threads(stream.codec_context, seeking=False)  # the reader's rule for decoding through
             for packet in container.demux(stream):
                 try:
                     frames = stream.codec_context.decode(packet if packet.size else None)
