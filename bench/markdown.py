@@ -316,4 +316,8 @@ def write_markdown(results: dict) -> str:
         from bench.decoding import markdown
 
         lines += markdown(results["decoding"])
+    if "segments" in results:
+        from bench.segments import markdown
+
+        lines += markdown(results["segments"])
     return "\n".join(lines)

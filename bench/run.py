@@ -8,6 +8,7 @@
     python -m bench.run --only engines  # only the engine benchmark (issue 22), merged into results.json
     python -m bench.run --only scale    # only the bucket-scale re-runs (issue 23), likewise
     python -m bench.run --only decoding # only the long-HD-video decoding benchmark (issue 21), likewise
+    python -m bench.run --only segments # only the per-segment labelling benchmark (issue 28), likewise
 
 Targets are checked here and printed as PASS/FAIL; nothing here is a timed test of `make test`. The first
 run featurizes the accuracy clips and trains the accuracy models, which takes far longer than 10 minutes on
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, decoding, harness, labelling, scale, throughput, training
+from bench import accuracy, decoding, harness, labelling, scale, segments, throughput, training
 from bench.data import clip_set
 from bench.harness import REPO, load_average, log, machine, median
 from bench.markdown import write_markdown
@@ -375,6 +376,8 @@ def check_targets(results: dict) -> list[dict]:
         scale_targets(results["scale"], add)
     if "decoding" in results:
         decoding.check(results["decoding"], add)
+    if "segments" in results:
+        segments.check(results["segments"], add)
     return checks
 
 
@@ -443,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing; rewrite RESULTS.md from results.json")
-    parser.add_argument("--only", choices=["engines", "scale", "decoding"],
+    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments"],
                         help="run only this benchmark and merge it into results.json (the rest is kept)")
     args = parser.parse_args(argv)
     if args.render:
@@ -455,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.only == "scale":
         return only_scale()
-    if args.only == "decoding":
-        return only_decoding()
+    if args.only in ("decoding", "segments"):
+        return only_one(args.only)
     if args.only:
         return only_engines(settings)
     started = time.monotonic()
@@ -478,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     results["scale"] = scale.measure(list(scale.SIZES), scale.NEW)
     log("decoding long HD videos")
     results["decoding"] = decoding.measure()
+    log("labels along a long video")
+    results["segments"] = segments.measure()
 
     results["load_end"] = load_average()
     loads = [r[job]["load_before"][0] for r in results["featurize"]["rounds"] for job in ("job_8n", "job_n")]
@@ -540,18 +545,19 @@ def only_scale() -> int:
     return 0
 
 
-def only_decoding() -> int:
-    """`--only decoding`: the decoding benchmark, merged into results.json, keeping the rest."""
+def only_one(name: str) -> int:
+    """`--only decoding` or `--only segments`: that benchmark, merged into results.json, keeping the rest."""
+    module = {"decoding": decoding, "segments": segments}[name]
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
-    log(f"decoding benchmark, load {load_average()}")
-    results["decoding"] = decoding.measure()
-    results["decoding"].update(finished_at=_now(), machine=machine())
-    results.setdefault("machine", results["decoding"]["machine"])
+    log(f"{name} benchmark, load {load_average()}")
+    results[name] = module.measure()
+    results[name].update(finished_at=_now(), machine=machine())
+    results.setdefault("machine", results[name]["machine"])
     results["targets"] = check_targets(results)
     results = rounded(results)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS_MD.write_text(write_markdown(results))
-    _print_targets(results, "21")
+    _print_targets(results, {"decoding": "21", "segments": "28"}[name])
     return 0
 
 
