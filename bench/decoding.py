@@ -91,13 +91,13 @@ def _pyav_all(path: str) -> float:
     import av
 
     from video.frames import sample_frame_indices, square_rgb
-    from video.reader import _set_threads
+    from video.reader import set_decoder_threads
 
     started = time.perf_counter()
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
-        _set_threads(stream.codec_context, seeking=False)
+        set_decoder_threads(stream.codec_context, seeking=False)
         wanted = set(sample_frame_indices(stream.frames, FRAMES))
         np.stack([square_rgb(frame, IMAGE_SIZE) for count, frame in enumerate(container.decode(stream))
                   if count in wanted])

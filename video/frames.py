@@ -49,10 +49,10 @@ DEFAULT_VIDEO_EXTENSIONS = (
 )
 
 __all__ = ["DEFAULT_VIDEO_EXTENSIONS", "DecodeError", "SAMPLINGS", "SampledFrames", "decode_and_sample",
-           "keyframe_positions", "sample_frame_indices", "square_rgb"]
+           "keyframe_positions", "sample_frame_indices", "square_rgb", "tolerated_frame_shortfall"]
 
 
-def _tolerated_frame_shortfall(stated_count: int) -> int:
+def tolerated_frame_shortfall(stated_count: int) -> int:
     """Frames a sound file may decode short of its container's count (edit lists, decoder delay)."""
     return max(2, stated_count // 50)
 
@@ -190,7 +190,7 @@ def decode_and_sample(
         stated = reader.index.stated_count
         # Decoding threads print in no fixed order; the same file must give the same reason on every run.
         first_message = messages[0] if messages else ""
-        if messages and stated - count > _tolerated_frame_shortfall(stated) and sampling != "first":
+        if messages and stated - count > tolerated_frame_shortfall(stated) and sampling != "first":
             raise DecodeError(f"damaged or truncated video: decoding failed after {count} of the {stated} "
                               f"frames the container lists (FFmpeg: {first_message})")
         if result.frame_count is not None and count != reader.index.frame_count and count and sampling != "first":

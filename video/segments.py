@@ -37,12 +37,12 @@ import numpy as np
 from video.frames import (
     SAMPLINGS,
     SampledFrames,
-    _tolerated_frame_shortfall,
+    tolerated_frame_shortfall,
     keyframe_positions,
     sample_frame_indices,
     square_rgb,
 )
-from video.reader import DecodeError, VideoReader, _set_threads
+from video.reader import DecodeError, VideoReader, set_decoder_threads
 
 CHUNK_FRAMES = 256  # distinct frames a chunk of windows holds at most (a window more when one alone is more)
 PROGRESS_FRAMES = 256  # frames decoded through between two calls of `on_progress`
@@ -168,7 +168,7 @@ class _ReadThrough:
         try:
             stream = container.streams.video[0]
             stream.codec_context.thread_type = "AUTO"
-            _set_threads(stream.codec_context, seeking=False)  # the reader's rule for decoding through
+            set_decoder_threads(stream.codec_context, seeking=False)  # the reader's rule for decoding through
             for packet in container.demux(stream):
                 try:
                     frames = stream.codec_context.decode(packet if packet.size else None)
@@ -347,6 +347,6 @@ def _check_decoded(reader: VideoReader, errors: list[str], count: int, sampling:
     """Refuse a damaged or truncated file, by the rule of video.frames."""
     messages = sorted(set(errors + reader.log_errors()))
     stated = reader.index.stated_count
-    if messages and stated - count > _tolerated_frame_shortfall(stated) and sampling != "first":
+    if messages and stated - count > tolerated_frame_shortfall(stated) and sampling != "first":
         raise DecodeError(f"damaged or truncated video: decoding failed after {count} of the {stated} frames "
                           f"the container lists (FFmpeg: {messages[0]})")
