@@ -158,8 +158,7 @@ class DecodeFramesDoFn(beam.DoFn):
             path, fingerprint = self._read(ref)
             if os.path.getsize(path) == 0:
                 raise DecodeError("empty file (0 bytes)")
-            o = self._options
-            sampled = self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+            sampled = yield from self._sample(path, ref, fingerprint, previous)
         except DecodeError as exc:
             yield self._failure(ref, str(exc))
             return
@@ -172,6 +171,13 @@ class DecodeFramesDoFn(beam.DoFn):
         if sampled.read_method == "fallback":
             _LOG.info("%s: decoded through instead of seeking: %s", ref.uri, sampled.fallback_reason)
         yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
+
+    def _sample(self, path: str, ref: VideoRef, fingerprint: str, previous):
+        """The video's SampledFrames (raising DecodeError); a generator, so that a subclass can yield more
+        outputs on the way (the labelling job's windows, beam_jobs.segments)."""
+        o = self._options
+        return self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+        yield  # unreachable: it makes this method a generator
 
     def _failure(self, ref: VideoRef, reason: str):
         self._failed.inc()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -33,9 +32,9 @@ from beam_jobs import report
 from beam_jobs.classify import ModelInput
 from beam_jobs.decode import FAILURES, DecodeFramesDoFn, FrameOptions, Video
 from beam_jobs.label_rows import UNKNOWN_LABEL, RowFormat, format_label_row, probability_column
+from beam_jobs.matching import VideoRef
 from beam_jobs.report import parse_top_k
 from common import fs
-from video.frames import DecodeError
 from video.segments import WindowFrames
 
 SEGMENTS_FILE = "segments.csv"
@@ -83,33 +82,19 @@ class DecodeSegmentsDoFn(DecodeFramesDoFn):
         self._windows = Metrics.counter("videos", "windows_decoded")
         self._window_frames = Metrics.counter("videos", "window_frames")
 
-    def process(self, element):
-        ref, previous = element if isinstance(element, tuple) else (element, None)
-        o, path = self._options, None
-        try:
-            path, fingerprint = self._read(ref)
-            if os.path.getsize(path) == 0:
-                raise DecodeError("empty file (0 bytes)")
-            if previous and previous[0] == fingerprint:
-                sampled = self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
-            else:
-                for part in self._decoder.decode_segments(path, o.max_seq_length, o.image_size, o.sampling,
-                                                          self._segments.window_s, self._segments.stride_s):
-                    sampled = part
-                    if isinstance(part, WindowFrames):
-                        self._windows.inc(len(part.windows))
-                        self._window_frames.inc(len(part.frame_indices))
-                        yield beam.pvalue.TaggedOutput(CHUNKS, Video(ref=ref, fingerprint=fingerprint, sampled=part))
-        except DecodeError as exc:
-            yield self._failure(ref, str(exc))
-            return
-        finally:
-            if path is not None and path != ref.uri:
-                os.remove(path)
-        self._decoded.inc()
-        self._frames.inc(len(sampled.frame_indices))
-        self._read_methods[sampled.read_method].inc()
-        yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
+    def _sample(self, path: str, ref: VideoRef, fingerprint: str, previous):
+        o = self._options
+        if previous and previous[0] == fingerprint:
+            return self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+        sampled = None
+        for part in self._decoder.decode_segments(path, o.max_seq_length, o.image_size, o.sampling,
+                                                  self._segments.window_s, self._segments.stride_s):
+            sampled = part
+            if isinstance(part, WindowFrames):
+                self._windows.inc(len(part.windows))
+                self._window_frames.inc(len(part.frame_indices))
+                yield beam.pvalue.TaggedOutput(CHUNKS, Video(ref=ref, fingerprint=fingerprint, sampled=part))
+        return sampled
 
 
 class DecodeSegments(beam.PTransform):
