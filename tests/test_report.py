@@ -1,22 +1,17 @@
 """The labelling report: thumbnail strips, the page itself, the predict job writing it (also across an
 incremental re-run), and the page in a real headless browser (Debian's chromium, driven over the Chrome
-DevTools protocol on a pipe; skipped when chromium is not installed).
+DevTools protocol on a pipe by tools.report_screenshot.Browser; skipped when chromium is not installed).
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import fcntl
 import html.parser
 import json
 import logging
-import os
 import re
-import select
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -24,6 +19,7 @@ import numpy as np
 import pytest
 
 from beam_jobs import report
+from tools.report_screenshot import BROWSERS, Browser
 
 IMAGE_SIZE = 32
 FRAMES = 4
@@ -343,100 +339,8 @@ def test_predict_ends_with_a_summary_of_counts_rates_and_outputs(relabelled):
 
 # --- In a real browser -------------------------------------------------------------------------------------
 
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+CHROMIUM = next((p for p in map(shutil.which, BROWSERS) if p), None)
 WINDOW = (1200, 800)
-
-
-class DevTools:
-    """A headless chromium driven over the Chrome DevTools protocol on a pipe (`--remote-debugging-pipe`:
-    the browser reads commands on fd 3 and writes replies on fd 4, each a JSON text ended by NUL)."""
-
-    def __init__(self, executable: str, profile: Path):
-        to_browser_read, self._to_browser = os.pipe()
-        self._from_browser, from_browser_write = os.pipe()
-        # The child must get its ends as fds 3 and 4: first move them clear of those numbers.
-        child_read = fcntl.fcntl(to_browser_read, fcntl.F_DUPFD_CLOEXEC, 10)
-        child_write = fcntl.fcntl(from_browser_write, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_browser_read)
-        os.close(from_browser_write)
-
-        def child_fds():
-            os.dup2(child_read, 3)  # dup2 makes them inheritable; everything else of ours is close-on-exec
-            os.dup2(child_write, 4)
-
-        self.process = subprocess.Popen(
-            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}", "--no-first-run",
-             "--disable-extensions", "--hide-scrollbars", "about:blank"],
-            close_fds=False, preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(child_read)
-        os.close(child_write)
-        self._buffer = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-        target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-
-    def _receive(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._from_browser], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                raise TimeoutError("chromium did not answer")
-            chunk = os.read(self._from_browser, 1 << 16)
-            if not chunk:
-                raise RuntimeError("chromium closed the DevTools pipe")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def call(self, method: str, timeout: float = 30.0, **params) -> dict:
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params}
-        if method.split(".")[0] != "Target":
-            message["sessionId"] = self._session
-        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._receive(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, event: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, seen in enumerate(self.events):
-                if seen.get("method") == event:
-                    return self.events.pop(i)
-            self.events.append(self._receive(deadline))
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def click(self, selector: str) -> None:
-        """A real left click (mouse events at the element's centre), not a scripted .click()."""
-        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-                            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
-        for kind in ("mousePressed", "mouseReleased"):
-            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=5)
-        except Exception:
-            pass
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self._to_browser)
-        os.close(self._from_browser)
 
 
 ROWS_JS = """Array.from(document.querySelectorAll('#labels tbody tr')).map(r => [r.dataset.videoId,
@@ -449,7 +353,7 @@ ROWS_JS = """Array.from(document.querySelectorAll('#labels tbody tr')).map(r => 
 def test_report_in_headless_chromium_sorts_by_confidence(labelled, tmp_path):
     rows = read_csv(labelled / "labels.csv")
     by_confidence = sorted(rows, key=lambda r: (float(r["confidence"]), r["video_id"]))
-    browser = DevTools(CHROMIUM, tmp_path / "profile")
+    browser = Browser(CHROMIUM, str(tmp_path / "profile"), *WINDOW)
     try:
         browser.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1], deviceScaleFactor=1,
                      mobile=False)

@@ -29,7 +29,7 @@ SORT_BY_CONFIDENCE = """(() => {
 
 class Browser:
     """Headless chromium with `--remote-debugging-pipe`: it reads commands on fd 3 and writes replies on
-    fd 4, each a JSON text ended by NUL."""
+    fd 4, each a JSON text ended by NUL. Used here and by the report's browser test (tests/test_report.py)."""
 
     def __init__(self, executable: str, profile: str, width: int, height: int):
         to_browser, self._send = os.pipe()
@@ -47,7 +47,7 @@ class Browser:
         self.process = subprocess.Popen(
             [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
              f"--user-data-dir={profile}", f"--window-size={width},{height}", "--hide-scrollbars",
-             "--no-first-run", "about:blank"],
+             "--no-first-run", "--disable-extensions", "about:blank"],
             close_fds=False, preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(child_read)
         os.close(child_write)
@@ -81,10 +81,28 @@ class Browser:
                 return reply["result"]
             self.events.append(reply)
 
-    def wait_for(self, event: str, timeout: float = 30.0) -> None:
+    def wait_for(self, event: str, timeout: float = 30.0) -> dict:
+        """The first `event` the browser sent (taken out of `events`), waiting up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not any(e.get("method") == event for e in self.events):
+        while True:
+            for i, seen in enumerate(self.events):
+                if seen.get("method") == event:
+                    return self.events.pop(i)
             self.events.append(self._message(deadline))
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """A real left click (mouse events at the element's centre), not a scripted .click()."""
+        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
     def close(self) -> None:
         try:
