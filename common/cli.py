@@ -101,6 +101,18 @@ def operational_failure(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` stands for a KeyboardInterrupt: Beam's DoFn runner re-raises one as a RuntimeError
+    ("KeyboardInterrupt [while running 'Step']") raised while handling it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
          user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
@@ -121,6 +133,9 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print("interrupted: nothing was published", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        if _interrupted(exc):  # Ctrl-C inside a Beam step, which re-raises it as another error
+            print("interrupted: nothing was published", file=sys.stderr)
+            return EXIT_INTERRUPTED
         failure = operational_failure(exc)
         if failure is None:
             raise

@@ -115,3 +115,17 @@ def test_operational_errors_carry_their_own_status(capsys):
 def test_ctrl_c_is_exit_130_and_one_line(capsys):
     assert main(_raising(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "interrupted: nothing was published\n"
+
+
+def test_ctrl_c_inside_a_beam_step_is_still_an_interrupt(capsys):
+    """Beam's DoFn runner re-raises a KeyboardInterrupt as RuntimeError("KeyboardInterrupt [while running ...]")."""
+    def run(argv):
+        try:
+            raise KeyboardInterrupt()
+        except BaseException:
+            raise RuntimeError("KeyboardInterrupt [while running 'DecodeFrames/Decode']")
+
+    assert main(run, []) == 130
+    assert capsys.readouterr().err == "interrupted: nothing was published\n"
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is still a bug
+        main(_raising(RuntimeError("a bug")), [])

@@ -261,7 +261,7 @@ def test_a_model_trained_on_tensorflow_features_labels_openvino_features_identic
     model = build_classifier(ClassifierConfig(num_classes=len(labels), max_seq_length=8))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     label_ids = np.array([labels.index(p.parent.name) for p in clips])
-    model.fit(records(by_engine["tensorflow"]), label_ids, epochs=30, batch_size=6, verbose=0)
+    model.fit(records(by_engine["tensorflow"]), label_ids, epochs=60, batch_size=6, verbose=0)
     expected = model.predict(records(by_engine["tensorflow"]), verbose=0)
     assert (expected.argmax(1) == label_ids).mean() > 0.5  # it learnt something, so labels mean something
     for precision in set(by_engine) - {"tensorflow"}:

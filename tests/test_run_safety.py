@@ -144,11 +144,27 @@ def test_a_killed_holders_lease_expires_and_the_next_run_completes(clips, model_
     assert len(read_csv(output / "labels.csv")) == 3 and leftovers(output) == []
 
 
+def _decoder_started(parent: int) -> bool:
+    """Whether `parent` has started its frame decoder child (multiprocessing's spawn): the pipeline runs."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"multiprocessing" in cmdline:
+            return True
+    return False
+
+
 def test_ctrl_c_ends_with_one_line_and_exit_130_and_leaves_nothing(clips, model_dir, tmp_path):
     output = tmp_path / "labels"
     process = start(predict_command(clips, model_dir, output))
     wait_for(lambda: output.exists() and any(p.name.startswith(".staging-") for p in output.iterdir()), process,
              "staging")
+    # Interrupt once the pipeline runs: while Beam tries its Prism runner first (offline, it falls back), an
+    # interrupt can be taken as that attempt's failure and lost.
+    wait_for(lambda: _decoder_started(process.pid), process, "the frame decoder")
     os.kill(process.pid, signal.SIGINT)
     status, err = finish(process)
     assert_one_line_failure(err, status, 130, "interrupted: nothing was published")
