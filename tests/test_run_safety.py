@@ -34,8 +34,10 @@ def predict_command(clips, model, output, *extra) -> list[str]:
 
 def start(command) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    # An ignored SIGINT is inherited across exec, and Python then installs no KeyboardInterrupt handler: give
+    # the job the default disposition whatever this process has.
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
