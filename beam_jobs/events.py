@@ -114,3 +114,46 @@ def webvtt(events: Sequence[Event]) -> str:
 def track_path(video_id: str) -> str:
     """tracks/<video id>.vtt; ids that are URIs keep only their path part (like per_video/)."""
     return posixpath.join(TRACKS_DIR, fs.path_part(video_id) + ".vtt")
+
+
+# --- A video's timeline in the report: its stretches merged, at most TIMELINE_BLOCKS ----------------------
+
+TIMELINE_BLOCKS = 40
+
+
+def _merged(spans: Iterable[tuple[float, float, str, float]]) -> list[tuple[float, float, str, float]]:
+    """Neighbouring spans of one label as one, with their duration-weighted mean confidence."""
+    blocks: list[list] = []
+    for start, end, label, confidence in spans:
+        if blocks and blocks[-1][2] == label:
+            block = blocks[-1]
+            weight, extra = block[1] - block[0], end - start
+            block[3] = (block[3] * weight + confidence * extra) / (weight + extra) if weight + extra else confidence
+            block[1] = end
+        else:
+            blocks.append([start, end, label, confidence])
+    return [tuple(block) for block in blocks]
+
+
+def timeline_blocks(spans: Sequence[tuple], most: int = TIMELINE_BLOCKS) -> list[tuple]:
+    """A video's windows' stretches (start_s, end_s, label, confidence; beam_jobs.events.window_spans), in
+    order -> its timeline: (start_s, end_s, label, mean confidence) for each run of stretches with one label
+    (`unknown` too), at most `most`: a longer timeline is cut into `most` equal parts, each with the label
+    shown longest in it."""
+    blocks = _merged(spans)
+    if len(blocks) > most:
+        end = blocks[-1][1]
+        coarse = []
+        for k in range(most):
+            low, high = end * k / most, end * (k + 1) / most
+            shown: dict[str, list[float]] = {}
+            for start, stop, label, confidence in blocks:
+                overlap = min(stop, high) - max(start, low)
+                if overlap > 0:
+                    seen = shown.setdefault(label, [0.0, 0.0])
+                    seen[0] += overlap
+                    seen[1] += overlap * confidence
+            label, (duration, weighted) = max(shown.items(), key=lambda item: item[1][0])
+            coarse.append((low, high, label, weighted / duration))
+        blocks = _merged(coarse)
+    return [(round(start, 3), round(end, 3), label, round(confidence, 4)) for start, end, label, confidence in blocks]

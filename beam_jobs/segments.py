@@ -174,7 +174,7 @@ class JoinSegmentsDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.TRACKS, (video_id, ev.webvtt(events)))
         if segments:
             yield beam.pvalue.TaggedOutput(self.COVERED, video_id)
-        yield dict(row, **{report.TIMELINE: report.timeline_blocks(spans)})
+        yield dict(row, **{report.TIMELINE: ev.timeline_blocks(spans)})
 
 
 class SegmentOutputs(NamedTuple):

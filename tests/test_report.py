@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_jobs import report
+from beam_jobs import events, report
 from tools.report_screenshot import BROWSERS, Browser
 
 IMAGE_SIZE = 32
@@ -252,12 +252,12 @@ def test_render_report_without_failures_says_so():
 
 def test_a_long_timeline_is_coarsened_to_its_longest_labels():
     spans = [(float(k), float(k + 1), "a" if k % 10 else "b", 0.5 if k % 10 else 1.0) for k in range(1000)]
-    blocks = report.timeline_blocks(spans, most=20)
+    blocks = events.timeline_blocks(spans, most=20)
     assert len(blocks) == 1 and blocks[0][:3] == (0.0, 1000.0, "a")  # b shows 1 s in every 50: never the most
     mixed = [(float(k), float(k + 1), "ab"[(k // 100) % 2], 0.9) for k in range(1000)]
-    blocks = report.timeline_blocks(mixed, most=20)
+    blocks = events.timeline_blocks(mixed, most=20)
     assert [b[2] for b in blocks] == list("ababababab") and blocks[1][:2] == (100.0, 200.0)
-    assert report.timeline_blocks([(0.0, 5.0, "a", 0.5), (5.0, 10.0, "a", 1.0)]) == [(0.0, 10.0, "a", 0.75)]
+    assert events.timeline_blocks([(0.0, 5.0, "a", 0.5), (5.0, 10.0, "a", 1.0)]) == [(0.0, 10.0, "a", 0.75)]
 
 
 def test_rows_with_a_timeline_get_a_coloured_strip_and_a_legend():
