@@ -232,9 +232,12 @@ def test_engine_flags_default_to_auto_and_resolve_on_this_machine(monkeypatch):
     args = engine_args()
     assert (args.engine, args.precision, args.calibration, args.embed_threads) == ("auto", "auto", None, 0)
     monkeypatch.setattr(engines, "gpu_visible", lambda: False)
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: ("FP32", "BF16", "INT8", "BIN", "EXPORT_IMPORT"))
     options = embedder_options(args, "random:3", 128)
-    assert (options.weights, options.image_size, options.engine) == ("random:3", 128, "openvino")
-    assert options.precision == ("bf16" if "BF16" in engines.cpu_capabilities() else "f32")
+    assert (options.weights, options.image_size, options.engine, options.precision) == ("random:3", 128, "openvino",
+                                                                                        "bf16")
+    monkeypatch.setattr(engines, "cpu_capabilities", lambda: ("FP32", "INT8", "BIN", "EXPORT_IMPORT"))
+    assert embedder_options(args, "random:3", 128).precision == "f32"
     options = embedder_options(engine_args("--precision", "int8", "--calibration", "clips/"), "random", 64, "c.npy")
     assert (options.precision, options.calibration) == ("int8", "c.npy")
     assert embedder_options(engine_args("--engine", "tensorflow"), "random", 64).precision == "f32"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import subprocess
 import sys
 
@@ -107,9 +109,32 @@ def test_every_real_clip_yields_a_record(tmp_path, sampling="keyframes"):
         assert record.sampling == sampling and len(set(record.frame_indices)) == 4
 
 
-def test_help_documents_every_flag_with_an_example():
-    out = subprocess.run([sys.executable, "-m", "beam_jobs.featurize", "--help"], capture_output=True, text=True,
+def documented_flags(help_text: str) -> dict[str, str]:
+    """{flag: its description} of the `options:` section of an argparse --help: an entry starts with a line
+    `  -x, --flag METAVAR  text` and goes on over the lines indented under it."""
+    section = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    entries: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if match := re.match(r"  (-[^ ].*?)(?:  +(.*))?$", line):
+            words = match.group(1).split()
+            current = [w.rstrip(",") for w in words if w.startswith("-")]
+            for flag in current:
+                entries[flag] = [match.group(2) or ""]
+        else:
+            for flag in current:
+                entries[flag].append(line.strip())
+    return {flag: " ".join(" ".join(text).split()) for flag, text in entries.items()}
+
+
+@pytest.mark.parametrize("job", ["featurize", "predict"])
+def test_help_documents_every_flag_with_an_example(job):
+    out = subprocess.run([sys.executable, "-m", f"beam_jobs.{job}", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    for flag in ("--input", "--output", "--labels", "--unlabelled", "--max-seq-length", "--image-size",
-                 "--sampling", "--weights", "--num-shards", "--batch-size", "examples:"):
-        assert flag in out
+    parser = importlib.import_module(f"beam_jobs.{job}").build_parser()
+    flags = {option for action in parser._actions for option in action.option_strings}
+    documented = documented_flags(out)
+    # Every flag the job takes has an entry with a description, and the help lists no flag it does not take.
+    assert set(documented) == flags and {"--input", "--output", "--weights", "--batch-size"} <= flags
+    assert not [flag for flag, description in documented.items() if len(description.split()) < 3]
+    examples = out.split("\nexamples:\n", 1)[1]
+    assert f"python -m beam_jobs.{job} --input " in examples

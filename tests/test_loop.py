@@ -76,16 +76,28 @@ def test_scores_of_a_missing_set_are_none(data):
     assert 0.0 <= scores["accuracy"] <= 1.0 and scores["loss"] > 0
 
 
-def test_training_curves_are_drawn_from_the_history(tmp_path):
+def test_training_curves_are_drawn_from_the_history(tmp_path, monkeypatch):
+    from model import plots
     from model.callbacks import write_history
 
-    write_history(str(tmp_path / "history.csv"), [
-        {"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.2 / e, "val_accuracy": 0.4, "learning_rate": 1e-3}
-        for e in range(1, 6)])
+    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.1 * e, "val_loss": 1.2 / e, "val_accuracy": 0.05 * e,
+             "learning_rate": 1e-3} for e in range(1, 6)]
+    write_history(str(tmp_path / "history.csv"), rows)
+    figures, png = [], plots._png  # the figure as drawn, before it becomes PNG bytes
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or png(figure))
     loop.write_training_curves(str(tmp_path), best_epoch=4)
     with open(os.path.join(tmp_path, "training_curves.png"), "rb") as f:
-        png = f.read()
-    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    (figure,) = figures
+    assert [axes.get_title() for axes in figure.axes] == ["Loss", "Accuracy"]
+    for axes, metric in zip(figure.axes, ("loss", "accuracy")):
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        assert set(lines) == {"training", "validation", "kept (epoch 4)"}
+        for name, key in (("training", metric), ("validation", f"val_{metric}")):
+            assert list(lines[name].get_xdata()) == [1, 2, 3, 4, 5]
+            np.testing.assert_allclose(lines[name].get_ydata(), [row[key] for row in rows], rtol=1e-6)
+        assert list(lines["kept (epoch 4)"].get_xdata()) == [4, 4]  # a vertical line at the kept epoch
+        assert "kept (epoch 4)" in [text.get_text() for text in axes.get_legend().get_texts()]
 
 
 # Two logical CPU devices stand in for two GPUs; they must be set up before TensorFlow starts, so in a child.

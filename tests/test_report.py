@@ -30,7 +30,7 @@ BROKEN_VIDEO = "broken/not_a_video.mp4"
 # --- Fixtures: a tiny untrained model, a few clips and one predict run ---------------------------------
 
 
-def make_model_dir(path: Path, labels=CLASSES) -> Path:
+def make_model_dir(path: Path, labels=CLASSES, seed: int = 3) -> Path:
     """An untrained classifier for 32-px, 4-frame random-backbone features: outputs vary by video, which is
     all these tests need."""
     import keras
@@ -39,7 +39,7 @@ def make_model_dir(path: Path, labels=CLASSES) -> Path:
     from model.export import export_model_dir
     from tfrecords_schema import RecordSpec
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     model = build_classifier(ClassifierConfig(num_classes=len(labels), max_seq_length=FRAMES))
     spec = RecordSpec(1024, FRAMES, "densenet121/random-seed1337", IMAGE_SIZE)
     export_model_dir(model, sorted(labels), spec, str(path), saved_model=False)
@@ -274,6 +274,37 @@ def test_rows_with_a_timeline_get_a_coloured_strip_and_a_legend():
     assert "Timeline" not in report.render_report(rows[1:], [], {}, {})
 
 
+def test_a_large_run_shows_its_300_least_confident_videos_and_its_first_500_failures():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    # More rows and failures than the page shows, in no order: confidences 0.0005 ... 0.9995, shuffled.
+    rng = np.random.default_rng(11)
+    rows = [label_row(f"v{i:04d}.mp4", "cat" if i % 3 else "dog", (c + 0.5) / 700, "cat:0.5")
+            for i, c in enumerate(rng.permutation(700))]
+    failures = [(f"bad/{i:04d}.mp4", f"/data/bad/{i:04d}.mp4", "cannot open as a video") for i in rng.permutation(620)]
+    least_confident = {r["video_id"] for r in sorted(rows, key=lambda r: float(r["confidence"]))[:300]}
+    first_failures = [f"bad/{i:04d}.mp4" for i in range(500)]
+
+    def check(summaries):
+        (summary,) = summaries
+        shown, shown_failures = summary["shown_rows"], [tuple(f) for f in summary["shown_failures"]]
+        assert (summary["videos"], summary["failures"]) == (700, 620)
+        assert len(shown) == 300 and {r["video_id"] for r in shown} == least_confident
+        assert sorted(f[0] for f in shown_failures) == first_failures
+        page = report.render_report(shown, shown_failures, {}, {}, totals=report.totals_from_summary(summary))
+        tables = parse_report(page)
+        assert {r["id"] for r in tables["labels"]} == least_confident
+        assert [r["id"] for r in tables["failures"]] == first_failures
+        assert "Videos (300 least confident of 700)" in page and "Failures (620)" in page
+        assert "The first 500 of 620 failures by video id" in page
+
+    with TestPipeline() as pipeline:
+        inputs = (pipeline | "Rows" >> beam.Create(rows), pipeline | "Failures" >> beam.Create(failures))
+        assert_that(inputs | report.SummarizeForReport(), check)
+
+
 # --- The predict job writes it -------------------------------------------------------------------------
 
 
@@ -325,6 +356,24 @@ def test_incremental_rerun_carries_thumbnails_over_and_drops_removed_videos(labe
     assert [r["id"] for r in shown] == sorted(r["video_id"] for r in rows)
     assert all(jpeg_from_data_uri(r["img"]) == after[report.thumbnail_path(r["id"])] for r in shown)
     assert "3 labelled (1 by the model in this run, 2 carried over from the previous run), 1 failed" in page
+
+
+def test_a_rerun_with_another_model_labels_every_video_again(relabelled, clips, tmp_path):
+    from beam_jobs import predict
+    from model.export import load_model_dir
+
+    other_model = make_model_dir(tmp_path / "other_model", seed=4)  # the same labels and backbone, other weights
+    output = tmp_path / "labels"
+    shutil.copytree(relabelled, output)
+    previous = {r["video_id"]: r for r in read_csv(output / "labels.csv")}
+    predict.run(predict_args(clips, other_model, output))
+    manifest = json.loads((output / "manifest.json").read_text())
+    model_id = load_model_dir(str(other_model)).model_id
+    assert manifest["model_id"] == model_id != json.loads((relabelled / "manifest.json").read_text())["model_id"]
+    assert (manifest["labelled_this_run"], manifest["reused_from_previous_run"], manifest["failures"]) == (3, 0, 1)
+    rows = {r["video_id"]: r for r in read_csv(output / "labels.csv")}
+    assert set(rows) == set(previous) and {r["model_id"] for r in rows.values()} == {model_id}
+    assert all(rows[v]["top_k"] != previous[v]["top_k"] for v in rows)  # the other model's probabilities
 
 
 def test_predict_ends_with_a_summary_of_counts_rates_and_outputs(relabelled):

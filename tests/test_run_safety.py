@@ -268,6 +268,7 @@ def test_an_in_place_edit_that_keeps_size_and_mtime_is_relabelled(clips, model_d
     output = tmp_path / "labels"
     status, err = run(predict_command(local, model_dir, output))
     assert status == 0, err[-3000:]
+    before = {row["video_id"]: row for row in read_csv(output / "labels.csv")}
     info, content = target.stat(), edited.read_bytes()
     assert len(content) == info.st_size and content != target.read_bytes()
     with open(target, "r+b") as f:  # in place, like rsync --inplace
@@ -279,6 +280,13 @@ def test_an_in_place_edit_that_keeps_size_and_mtime_is_relabelled(clips, model_d
     manifest = json.loads((output / "manifest.json").read_text())
     assert (manifest["labelled_this_run"], manifest["reused_from_previous_run"], manifest["failures"]) == (1, 3, 0)
     assert index_of(output)["raw/clip.avi"]["fingerprint"] == hashlib.sha256(content).hexdigest()
+    # Its row is the edited video's: the frames the other way round give the model other probabilities. The
+    # other rows are the first run's.
+    after = {row["video_id"]: row for row in read_csv(output / "labels.csv")}
+    probabilities = [column for column in after["raw/clip.avi"] if column.startswith("p_")]
+    assert probabilities and set(after) == set(before)
+    assert [after["raw/clip.avi"][p] for p in probabilities] != [before["raw/clip.avi"][p] for p in probabilities]
+    assert all(after[video] == before[video] for video in before if video != "raw/clip.avi")
 
 
 def test_verify_reads_every_video_and_catches_a_changed_fingerprint(clips, model_dir, finished, tmp_path):

@@ -146,7 +146,18 @@ def test_resume_continues_an_interrupted_run(data, tmp_path, monkeypatch):
     averages = [keras.ops.convert_to_numpy(v) for v in last.optimizer._model_variables_moving_average]
     assert all(np.any(a) for a in averages)
     assert any(not np.allclose(a, w) for a, w in zip(averages, last.get_weights()))
+    # The resumed run trains only the epochs the interrupted one did not finish (training is deterministic, so a
+    # run that started over would end with the same weights and history: count the epochs that run).
+    ran = []
+
+    def counting(self, epoch, logs=None):
+        ran.append(epoch + 1)
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.TrainingState, "on_epoch_end", counting)
     metrics = train.run(args + ["--resume"])
+    monkeypatch.undo()
+    assert ran == [3, 4]
     # --patience 0: no early stopping, all --epochs run (the reference recipe is --epochs 5 --patience 0 --lr-patience 0
     # --ema-momentum 0 --start-from-epoch 0 --num-heads 1).
     assert metrics["epochs_run"] == 4 and not metrics["stopped_early"]
