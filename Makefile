@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 demo images test bench clean
+.PHONY: install browser graphviz iproute2 demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,13 @@ images: demo browser
 
 test: $(STAMP) browser iproute2
 	$(PY) -m pytest -q tests
+
+# Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results
+# and runs that module's own tests against every mutant (tools/mutants.py lists them); CPU-heavy, minutes a
+# module. `make mutants MUTANTS=video/frames.py` runs one. Results and the survivors explained: docs/TESTING.md.
+MUTANTS ?=
+mutants: $(STAMP)
+	$(PY) -m tools.mutants $(MUTANTS)
 
 clean:
 	rm -rf $(DEMO) bench/_work

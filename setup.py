@@ -30,6 +30,8 @@ EXTRAS = {
         "pytest==9.2.0",
         # A local Cloud Storage server for the gs:// tests (tests/test_gcs.py).
         "gcp-storage-emulator==2026.7.19",
+        # Mutation testing (`make mutants`, tools/mutants.py); not needed by `make test`.
+        "mutmut==3.8.1",
     ],
 }
 

@@ -1,0 +1,131 @@
+"""Mutation testing (`make mutants`): mutmut mutates the modules that guard users' data and results, one
+module at a time, and runs that module's own tests against each mutant; a mutant no test fails on survived.
+
+    python -m tools.mutants                      # every module of MODULES, one after the other
+    python -m tools.mutants video/frames.py      # one module
+
+mutmut reads its settings from the `[mutmut]` section of setup.cfg in the folder it runs in, and mutates
+`mutants/` there. Each module therefore runs in a scratch copy of the checkout, build/mutants/<module>/, whose
+setup.cfg names the module and its tests (MODULES); the checkout's own setup.cfg and pytest settings stay as
+they are. A run prints, per module, the mutants killed, survived, timed out and otherwise, and each
+survivor's diff, and writes build/mutants/<module>/summary.json. docs/TESTING.md keeps the results and why
+each survivor may stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRATCH = REPO / "build" / "mutants"
+# Each module and the test files that are its own (the ones that run in minutes, not the whole suite), as
+# pytest arguments. The isolated decoder's test is video/isolated.py's: its spawned child imports the module
+# outside mutmut's switchboard.
+MODULES = {
+    "tfrecords_schema/schema.py": ["tests/test_schema.py"],
+    "video/frames.py": ["tests/test_frames.py", "--deselect",
+                        "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
+    "common/publish.py": ["tests/test_publish.py"],
+    "common/lease.py": ["tests/test_lease.py"],
+    "beam_jobs/incremental.py": ["tests/test_incremental.py"],
+    "beam_jobs/publish_labels.py": ["tests/test_outputs.py", "tests/test_predict.py"],
+}
+# What the scratch copy holds: the packages (all of them, so every import finds the checkout's code), the
+# tests and what they use.
+PACKAGES = ["common", "tfrecords_schema", "video", "model", "beam_jobs"]
+ALSO_COPY = ["tools", "setup.py"]
+STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault", "check was interrupted by user")
+
+
+def scratch_copy(module: str) -> Path:
+    """A fresh copy of the checkout's files (tracked, and untracked ones git does not ignore) for `module`."""
+    folder = SCRATCH / module.replace("/", "_").removesuffix(".py")
+    shutil.rmtree(folder, ignore_errors=True)
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() and name.split("/")[0] in (*PACKAGES, *ALSO_COPY, "tests"):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, folder / name)
+    lines = ["[mutmut]", "source_paths =", *(f"    {p}/" for p in PACKAGES), f"only_mutate = {module}",
+             "also_copy =", *(f"    {p}" for p in ALSO_COPY),
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in MODULES[module]),
+             "pytest_add_cli_args =", "    -p", "    no:cacheprovider",
+             # Tests decode and train: a mutant that makes one slower than this is a timeout, not a hang.
+             "timeout_multiplier = 5.0", "timeout_constant = 30.0",
+             # Forked from a process that ran TensorFlow and PyAV, a mutant's worker can inherit a lock another
+             # thread held and wait forever (a timeout that says nothing of the mutant): fork from a clean one.
+             "process_isolation = forkserver"]
+    (folder / "setup.cfg").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def mutmut(folder: Path, *args: str, log: Path | None = None) -> str:
+    """mutmut's output (also written to `log` as it comes, when given)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the copy, not the checkout
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with open(log or os.devnull, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=folder, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            sink.write(line)
+            sink.flush()
+    output = "".join(lines)
+    if process.wait() != 0 and log is None:
+        raise SystemExit(f"mutmut {' '.join(args)} failed in {folder} ({process.returncode}):\n{output[-5000:]}")
+    return output
+
+
+def run_module(module: str, max_children: int) -> dict:
+    folder = scratch_copy(module)
+    print(f"== {module}: mutmut run against {' '.join(MODULES[module])}", flush=True)
+    log = mutmut(folder, "run", "--max-children", str(max_children), log=folder / "run.log")
+    if "failed to collect stats" in log or "Stopping early" in log:
+        raise SystemExit(f"mutmut could not run {module}'s tests; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+    statuses = {}
+    for line in mutmut(folder, "results", "--all", "true").splitlines():
+        if match := re.fullmatch(r"\s*(\S+): (.+)", line):
+            statuses[match.group(1)] = match.group(2).strip()
+    if not statuses:
+        raise SystemExit(f"mutmut made no mutants of {module}; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+    counts = {status: sum(s == status for s in statuses.values()) for status in STATUSES}
+    survivors = {name: mutmut(folder, "show", name) for name, s in statuses.items() if s != "killed"}
+    summary = {"module": module, "tests": MODULES[module], "mutants": len(statuses),
+               "counts": {k: v for k, v in counts.items() if v},
+               "killed_share": round(counts["killed"] / len(statuses), 3), "not_killed": survivors}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE",
+                        help=f"modules to mutate (default: all of {', '.join(MODULES)})")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
+    args = parser.parse_args(argv)
+    if unknown := [m for m in args.modules if m not in MODULES]:
+        parser.error(f"not a module of MODULES: {', '.join(unknown)}")
+    summaries = [run_module(module, args.max_children) for module in args.modules or MODULES]
+    for s in summaries:
+        for name, diff in s["not_killed"].items():
+            print(diff if diff.startswith("#") else f"# {name}\n{diff}")
+    print(f"\n{'module':32} {'mutants':>7} {'killed':>7} {'survived':>8} {'timeout':>7}  killed share")
+    for s in summaries:
+        c = s["counts"]
+        print(f"{s['module']:32} {s['mutants']:7} {c.get('killed', 0):7} {c.get('survived', 0):8} "
+              f"{c.get('timeout', 0):7}  {s['killed_share']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
