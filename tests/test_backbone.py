@@ -129,6 +129,26 @@ def test_backbone_ids_and_weights_round_trip():
         weights_for_backbone_id("resnet50/imagenet")
 
 
+def test_imagenet_weights_that_cannot_be_downloaded_stop_featurize_with_one_line(tmp_path, monkeypatch):
+    import keras
+
+    from beam_jobs import featurize
+
+    def offline(*args, **kwargs):  # what Keras raises without a network (nothing is downloaded here)
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] "
+                        "Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.avi").write_bytes(b"not read")
+    with pytest.raises(UserError) as error:
+        featurize.run(["--input", str(tmp_path / "clips"), "--output", str(tmp_path / "out"), "--weights", "imagenet"])
+    message = str(error.value)
+    assert message.startswith("could not download the ImageNet DenseNet121 weights (Exception: URL fetch failure")
+    assert "--weights PATH" in message and "--weights random" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()  # stopped before touching the output
+
+
 def test_frame_embedder_says_what_it_is_and_checks_its_input():
     embedder = FrameEmbedder(resolve_weights("random:3"), IMAGE_SIZE)
     assert (embedder.engine, embedder.precision, embedder.calibration) == ("tensorflow", "f32", "")
