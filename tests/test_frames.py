@@ -95,6 +95,29 @@ def test_not_a_video_is_a_decode_error(tmp_path):
         decode_and_sample(str(path), 8, 32)
 
 
+def test_a_truncated_file_is_refused_but_an_overstated_frame_count_is_not(tmp_path):
+    from test_bad_inputs import patch_avi_frame_count
+
+    whole = write_numbered_clip(tmp_path / "whole.avi", 60)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])  # FFmpeg fails on the frame cut in two
+    for sampling in ("uniform", "keyframes"):
+        with pytest.raises(DecodeError, match=r"^damaged or truncated video: decoding failed after (\d+) of the 60 "
+                                              r"frames the container lists \(FFmpeg: .*Invalid data.*\)$"):
+            decode_and_sample(str(cut), 8, 32, sampling)
+    first = decode_and_sample(str(cut), 8, 32, "first")  # the first frames are whole
+    assert first.frame_indices == list(range(8))
+    # A container that states more frames than it holds, without an error from FFmpeg, is taken as it is.
+    overstated = tmp_path / "overstated.avi"
+    overstated.write_bytes(data)
+    patch_avi_frame_count(overstated, 1000)
+    sampled = decode_and_sample(str(overstated), 8, 32)
+    assert sampled.decoded_frame_count == 60 and sampled.frame_indices == sample_frame_indices(60, 8)
+    brightness = sampled.frames.mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(brightness, np.array(sampled.frame_indices) * 3 % 256, atol=4)  # the frames named
+
+
 def test_isolated_decoder_matches_in_process_decoding_and_times_out(tmp_path):
     path = str(write_numbered_clip(tmp_path / "clip.avi", 30))
     decoder = IsolatedDecoder(timeout_s=60)
