@@ -84,6 +84,22 @@ def test_nan_features_are_refused():
         encode_video_record(record)
 
 
+def test_padding_rows_may_hold_anything_and_are_written_as_zeros():
+    record = make_record()
+    record.features[6, 2] = np.nan  # past the 5 valid frames: padding, whatever it holds
+    decoded = decode_video_record(encode_video_record(record))
+    assert not decoded.features[5:].any() and np.isfinite(decoded.features).all()
+
+
+def test_an_unknown_feature_encoding_or_schema_version_is_refused():
+    with pytest.raises(RecordError, match=r"feature encoding must be one of \('float32', 'float16'\), got 'int8'"):
+        encode_video_record(make_record(), "int8")
+    example = tf.train.SequenceExample.FromString(encode_video_record(make_record()))
+    example.context.feature["schema/version"].int64_list.value[:] = [2]
+    with pytest.raises(RecordError, match=r"^schema version 2 is not supported \(this code reads 1\)$"):
+        read_record_spec(example.SerializeToString())
+
+
 def test_malformed_bytes_are_a_record_error():
     with pytest.raises(RecordError, match="not a SequenceExample"):
         read_record_spec(b"\x00garbage\xff" * 5)
@@ -123,7 +139,8 @@ def test_shards_of_different_dims_or_backbones_are_refused(tmp_path):
 
 def test_a_mismatched_record_inside_a_shard_fails_in_the_graph(tmp_path):
     write_records(tmp_path / "s.tfrecord", [make_record(), make_record("b/x.avi", length=9)])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="frame count"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"record frame count differs from the dataset\\?'s "
+                                                             r"\(8\); video id and value:\] \[b/x.avi\] \[9\]"):
         list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
 
 
