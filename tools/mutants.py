@@ -40,7 +40,7 @@ MODULES = {
 # What the scratch copy holds: the packages (all of them, so every import finds the checkout's code), the
 # tests and what they use.
 PACKAGES = ["common", "tfrecords_schema", "video", "model", "beam_jobs"]
-ALSO_COPY = ["tools", "setup.py"]
+ALSO_COPY = ["tools", "setup.py", "pytest.ini"]
 STATUSES = ("killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault", "check was interrupted by user")
 
 
