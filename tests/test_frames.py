@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from h264_clips import decode_every_frame, write_h264
-from video.frames import DecodeError, decode_and_sample, keyframe_positions, sample_frame_indices, square_rgb
+from video.frames import (
+    DecodeError,
+    decode_and_sample,
+    keyframe_positions,
+    sample_frame_indices,
+    square_rgb,
+    tolerated_frame_shortfall,
+)
 from video.isolated import IsolatedDecoder
 
 
@@ -93,6 +100,10 @@ def test_not_a_video_is_a_decode_error(tmp_path):
     path.write_text("this is not a video\n" * 50)
     with pytest.raises(DecodeError, match="cannot open as a video"):
         decode_and_sample(str(path), 8, 32)
+
+
+def test_a_file_may_decode_two_frames_or_two_percent_short_of_its_stated_count():
+    assert [tolerated_frame_shortfall(n) for n in (0, 60, 149, 150, 1000)] == [2, 2, 2, 3, 20]
 
 
 def test_a_truncated_file_is_refused_but_an_overstated_frame_count_is_not(tmp_path):
