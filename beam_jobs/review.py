@@ -114,7 +114,7 @@ def labelling_config(labels: Sequence[str], segments: bool) -> str:
     choices = "".join(f'\n    <Choice value={quoteattr(label)}/>' for label in labels)
     lines = ["<View>",
              '  <Header value="$video_id"/>',
-             f'  <Video name="{VIDEO}" value="$video" frameRate="{FRAME_RATE}" timelineHeight="80"/>',
+             f'  <Video name="{VIDEO}" value="$video" frameRate="{FRAME_RATE}" height="360" timelineHeight="80"/>',
              '  <Text name="model" value="$model_says"/>',
              f'  <Choices name="{CHOICES}" toName="{VIDEO}" choice="single-radio" showInline="true" required="true">'
              f"{choices}\n  </Choices>"]

@@ -4,8 +4,8 @@ task opened in a real Label Studio (`make labelstudio`), photographed by headles
     python -m tools.review_screenshot docs/images/review_task.png
 
 The run: H.264 clips of solid colours train a colour classifier in a few epochs (featurize, model.train), and
-`predict --segments 1 --review` labels a clip of three colour pieces: its task shows the model's label as the
-pre-selected choice and the events as timeline predictions. `--keep DIR` keeps the run and the server's data.
+`predict --segments 1 --review` labels three clips, two of them with pieces of several colours: the least
+confident task shows the model's label as the pre-selected choice and the events as timeline predictions. `--keep DIR` keeps the run and the server's data.
 """
 
 from __future__ import annotations
@@ -32,14 +32,16 @@ LOGIN = """(() => {
   document.querySelector('input[name=password]').value = %s;
   document.querySelector('form').submit();
 })()"""
-# Resolves once the labelling view shows the task's video with a frame and the choices.
+# Resolves once the labelling view has drawn the task's video (Label Studio paints it on a canvas, with a
+# spinner until the video has loaded) and the choices.
 READY = """new Promise((resolve, reject) => {
   const started = Date.now();
   (function check() {
     const video = document.querySelector('video');
-    if (video && video.readyState >= 2 && document.querySelector('input[type=radio]')) {
-      video.currentTime = 0.6;
-      video.addEventListener('seeked', () => resolve(true), {once: true});
+    const canvas = document.querySelector('[class*="video-canvas"] canvas');
+    if (video && video.readyState >= 2 && canvas && !document.querySelector('[class*="video-canvas__loading"]')
+        && document.querySelector('input[type=radio]')) {
+      requestAnimationFrame(() => requestAnimationFrame(() => resolve(true)));
     } else if (Date.now() - started > 90000) {
       reject(new Error('the labelling view did not show the video'));
     } else {
@@ -78,18 +80,20 @@ def make_run(root: Path) -> Path:
             write_clip(train_dir / colour / f"{colour}_{i}.mp4", [(colour, 20)], seed=10 * i + len(colour))
     review_dir.mkdir(parents=True, exist_ok=True)
     write_clip(review_dir / "pieces.mp4", PIECES, seed=7)
+    write_clip(review_dir / "red_then_blue.mp4", [("red", 40), ("blue", 40)], seed=8)
+    write_clip(review_dir / "green.mp4", [("green", 50)], seed=9)
     frames = ["--weights", "random", "--image-size", str(SIZE), "--max-seq-length", "4", "--runner", "DirectRunner"]
     featurize.run(["--input", str(train_dir), "--output", str(root / "features"), *frames])
     shutil.copytree(root / "features", root / "validation")
     train.run(["--train", str(root / "features"), "--validation", str(root / "validation"), "--output",
-               str(root / "model"), "--epochs", "20", "--patience", "0", "--start-from-epoch", "0",
-               "--learning-rate", "0.01", "--ema-momentum", "0", "--batch-size", "4", "--seed", "1"])
+               str(root / "model"), "--epochs", "40", "--patience", "0", "--start-from-epoch", "0",
+               "--learning-rate", "0.01", "--ema-momentum", "0", "--batch-size", "12", "--seed", "1"])
     predict.run(["--input", str(review_dir), "--model", str(root / "model"), "--output", str(root / "labels"),
                  "--segments", "1", "--review", "--review-files-root", str(root), "--runner", "DirectRunner"])
     return root / "labels"
 
 
-def screenshot(root: Path, output: Path, width: int = 1200, height: int = 760) -> None:
+def screenshot(root: Path, output: Path, width: int = 1280, height: int = 900) -> None:
     from beam_jobs import review
 
     executable = next((path for path in map(shutil.which, BROWSERS) if path), None)
@@ -97,7 +101,10 @@ def screenshot(root: Path, output: Path, width: int = 1200, height: int = 760) -
         raise SystemExit("error: chromium is not installed (make browser)")
     if reason := installed():
         raise SystemExit(f"error: {reason}")
-    labels = make_run(root)
+    labels = root / "labels"
+    if not (labels / "manifest.json").exists():  # --keep DIR of an earlier picture: its run is reused
+        make_run(root)
+    shutil.rmtree(root / "label-studio", ignore_errors=True)
     tasks = json.loads((labels / review.TASKS_FILE).read_text())
     with LabelStudioServer(root / "label-studio", files_root=root) as server:
         project = server.create_review_project("Review: least confident first",
