@@ -18,6 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from beam_jobs import review
 from beam_jobs.reviewed_labels import run as import_review
 from common.errors import UserError
+from test_graph_size import built  # noqa: F401 (a fixture)
 from test_predict_segments import colour_model, segment_args, write_colour_clip  # noqa: F401 (a fixture)
 
 LABELS = ("blue", "green", "red")
@@ -283,3 +284,18 @@ def test_the_command_exits_2_with_one_line_when_nothing_is_usable(run_dir, tmp_p
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: no reviewed labels in {export}: 1 task(s) skipped or not "
                                                 "labelled, 0 left out; nothing written"]
+
+
+def test_the_review_steps_do_not_grow_the_graph_with_the_videos(tmp_path, built):  # noqa: F811
+    from beam_jobs import predict
+    from test_graph_size import make_model_dir, previous_run, videos
+
+    model_dir = make_model_dir(tmp_path / "model")
+    for count in (10, 5000):
+        clips = videos(tmp_path / f"clips_{count}", count)
+        output = tmp_path / f"labels_{count}"
+        previous_run(output, model_dir, clips, count)
+        predict.run(["--input", str(clips), "--model", str(model_dir), "--output", str(output), "--review-most", "100",
+                     "--review-below", "0.9", "--review-files-root", str(tmp_path), "--runner", "DirectRunner"])
+    small, large = built
+    assert abs(large - small) <= 0.01 * small, (small, large)
