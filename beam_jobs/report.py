@@ -16,15 +16,15 @@ over from there too, without reading the video again. Videos labelled from featu
 
 With `predict --segments`, each row also shows the video's timeline: one strip across the row, coloured by
 the label of each stretch of windows (grey where it is `unknown`), the times and labels in its tooltip, and
-a legend of the colours above the table. The strip comes with the row (`TIMELINE`, made in the pipeline by
-`timeline_blocks`), at most `TIMELINE_BLOCKS` stretches however long the video, so the page stays small.
+a legend of the colours above the table (report_timeline.py). The strip comes with the row (`TIMELINE`, made
+in the pipeline by `timeline_blocks`), at most `TIMELINE_BLOCKS` stretches however long the video, so the page
+stays small.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import pathlib
 import posixpath
 import urllib.parse
@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from beam_jobs.report_timeline import (TIMELINE, escape as _e, label_colours, legend_html, percent as _percent,
+                                       timeline_html)
 from common import fs
 from video.frames import sample_frame_indices
 
@@ -45,8 +47,6 @@ THUMBNAIL_FRAMES = 8
 THUMBNAIL_SIDE = 48
 THUMBNAIL_GAP = 2
 JPEG_QUALITY = 70
-TIMELINE = "timeline"  # a labels.csv row's key for its video's timeline (predict --segments), not a CSV column
-UNKNOWN_COLOUR = "#d9d9d9"
 
 
 def thumbnail_strip(frames: np.ndarray, count: int = THUMBNAIL_FRAMES, side: int = THUMBNAIL_SIDE) -> bytes:
@@ -202,44 +202,6 @@ def _histogram_html(histogram: Sequence[int]) -> str:
             f"<th>Videos</th></tr></thead><tbody>{bars}</tbody></table>")
 
 
-# --- Timelines of labels along a video (predict --segments) ----------------------------------------------
-
-
-def label_colours(labels: Sequence[str]) -> dict[str, str]:
-    """A distinct colour per label (hues spread by the golden angle, in vocabulary order); `unknown` is grey."""
-    return {label: f"hsl({(137.508 * i) % 360:.0f}, 60%, 55%)" for i, label in enumerate(labels)}
-
-
-def _clock(seconds: float) -> str:
-    minutes, second = divmod(int(seconds), 60)
-    hours, minute = divmod(minutes, 60)
-    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
-
-
-def _timeline_html(blocks: Sequence[Sequence], colours: Mapping[str, str], unknown_label: str) -> str:
-    end = max(float(blocks[-1][1]), 1e-9)
-
-    def colour(label):
-        return UNKNOWN_COLOUR if label == unknown_label else colours.get(label, UNKNOWN_COLOUR)
-
-    stops = ",".join(f"{colour(label)} {100 * float(start) / end:.2f}% {100 * float(stop) / end:.2f}%"
-                     for start, stop, label, _ in blocks)
-    title = "\n".join(f"{_clock(float(start))}-{_clock(float(stop))} {label} {_percent(float(confidence))}"
-                      for start, stop, label, confidence in blocks)
-    length = f"{end:.1f} s" if end < 60 else _clock(end)
-    return (f'<td class="timeline"><div style="background:linear-gradient(90deg,{stops})" '
-            f'title="{_e(title)}"></div><span>0</span><span class="end">{length}</span></td>')
-
-
-def _legend_html(rows: Sequence[Mapping], colours: Mapping[str, str], unknown_label: str) -> str:
-    shown = sorted({block[2] for row in rows for block in row.get(TIMELINE) or ()},
-                   key=lambda label: (label == unknown_label, label))
-    items = "".join(f'<span class="swatch" style="background:'
-                    f'{UNKNOWN_COLOUR if label == unknown_label else colours.get(label, UNKNOWN_COLOUR)}"></span>'
-                    f"{_e(label)}" for label in shown)
-    return f'<p class="legend">Timeline: {items}</p>'
-
-
 # --- The page ------------------------------------------------------------------------------------------
 
 _STYLE = """
@@ -308,14 +270,6 @@ _SCRIPT = """
 """
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _percent(p: float) -> str:
-    return f"{100 * p:.1f}%"
-
-
 def parse_top_k(text: str) -> list[tuple[str, float]]:
     """labels.csv's `top_k` ("label:p;label:p") -> [(label, p)]; labels may themselves contain ':'."""
     pairs = []
@@ -357,7 +311,7 @@ def _row_html(row: Mapping[str, str], thumbnail: bytes | None, no_thumbnail: str
     timeline = ""
     if colours is not None:
         blocks = row.get(TIMELINE)
-        timeline = _timeline_html(blocks, colours, unknown_label) if blocks else '<td class="timeline"></td>'
+        timeline = timeline_html(blocks, colours, unknown_label) if blocks else '<td class="timeline"></td>'
     return (
         f'<tr data-video-id="{_e(video_id)}"{classes}>{strip}'
         f'<td class="video" data-value="{_e(video_id)}" title="{_e(row.get("video_uri", ""))}">{name}</td>'
@@ -422,7 +376,7 @@ def render_report(
     timelines = any(r.get(TIMELINE) for r in rows)
     body_rows = "\n".join(_row_html(r, thumbnails.get(r["video_id"]), no_thumbnail, unknown_label,
                                     colours if timelines else None) for r in rows)
-    legend = _legend_html(rows, colours, unknown_label) if timelines else ""
+    legend = legend_html(rows, colours, unknown_label) if timelines else ""
     timeline_header = "<th>Timeline</th>" if timelines else ""
     failure_section = _failure_section(failures, totals.failures)
     capped = totals.videos > len(rows)

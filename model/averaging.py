@@ -57,7 +57,7 @@ def averaged_weights(model: keras.Model) -> Iterator[None]:
 
     def swap():
         for variable, average in pairs:
-            value = keras.ops.convert_to_numpy(variable)
+            value = ops.copy(variable)  # a snapshot, without the NumPy round trip (and its copy= warning)
             variable.assign(average)
             average.assign(value)
 

@@ -47,11 +47,9 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -60,185 +58,17 @@ import pytest
 
 pytest.importorskip("gcp_storage_emulator", reason="test extra gcp-storage-emulator is not installed")
 
+from hosts import (DEPENDENCIES, REPO, START_S, Host, Network, base_env, namespaces_or_skip,  # noqa: E402
+                   premise_failure, wait_for_port)
 from test_gcs import EmulatedBucket, _make_certificate  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "annotation-test"
 IMAGE_SIZE, FRAMES = 32, 4
 # Every host has its own ports: the well-known ones, as on separate machines.
 EMULATOR_PORT, PROXY_PORT, JOB_PORT, POOL_PORT = 9023, 8443, 8099, 50000
 WORKER_HOSTS = ("worker-c", "worker-d")
-START_S = 120
 JOB_TIMEOUT_S = 300
 WORKER_PYTHON = "/tmp/venv/bin/python"  # on a worker host
-DEPENDENCIES = "/tmp/python-deps"  # on a worker host: the project venv's site-packages, read-only
-
-# Run by `sh -c` inside a host's own UTS and mount namespaces: $1 hostname, $2 the host's folder (its /tmp),
-# $3 the launcher's home, $4 the interpreter's prefix, $5 the checkout to hide ('' to leave it), $6 the
-# dependencies to mount in its place; then the command.
-_ENTER_HOST = r"""
-set -e
-name=$1 disk=$2 home=$3 python=$4 checkout=$5 deps=$6
-shift 6
-hostname "$name"
-mount --bind "$disk" /tmp
-mount --bind /tmp/hosts /etc/hosts
-kept=/tmp/.python-$$
-mkdir -p "$kept" && mount --bind "$python" "$kept"
-mount -t tmpfs tmpfs "$home"
-mkdir -p "$python" && mount --bind "$kept" "$python" && umount "$kept" && rmdir "$kept"
-if [ -n "$checkout" ]; then
-  mkdir -p /tmp/python-deps
-  mount --bind "$deps" /tmp/python-deps && mount -o remount,bind,ro /tmp/python-deps
-  mount -t tmpfs -o ro tmpfs "$checkout"
-fi
-mkdir -p /tmp/work /tmp/home
-cd /tmp/work
-exec "$@"
-"""
-
-
-def _ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-    if done.returncode:
-        raise OSError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _subnet() -> str:
-    """A 10.x.y /24 that no route of this machine uses."""
-    routes = _ip("-4", "route")
-    for n in range(os.getpid() % 200, os.getpid() % 200 + 50):
-        subnet = f"10.{200 + n % 50}.{n}"
-        if f"{subnet}." not in routes:
-            return subnet
-    raise OSError("no free 10.x.y.0/24 subnet")
-
-
-class Network:
-    """Network namespaces wired to one bridge (in a namespace of its own), and the machine's own namespace wired
-    to it too. `close()` ends the processes left in the namespaces and removes every namespace and link made."""
-
-    def __init__(self, tag: str):
-        self.tag = tag
-        self.subnet = ""
-        self.switch = f"{tag}-switch"
-        self._namespaces: list[str] = []
-        self._links: list[str] = []  # veth ends made in the machine's namespace, wherever they went
-
-    def add_switch(self) -> None:
-        self.subnet = _subnet()
-        self._add_namespace(self.switch)
-        _ip("-n", self.switch, "link", "add", "bridge", "type", "bridge")
-        _ip("-n", self.switch, "link", "set", "bridge", "up")
-
-    def _add_namespace(self, name: str) -> None:
-        _ip("netns", "add", name)
-        self._namespaces.append(name)
-
-    def attach(self, number: int, netns: str | None) -> str:
-        """Wire a new namespace `netns` (None: the machine's own) to the bridge as SUBNET.number; its address."""
-        address, end, port = f"{self.subnet}.{number}", f"{self.tag}h{number}", f"{self.tag}p{number}"
-        _ip("link", "add", end, "type", "veth", "peer", "name", port)
-        self._links += [end, port]
-        _ip("link", "set", port, "netns", self.switch)
-        _ip("-n", self.switch, "link", "set", port, "master", "bridge", "up")
-        inside = []
-        if netns is not None:
-            self._add_namespace(netns)
-            _ip("link", "set", end, "netns", netns)
-            inside = ["-n", netns]
-            _ip(*inside, "link", "set", "lo", "up")
-        _ip(*inside, "addr", "add", f"{address}/24", "dev", end)
-        _ip(*inside, "link", "set", end, "up")
-        return address
-
-    def close(self) -> None:
-        for netns in self._namespaces:
-            for pid in subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for netns in reversed(self._namespaces):
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        for link in self._links:  # those moved into a namespace went with it, though not always at once
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
-
-
-@dataclasses.dataclass
-class Host:
-    """One machine of the test. `netns` None is the machine's own namespace (the launcher), whose files are
-    the checkout and `disk`; a namespaced host sees `disk` as /tmp, and with `isolated` not the checkout."""
-
-    name: str
-    address: str
-    disk: Path
-    netns: str | None = None
-    isolated: bool = False
-    processes: list = dataclasses.field(default_factory=list)
-
-    def path(self, name: str) -> str:
-        """`name` in this host's folder, as the host sees it."""
-        return f"/tmp/{name}" if self.netns else str(self.disk / name)
-
-    def command(self, argv: list[str]) -> list[str]:
-        if self.netns is None:
-            return argv
-        checkout, deps = (str(REPO), sysconfig.get_path("purelib")) if self.isolated else ("", "")
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--", "sh", "-c", _ENTER_HOST,
-                "enter-host", self.name, str(self.disk), os.path.expanduser("~"), sys.base_prefix, checkout, deps,
-                *argv]
-
-    def start(self, argv: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
-        """A long-running program on this host, its output in `log` in the host's folder."""
-        with open(self.disk / log, "wb") as out:
-            process = subprocess.Popen(self.command(argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=REPO if self.netns is None else None, start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    def run(self, argv: list[str], env: dict[str, str], timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(argv), env=env, capture_output=True, text=True, timeout=timeout,
-                              cwd=REPO if self.netns is None else None)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=10)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-            try:  # the programs' own children (SDK workers) too
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-
-    def log(self, name: str) -> str:
-        return (self.disk / name).read_text(errors="replace")
-
-
-def _base_env() -> dict[str, str]:
-    """This process's environment without proxies or paths into the checkout."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.lower().endswith("_proxy") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _wait_for_port(address: str, port: int, process: subprocess.Popen, host: Host, log: str) -> None:
-    deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{log} on {host.name} exited with {process.returncode}: {host.log(log)[-3000:]}")
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{log} on {host.name} did not listen on {address}:{port} within {START_S}s: {host.log(log)[-3000:]}")
 
 
 class Cluster:
@@ -260,6 +90,7 @@ class Cluster:
             (host.disk / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + names)
         self.bucket = EmulatedBucket(f"{self.storage.address}:{EMULATOR_PORT}", BUCKET)
         self._launches = 0
+        self.premise: str | None = None  # why the hosts cannot run the product, if they cannot
 
     def _host(self, work: Path, name: str, number: int, netns: str | None, isolated: bool = False) -> Host:
         disk = work / name
@@ -280,15 +111,15 @@ class Cluster:
         emulator = [sys.executable, str(REPO / "tests" / "gcs_emulator.py")]
         services = [
             (self.storage.start([*emulator, "start", "--host", "0.0.0.0", "--port", str(EMULATOR_PORT),
-                                 "--in-memory", "--default-bucket", BUCKET, "-q"], _base_env(), "emulator.log"),
+                                 "--in-memory", "--default-bucket", BUCKET, "-q"], base_env(), "emulator.log"),
              EMULATOR_PORT, "emulator.log"),
             (self.storage.start([*emulator, "proxy", "--listen", f"0.0.0.0:{PROXY_PORT}", "--emulator",
                                  f"127.0.0.1:{EMULATOR_PORT}", "--certificate", "/tmp/storage-ca.pem",
-                                 "--key", "/tmp/storage-key.pem"], _base_env(), "proxy.log"),
+                                 "--key", "/tmp/storage-key.pem"], base_env(), "proxy.log"),
              PROXY_PORT, "proxy.log"),
         ]
         for process, port, log in services:
-            _wait_for_port(self.storage.address, port, process, self.storage, log)
+            wait_for_port(self.storage.address, port, process, self.storage, log)
         deadline = time.monotonic() + START_S
         while True:  # listening is not serving yet
             try:
@@ -304,7 +135,7 @@ class Cluster:
         proxy = f"http://{self.storage.address}:{PROXY_PORT}"
         direct = ",".join(["localhost", "127.0.0.1", *(h.address for h in self.hosts),
                            *(h.name for h in self.hosts if h.netns)])
-        env = _base_env()
+        env = base_env()
         env.update(
             STORAGE_EMULATOR_HOST=f"http://{self.storage.address}:{EMULATOR_PORT}",
             GOOGLE_APPLICATION_CREDENTIALS=host.path("credentials.json"), GOOGLE_CLOUD_PROJECT="emulator",
@@ -327,7 +158,7 @@ class Cluster:
         installs = []
         for host in self.workers:
             shutil.copy(sdist, host.disk / sdist.name)
-            installs.append((host, host.start(["sh", "-c", install], _base_env(), "install.log")))
+            installs.append((host, host.start(["sh", "-c", install], base_env(), "install.log")))
         for host, process in installs:
             assert process.wait(timeout=START_S) == 0, f"installing on {host.name}: {host.log('install.log')[-3000:]}"
         pools = []
@@ -336,14 +167,14 @@ class Cluster:
             pools.append((host, host.start([WORKER_PYTHON, "-m", "apache_beam.runners.worker.worker_pool_main",
                                             "--service_port", str(POOL_PORT)], env, "pool.log")))
         for host, process in pools:
-            _wait_for_port(host.address, POOL_PORT, process, host, "pool.log")
+            wait_for_port(host.address, POOL_PORT, process, host, "pool.log")
 
     def start_jobs(self) -> None:
         pools = ",".join(f"{h.name}:{POOL_PORT}" for h in self.workers)
         process = self.jobs.start([sys.executable, str(Path(__file__).resolve()), "job-service", "--address",
-                                   self.jobs.address, "--pools", pools], _base_env(), "job_service.log")
+                                   self.jobs.address, "--pools", pools], base_env(), "job_service.log")
         for port in (JOB_PORT, POOL_PORT):
-            _wait_for_port(self.jobs.address, port, process, self.jobs, "job_service.log")
+            wait_for_port(self.jobs.address, port, process, self.jobs, "job_service.log")
 
     @property
     def runner_args(self) -> list[str]:
@@ -381,24 +212,6 @@ class Cluster:
             host.stop()
 
 
-def _namespaces_or_skip(tag: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (ip netns add)")
-    if shutil.which("ip") is None or shutil.which("unshare") is None:
-        pytest.skip("ip (iproute2) and unshare (util-linux) are needed to make the hosts")
-    probe = f"{tag}-probe"
-    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot make network namespaces here: ip netns add: {done.stderr.strip()}")
-    try:
-        done = subprocess.run(["ip", "netns", "exec", probe, "unshare", "--uts", "--mount", "--", "sh", "-c",
-                               "hostname probe && mount -t tmpfs tmpfs /tmp"], capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"cannot give a host its own hostname and mounts here: {done.stderr.strip()}")
-    finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-
-
 def _sdist(work: Path) -> Path:
     """The sdist Beam's stager builds for `--setup_file ./setup.py`, from a copy of the sources."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -418,7 +231,7 @@ def _sdist(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tag = f"va{os.getpid() % 100000}"
-    _namespaces_or_skip(tag)
+    namespaces_or_skip(tag)
     work = tmp_path_factory.mktemp("multihost")
     sdist = _sdist(work)
     network = Network(tag)
@@ -428,9 +241,11 @@ def cluster(tmp_path_factory):
             world = Cluster(network, work / "hosts")
         except OSError as exc:
             pytest.skip(f"cannot wire the hosts' network here: {exc}")
-        world.start_storage()
-        world.start_workers(sdist)
-        world.start_jobs()
+        world.premise = premise_failure(world.second_launcher, base_env())
+        if world.premise is None:
+            world.start_storage()
+            world.start_workers(sdist)
+            world.start_jobs()
         yield world
     finally:
         if world is not None:
@@ -438,19 +253,34 @@ def cluster(tmp_path_factory):
         network.close()
 
 
-def test_worker_hosts_see_only_their_own_files(cluster):
+def test_hosts_run_the_product_from_wherever_the_checkout_is(cluster):
+    """The premise of the rest: a namespaced launcher host runs this interpreter, venv and checkout at their own
+    paths (under /tmp, under the home folder or anywhere else), with /tmp and the home its own."""
+    assert cluster.premise is None, cluster.premise
+
+
+@pytest.fixture(scope="module")
+def hosts(cluster):
+    """The cluster, its services started; skips (once the premise test has said why) where hosts cannot run."""
+    if cluster.premise is not None:
+        pytest.skip(f"the hosts cannot run the product: {cluster.premise}")
+    return cluster
+
+
+def test_worker_hosts_see_only_their_own_files(hosts):
     """The premise of the rest: a worker host runs the installed sdist and cannot read the launcher's files."""
+    cluster = hosts
     home = os.path.expanduser("~")
     probe = ("import json, os, beam_jobs, common, model; print(json.dumps({"
              "'code': [m.__file__ for m in (beam_jobs, common, model)], "
-             f"'checkout': os.listdir({str(REPO)!r}), 'launcher_files': os.path.exists({str(cluster.work)!r}), "
+             f"'checkout': os.path.isdir({str(REPO)!r}) and os.listdir({str(REPO)!r}), 'launcher_files': os.path.exists({str(cluster.work)!r}), "
              f"'home': os.listdir({home!r}), 'host': os.uname().nodename}}))")
     for host in cluster.workers:
         done = host.run([WORKER_PYTHON, "-c", probe], cluster.env(host))
         assert done.returncode == 0, done.stderr[-3000:]
         seen = json.loads(done.stdout)
         assert all(path.startswith("/tmp/venv/lib/") for path in seen["code"]), seen
-        assert seen["checkout"] == [] and not seen["launcher_files"], seen
+        assert seen["checkout"] in ([], False) and not seen["launcher_files"], seen
         interpreter = Path(sys.base_prefix)  # mounted back: the host's "image"
         assert set(seen["home"]) == ({interpreter.relative_to(home).parts[0]} if interpreter.is_relative_to(home)
                                      else set()), seen
@@ -466,8 +296,9 @@ FEATURIZE = ["--input", f"gs://{BUCKET}/clips/", "--weights", "random", "--image
 
 
 @pytest.fixture(scope="module")
-def clips(cluster) -> list[str]:
+def clips(hosts) -> list[str]:
     """Four tiny clips, one per class, under gs://BUCKET/clips/; their ids."""
+    cluster = hosts
     from tools.sample_videos import CLASSES, write_sample_set
 
     root = cluster.launcher.disk / "clips"

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_jobs import events, report
+from beam_jobs import events, report, report_timeline
 from tools.report_screenshot import BROWSERS, Browser
 
 IMAGE_SIZE = 32
@@ -265,8 +265,8 @@ def test_rows_with_a_timeline_get_a_coloured_strip_and_a_legend():
     rows = [dict(label_row("a.mp4", "cat", 0.6, "cat:0.6;dog:0.4"), **{report.TIMELINE: timeline}),
             label_row("b.mp4", "dog", 0.9, "dog:0.9;cat:0.1")]
     page = report.render_report(rows, [], {}, {}, labels=("cat", "dog"))
-    colours = report.label_colours(("cat", "dog"))
-    strip = (f"linear-gradient(90deg,{colours['cat']} 0.00% 33.33%,{report.UNKNOWN_COLOUR} 33.33% 50.00%,"
+    colours = report_timeline.label_colours(("cat", "dog"))
+    strip = (f"linear-gradient(90deg,{colours['cat']} 0.00% 33.33%,{report_timeline.UNKNOWN_COLOUR} 33.33% 50.00%,"
              f"{colours['dog']} 50.00% 100.00%)")
     assert strip in page and 'title="0:00-0:30 cat 90.0%\n0:30-0:45 unknown 30.0%\n0:45-1:30 dog 80.0%"' in page
     assert "<th>Timeline</th>" in page and page.count('<td class="timeline">') == 2  # b.mp4's is empty
