@@ -13,7 +13,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 
 from beam_jobs import review
 from beam_jobs.reviewed_labels import run as import_review
@@ -94,7 +93,7 @@ def test_tasks_are_chosen_and_ordered_most_uncertain_first(below, most, expected
     events = [("b", ["b", "red", "", "", "1.000", "2.000", "0.7", "2"]),
               ("b", ["b", "blue", "", "", "0.000", "1.000", "0.6", "1"]),
               ("x", ["x", "red", "", "", "0.000", "1.000", "0.9", "1"])]  # a video without a task
-    with TestPipeline() as pipeline:
+    with beam.Pipeline() as pipeline:
         counts = ({"rows": pipeline | "Rows" >> beam.Create(rows), "events": pipeline | "Events" >> beam.Create(events)}
                   | review.WriteReviewTasks(str(tmp_path), "model-1", "/clips", below, most))
         _ = counts | beam.Map(lambda n: (tmp_path / "count").write_text(str(n)))
@@ -112,7 +111,7 @@ def test_tasks_are_chosen_and_ordered_most_uncertain_first(below, most, expected
 
 
 def test_no_tasks_is_an_empty_list(tmp_path):
-    with TestPipeline() as pipeline:
+    with beam.Pipeline() as pipeline:
         _ = ({"rows": pipeline | "Rows" >> beam.Create([])}
              | review.WriteReviewTasks(str(tmp_path), "model-1", "/", 0.5, 10))
     assert json.loads((tmp_path / review.TASKS_FILE).read_text()) == []
