@@ -402,7 +402,8 @@ def _features_branch(pipeline, files, handler, fmt) -> Branch:
     nothing = pipeline | "NoFailures" >> beam.Create([])
     zero = pipeline | "Zero" >> beam.Create([0])
     return Branch(
-        rows=rows, rows_read=rows, rows_by_model=rows, index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
+        rows=rows, rows_read=rows, rows_by_model=rows,
+        index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
         failures=nothing, removed=pipeline | "NoneRemoved" >> beam.Create([]),
         counts={"matched": _count(decoded, "CountRecords"), "by_model": _count(rows, "CountByModel"),
                 "reused_content": zero, "carried": zero, "failed": _count(nothing, "CountFailed")},

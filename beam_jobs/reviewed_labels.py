@@ -131,7 +131,8 @@ def read_run(run: str) -> list[str]:
         raise UserError(f"--run {run} holds no finished labelling run ({MANIFEST_FILE})")
     manifest = fs.read_json(manifest_path)
     if manifest.get("job") != "predict" or not manifest.get("labels"):
-        raise UserError(f"--run {run} holds the output of a {manifest.get('job', 'different')} job, not a labelling run")
+        raise UserError(f"--run {run} holds the output of a {manifest.get('job', 'different')} job, not a "
+                        "labelling run")
     return list(manifest["labels"])
 
 

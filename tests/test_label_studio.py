@@ -74,9 +74,9 @@ def test_a_review_round_trip_through_label_studio(colour_model, tmp_path):  # no
                    "--weights", "random", "--image-size", "32", "--max-seq-length", "4", "--runner", "DirectRunner"])
     assert {r.video_id: r.label for r in read_records(features).values()} == {"red.avi": "red", "blue.avi": "green"}
     shutil.copytree(features, tmp_path / "validation")  # the same two videos: training's check, not a test
-    train.run(["--train", str(features), "--validation", str(tmp_path / "validation"), "--output", str(retrained), "--epochs", "30",
-               "--patience", "0", "--start-from-epoch", "0", "--learning-rate", "0.01", "--ema-momentum", "0",
-               "--batch-size", "2", "--seed", "1"])
+    train.run(["--train", str(features), "--validation", str(tmp_path / "validation"), "--output", str(retrained),
+               "--epochs", "30", "--patience", "0", "--start-from-epoch", "0", "--learning-rate", "0.01",
+               "--ema-momentum", "0", "--batch-size", "2", "--seed", "1"])
     relabelled = tmp_path / "relabelled"
     predict.run(["--features", str(features / "features-*.tfrecord"), "--model", str(retrained), "--output",
                  str(relabelled), "--runner", "DirectRunner"])

@@ -44,7 +44,8 @@ def test_video_urls_for_local_files_and_cloud_storage(tmp_path):
     clip = tmp_path / "a dir" / "v#1.avi"
     assert review.video_url(str(clip), str(tmp_path)) == "/data/local-files/?d=a%20dir/v%231.avi"
     assert review.video_url(clip.as_uri(), str(tmp_path)) == "/data/local-files/?d=a%20dir/v%231.avi"
-    assert review.video_url(str(clip), "/") == "/data/local-files/?d=" + str(clip).lstrip("/").replace(" ", "%20").replace("#", "%23")
+    from_root = str(clip).lstrip("/").replace(" ", "%20").replace("#", "%23")
+    assert review.video_url(str(clip), "/") == "/data/local-files/?d=" + from_root
     assert review.video_url("gs://bucket/x.mp4", str(tmp_path)) == "gs://bucket/x.mp4"
     assert review.video_url("/elsewhere/x.mp4", str(tmp_path)) is None
 
@@ -149,7 +150,8 @@ def test_predict_writes_the_config_and_the_least_confident_tasks(reviewed_run):
     events = read_csv(output / "events.csv")
     for task, labelled in zip(tasks, rows):
         (prediction,) = task["predictions"]
-        assert prediction["score"] == float(labelled["confidence"]) and prediction["model_version"] == manifest["model_id"]
+        assert prediction["score"] == float(labelled["confidence"])
+        assert prediction["model_version"] == manifest["model_id"]
         assert prediction["result"][0]["value"]["choices"] == [labelled["top_k"].split(":")[0]]
         assert task["data"]["video"] == f"/data/local-files/?d=clips/{labelled['video_id']}"
         timeline = [(r["value"]["timelinelabels"][0], r["value"]["ranges"][0]) for r in prediction["result"][1:]]
@@ -171,7 +173,8 @@ def test_incremental_runs_write_tasks_only_for_videos_labelled_anew(reviewed_run
     predict.run(segment_args(more, colour_model, output, 1.0, 1.0) + ["--review", "--review-files-root", str(root)])
     assert json.loads((output / "manifest.json").read_text())["labelled_this_run"] == 1
     tasks = json.loads((output / review.TASKS_FILE).read_text())
-    assert [(t["data"]["video_id"], t["data"]["video"]) for t in tasks] == [("green.avi", "/data/local-files/?d=more/green.avi")]
+    assert [(t["data"]["video_id"], t["data"]["video"]) for t in tasks] == [
+        ("green.avi", "/data/local-files/?d=more/green.avi")]
     predict.run(segment_args(more, colour_model, output, 1.0, 1.0))  # without --review: no stale tasks are left
     assert not (output / review.REVIEW_DIR).exists()
 
@@ -208,7 +211,8 @@ def write_export(tmp_path, tasks) -> str:
 def test_accepted_and_corrected_labels_become_a_labels_csv(run_dir, tmp_path, capsys):
     export = write_export(tmp_path, [
         export_task("a.avi", "red", chose("red")),
-        export_task("b.avi", "red", chose("red", when="2026-01-01T00:00:00Z"), chose("blue", when="2026-01-02T00:00:00Z")),
+        export_task("b.avi", "red", chose("red", when="2026-01-01T00:00:00Z"),
+                    chose("blue", when="2026-01-02T00:00:00Z")),
         export_task("c.avi", "blue", chose("blue", cancelled=True)),  # skipped
         export_task("d.avi", "blue", chose(None)),  # opened, nothing chosen
         export_task("d.avi", "blue"),  # imported twice, never annotated

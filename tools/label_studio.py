@@ -103,8 +103,8 @@ class LabelStudioServer:
     def api(self, method: str, path: str, body=None, raw: bool = False):
         """The JSON (or with `raw` the bytes) of a REST call; an HTTP error raises with the server's answer."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                         headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
+        headers = {"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as reply:
                 content = reply.read()

@@ -5,7 +5,8 @@ task opened in a real Label Studio (`make labelstudio`), photographed by headles
 
 The run: H.264 clips of solid colours train a colour classifier in a few epochs (featurize, model.train), and
 `predict --segments 1 --review` labels three clips, two of them with pieces of several colours: the least
-confident task shows the model's label as the pre-selected choice and the events as timeline predictions. `--keep DIR` keeps the run and the server's data.
+confident task shows the model's label as the pre-selected choice and the events as timeline predictions.
+`--keep DIR` keeps the run and the server's data (and reuses a run kept there before).
 """
 
 from __future__ import annotations
