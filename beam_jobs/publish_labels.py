@@ -46,6 +46,7 @@ class Counts:
     events: int = 0
     segment_videos: int = 0
     tracks: int = 0
+    review_tasks: int = 0  # predict --review: the Label Studio tasks written (beam_jobs.review)
 
     @property
     def labelled(self) -> int:
