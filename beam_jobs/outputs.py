@@ -52,8 +52,9 @@ class OutputRun:
     """One run's hold on its output folder, as a context manager around everything that touches it.
 
     On entry: refuse an output path that is a file (exit 73), then take the lease (LeaseHeld, exit 75, when
-    a live run holds it). `staging(overwrite)` checks for a finished run and returns a fresh staging folder,
-    removing what dead runs left. On exit, whatever happened: remove this run's staging if it is still
+    a live run holds it). `staging(overwrite, incremental)` refuses a finished run (unless `overwrite` or
+    `incremental`, a run that builds on it) and, unless `overwrite`, an output without a manifest holding files
+    this program did not write; it returns a fresh staging folder, removing what dead runs left. On exit, whatever happened: remove this run's staging if it is still
     there (a failed or interrupted run), remove the output folder if this run created it and left it empty,
     release the lease."""
 
@@ -69,8 +70,9 @@ class OutputRun:
         self.lease = Lease.acquire(self.output, self.ttl_s, job=self.job)
         return self
 
-    def staging(self, overwrite: bool) -> str:
-        publish.check_output(self.output, MANIFEST_FILE, overwrite)
+    def staging(self, overwrite: bool, incremental: bool = False) -> str:
+        publish.check_output(self.output, MANIFEST_FILE, overwrite or incremental)
+        publish.check_only_own_files(self.output, MANIFEST_FILE, overwrite)
         self._staging = publish.new_staging(self.output)
         return self._staging
 

@@ -72,11 +72,12 @@ class FinishPredict:
     segment_columns: tuple[str, ...] = ()  # segments.csv's, with --segments
 
     def __call__(self, counts, summary, label_shards, failure_shards, removed_files=(), segment_shards=(),
-                 event_shards=()):
+                 event_shards=(), index_files=()):
         if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
             return done
         counts = Counts(**counts)
         self._check_accounting(counts, summary, label_shards)
+        self._check_written(index_files)
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
         merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE), csv_key,
                             csv_line(self.columns))
@@ -104,6 +105,13 @@ class FinishPredict:
                         run_id=self.run_id)
         self._log(counts, page, seconds)
         return manifest
+
+    def _check_written(self, index_files) -> None:
+        """The index files the pipeline wrote (handed in as a side input, so that no runner publishes before
+        they are written) must be staged, or published already by a try of this step that failed later."""
+        for path in index_files:
+            if not fs.exists(path) and not fs.exists(fs.join(self.output, fs.relative(path, self.staging))):
+                raise RuntimeError(f"the index file {path} was written but is not staged")
 
     def _output_patterns(self) -> list[str]:
         """The names this run writes (its manifest names them; the next run removes only what a manifest names)."""

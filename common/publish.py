@@ -54,6 +54,22 @@ def check_output(output: str, manifest_name: str, overwrite: bool, what: str = "
     return finished
 
 
+def check_only_own_files(output: str, manifest_name: str, overwrite: bool) -> None:
+    """Refuse (one line, exit 2) an output without a manifest that holds files no run of this product wrote,
+    unless `overwrite`: a folder of the user's own is not taken over silently. Files an unfinished publish
+    names in its mark are the product's. With `overwrite`, files of the output's names are replaced and no
+    other file is removed (`publish` removes only what an earlier manifest names)."""
+    if overwrite or fs.exists(fs.join(output, manifest_name)):
+        return
+    owned = owned_by(previous_outputs(output, manifest_name))
+    for path in fs.iter_files_under(output):
+        relative = fs.relative(path, output)
+        if not is_bookkeeping(relative) and not owned(relative):
+            raise UserError(f"--output {output} holds files this program did not write ({relative}) and no "
+                            f"{manifest_name}; pass --overwrite to write into it (files of the same names are "
+                            "replaced, no other file is removed)")
+
+
 def new_staging(output: str) -> str:
     """A fresh staging folder inside `output`, after removing the staging of runs that did not finish.
 
