@@ -6,6 +6,10 @@ final names, and moves the manifest into place last; the manifest is the mark of
 run killed at any point leaves nothing that looks finished. Every file, the manifest included, is written
 whole under its staging name before it is moved. `write_atomically` gives single files the same promise.
 
+Publishing can be retried at any point (a runner retries a failed bundle; a storage call fails, or succeeds and
+loses its answer): a retry ends with the new output complete (see `publish`). It removes only files an earlier
+run's manifest names (`previous_outputs`), and `check_only_own_files` refuses an output of someone else's files.
+
 The Beam jobs stage inside their output (`.staging-<run id>/`); training stages beside its model
 directory (`<output>.partial`, resumable) or, for gs:// outputs, in the local temp folder.
 """

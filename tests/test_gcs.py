@@ -515,3 +515,19 @@ def test_overlapping_runs_on_a_gcs_output_one_publishes(gcs, clips, model_gcs):
     assert skipped.strip().splitlines()[-1].startswith(f"skipped: {output} is being written by another run (host ")
     assert json.loads(gcs.bucket.text("overlap/manifest.json"))["videos_labelled"] == 4
     assert [n for n in gcs.bucket.list("overlap/") if "/.staging-" in n or n.endswith(".lease.json")] == []
+
+
+@pytest.mark.parametrize("step, when", [("featurize", "before"), ("predict", "after")])
+def test_publishing_retried_after_any_failed_operation_on_gcs(gcs, step, when):
+    """tests/test_publish_retries.py's check through Beam's own GCS filesystem: each file operation of the
+    publishing step fails in turn (before doing it, or after: an answer lost), then the step is retried."""
+    out = gcs.python(f"""
+import sys
+sys.path.insert(0, "tests")
+import pytest
+from test_publish_retries import check_every_failure
+with pytest.MonkeyPatch.context() as patch:
+    print(check_every_failure("{step}", "gs://{BUCKET}/retried-{step}", "{when}", patch))
+""")
+    assert int(out.split()[-1]) >= 10
+    assert [n for n in gcs.bucket.list(f"retried-{step}/") if "/.staging-" in n or ".publishing" in n] == []
