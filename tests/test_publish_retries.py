@@ -237,7 +237,7 @@ def attempt(step_name: str, root: str, fail_at: int, when: str, monkeypatch) -> 
     """(the output before, after the failing try, after the retry; whether an operation failed, and how many
     file operations the first try made)."""
     output = fs.join(root, f"{when}-{fail_at}")
-    lease = None if fs.is_remote(output) else Lease.acquire(output, ttl_s=600)
+    lease = None if output.startswith("mem://") else Lease.acquire(output, ttl_s=600)  # mem:// has no lease
     run_id = lease.run_id if lease else "run-mem"
     staging = publish.new_staging(output)
     step = STEPS[step_name](output, staging, run_id)
@@ -270,14 +270,14 @@ def test_a_publish_retried_after_any_failed_operation_ends_complete(step_name, w
     assert check_every_failure(step_name, root, when, monkeypatch) >= 10
 
 
-def check_every_failure(step_name: str, root: str, when: str, monkeypatch) -> int:
-    """Fail each file operation of publishing in turn and retry; returns how many operations there were
-    (tests/test_gcs.py runs this against the Cloud Storage emulator)."""
+def check_every_failure(step_name: str, root: str, when: str, monkeypatch, every: int = 1, first: int = 1) -> int:
+    """Fail each file operation of publishing in turn (with `every` N, every Nth from the `first`) and retry;
+    returns how many operations there were (tests/test_gcs.py runs this against the Cloud Storage emulator)."""
     _, _, clean, _, operations = attempt(step_name, root, 0, when, monkeypatch)  # fail_at 0: nothing fails
     assert clean[MANIFEST]["job"] == ("test" if step_name == "publish" else step_name)
     assert all(clean[name] == text.encode() for name, text in USER_FILES.items())  # not the product's: kept
     assert not [name for name in clean if publish.is_bookkeeping(name) and not name.startswith(".lease")]
-    for fail_at in range(1, operations + 1):  # every file operation of publishing fails once
+    for fail_at in range(first, operations + 1, every):  # every file operation of publishing fails once
         before, after_failure, after_retry, failed, _ = attempt(step_name, root, fail_at, when, monkeypatch)
         old = bookkeeping(before)
         # Until the retry: the previous run untouched, or nothing that looks finished (or, failing after the
