@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import EXIT_LEASE_HELD, LeaseHeld
-from common.lease import LEASE_FILE, Lease
+from common.lease import LEASE_FILE
 from test_report import FRAMES, IMAGE_SIZE, make_model_dir, predict_args, write_clips
 
 TAKER = {"run_id": "taker0000000", "job": "predict", "host": "elsewhere", "pid": 1, "token": "taker-token",
@@ -107,4 +107,3 @@ def test_training_holds_the_lease_on_its_output(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="no longer holds the lease"):
         train.run(args)
     assert sorted(os.listdir(output)) == [LEASE_FILE]
-    Lease  # noqa: B018  (the module under test)

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-import memfs
+import memfs  # noqa: F401  (registers mem://)
 from beam_jobs import outputs
 from beam_jobs.featurize import OUTPUT_PATTERNS, FinishFeaturize
 from beam_jobs.publish_labels import FinishPredict
