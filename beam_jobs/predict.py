@@ -207,7 +207,7 @@ def run(argv: list[str] | None = None):
                 branch = _features_branch(pipeline, record_files, handler, fmt)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
-                staging = output_run.staging(overwrite=True)
+                staging = output_run.staging(overwrite=args.overwrite, incremental=True)
                 fs.copy_file(listing, fs.join(staging, outputs.REFS_FILE))
                 _LOG.info("predict: %d videos listed%s", listed, "; the previous run's labels are joined in the "
                           "pipeline" if previous and previous.model_id == model_id else "")
@@ -259,9 +259,9 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                     | "WriteLabelShards" >> WriteSortedShards(fs.join(parts, "labels")))
     failure_shards = (branch.failures | "FailureLines" >> beam.Map(lambda f: (f[0], csv_line(f)))
                       | "WriteFailureShards" >> WriteSortedShards(fs.join(parts, "failures")))
-    _ = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
-         | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
-                                               shard_name_template="-SSSSS-of-NNNNN"))
+    index_files = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
+                   | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
+                                                         shard_name_template="-SSSSS-of-NNNNN"))
     removed_files = branch.removed | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed"))
     counts = dict(branch.counts)
     if args.per_video:
@@ -306,6 +306,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         label_shards=beam.pvalue.AsList(label_shards),
         failure_shards=beam.pvalue.AsList(failure_shards),
         removed_files=beam.pvalue.AsList(removed_files),
+        index_files=beam.pvalue.AsList(index_files),  # so that publishing waits for the index to be written
         **side_inputs,
     )
 
