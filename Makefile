@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 demo images test bench clean mutants
+.PHONY: install browser graphviz iproute2 labelstudio demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,26 @@ iproute2:
 	  else echo "ip (iproute2) not installed and apt-get unavailable: the multi-host test will skip"; fi; \
 	fi
 
+# Label Studio for the review round trip (tests/test_label_studio.py, tools/review_screenshot.py): a venv of its
+# own, since it pins its own Django stack, and an empty database migrated once into a template that each test
+# server copies (migrating takes a minute, starting from the copy seconds). When it cannot be installed (no
+# registry) the make goes on and that test skips.
+LABEL_STUDIO_VERSION := 1.23.2
+LS_VENV := .labelstudio-venv
+LS_STAMP := $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION)
+
+labelstudio: $(LS_STAMP)
+
+$(LS_STAMP):
+	@echo "installing label-studio $(LABEL_STUDIO_VERSION) into $(LS_VENV)/ for the review round trip test"
+	@rm -rf $(LS_VENV)
+	@if $(PYTHON) -m venv $(LS_VENV) && $(LS_VENV)/bin/python -m pip install --quiet --upgrade pip \
+	    && $(LS_VENV)/bin/python -m pip install --quiet label-studio==$(LABEL_STUDIO_VERSION) \
+	    && LABEL_STUDIO_LATEST_VERSION_CHECK=false LABEL_STUDIO_COLLECT_ANALYTICS=false LABEL_STUDIO_SENTRY_DSN= \
+	       $(LS_VENV)/bin/label-studio version --data-dir $(LS_VENV)/template >$(LS_VENV)/template.log 2>&1; then \
+	  touch $@; \
+	else echo "label-studio could not be installed: the review round trip test will skip"; rm -rf $(LS_VENV); fi
+
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
 images: demo browser
@@ -93,7 +113,7 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
-test: $(STAMP) browser iproute2
+test: $(STAMP) browser iproute2 labelstudio
 	$(PY) -m pytest -q tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results

@@ -119,6 +119,8 @@ class FinishFeaturize:
     started_at: float = 0.0  # time.time() when the job was launched
 
     def __call__(self, counts, shards, labels, failure_shards):
+        if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
+            return done
         matched, written, failed, frames = (int(counts[k]) for k in ("matched", "written", "failed", "frames"))
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
         if written + failed != matched or sum(n for _, n in failure_shards) != failed:

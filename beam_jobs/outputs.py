@@ -52,8 +52,9 @@ class OutputRun:
     """One run's hold on its output folder, as a context manager around everything that touches it.
 
     On entry: refuse an output path that is a file (exit 73), then take the lease (LeaseHeld, exit 75, when
-    a live run holds it). `staging(overwrite)` checks for a finished run and returns a fresh staging folder,
-    removing what dead runs left. On exit, whatever happened: remove this run's staging if it is still
+    a live run holds it). `staging(overwrite, incremental)` refuses a finished run (unless `overwrite` or
+    `incremental`, a run that builds on it) and, unless `overwrite`, an output without a manifest holding files
+    this program did not write; it returns a fresh staging folder, removing what dead runs left. On exit, whatever happened: remove this run's staging if it is still
     there (a failed or interrupted run), remove the output folder if this run created it and left it empty,
     release the lease."""
 
@@ -69,8 +70,9 @@ class OutputRun:
         self.lease = Lease.acquire(self.output, self.ttl_s, job=self.job)
         return self
 
-    def staging(self, overwrite: bool) -> str:
-        publish.check_output(self.output, MANIFEST_FILE, overwrite)
+    def staging(self, overwrite: bool, incremental: bool = False) -> str:
+        publish.check_output(self.output, MANIFEST_FILE, overwrite or incremental)
+        publish.check_only_own_files(self.output, MANIFEST_FILE, overwrite)
         self._staging = publish.new_staging(self.output)
         return self._staging
 
@@ -108,20 +110,31 @@ def check_lease(output: str, run_id: str | None) -> None:
         assert_held(output, run_id)
 
 
+def published_by(output: str, staging: str, run_id: str | None) -> dict | None:
+    """The manifest in `output` if run `run_id` published it (see common.publish.published_by), else None."""
+    return publish.published_by(output, MANIFEST_FILE, staging, run_id)
+
+
 def publish_outputs(output: str, staging: str, staged_files: Sequence[str], texts: dict[str, str], manifest: dict,
                     replace_patterns: Iterable[str] = (), run_id: str | None = None) -> dict:
     """Stage `texts` ({name: content}) beside `staged_files`, then publish them all with `manifest` (completed
-    with the time and package versions) last. Files matching `replace_patterns` (the previous run's outputs)
-    are replaced. With `run_id`, that run must still hold the output's lease (LeaseLost otherwise). Returns
-    the manifest written."""
-    manifest = dict(manifest, finished_at=publish.now_utc(), package_versions=package_versions())
+    with the time, package versions, run id and the patterns of its outputs) last. Files of the previous run
+    matching `replace_patterns` (this job's outputs, as its manifest names them) are replaced. With `run_id`,
+    that run must still hold the output's lease (LeaseLost otherwise), checked before every step of
+    publishing; a retry after it published returns the manifest it wrote. Returns the manifest written."""
+    if done := published_by(output, staging, run_id):
+        return done
+    patterns = list(replace_patterns)
+    manifest = dict(manifest, finished_at=publish.now_utc(), package_versions=package_versions(), run_id=run_id,
+                    **{publish.OUTPUTS_KEY: patterns})
     staged = list(staged_files)
     for name, text in texts.items():
         staged.append(fs.join(staging, name))
         fs.write_text(staged[-1], text)
-    previous = [path for pattern in replace_patterns for path in fs.match(fs.join(output, pattern))]
     check_lease(output, run_id)
-    publish.publish(output, staging, staged, MANIFEST_FILE, fs.json_text(manifest), replace=previous)
+    previous = (path for pattern in patterns for path in fs.match(fs.join(output, pattern)))
+    publish.publish(output, staging, staged, MANIFEST_FILE, fs.json_text(manifest), replace=previous,
+                    outputs=patterns, fence=lambda: check_lease(output, run_id), run_id=run_id)
     return manifest
 
 

@@ -35,7 +35,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import outputs, report
+from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
 from beam_jobs.classify import VideoClassifierHandler, record_model_input, video_model_input
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
@@ -101,6 +101,7 @@ class Branch(NamedTuple):
     counts: dict  # name -> PCollection of one int, the fields of publish_labels.Counts
     rows_read: beam.PCollection  # the rows of videos read in this run (not carried over)
     segments: seg.SegmentOutputs | None = None  # with --segments
+    rows_by_model: beam.PCollection | None = None  # the rows the model made in this run (not reused)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "instead of trusting unchanged size, modification time and file identity")
     add_engine_flags(parser)
     outputs.add_lease_flag(parser)
+    review.add_review_flags(parser)
     return parser
 
 
@@ -155,6 +157,7 @@ def _parse(argv):
     if not 0.0 <= args.min_confidence <= 1.0:
         raise UserError(f"--min-confidence must be within 0..1, got {args.min_confidence}")
     _check_segment_args(args)
+    review.check_review_args(args)
     return args, beam_args
 
 
@@ -204,7 +207,7 @@ def run(argv: list[str] | None = None):
                 branch = _features_branch(pipeline, record_files, handler, fmt)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
-                staging = output_run.staging(overwrite=True)
+                staging = output_run.staging(overwrite=args.overwrite, incremental=True)
                 fs.copy_file(listing, fs.join(staging, outputs.REFS_FILE))
                 _LOG.info("predict: %d videos listed%s", listed, "; the previous run's labels are joined in the "
                           "pipeline" if previous and previous.model_id == model_id else "")
@@ -256,9 +259,9 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                     | "WriteLabelShards" >> WriteSortedShards(fs.join(parts, "labels")))
     failure_shards = (branch.failures | "FailureLines" >> beam.Map(lambda f: (f[0], csv_line(f)))
                       | "WriteFailureShards" >> WriteSortedShards(fs.join(parts, "failures")))
-    _ = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
-         | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
-                                               shard_name_template="-SSSSS-of-NNNNN"))
+    index_files = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
+                   | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
+                                                         shard_name_template="-SSSSS-of-NNNNN"))
     removed_files = branch.removed | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed"))
     counts = dict(branch.counts)
     if args.per_video:
@@ -281,6 +284,8 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                                   "CountTracks")
     if args.overwrite or not windows or previous is None or previous.segments != windows.manifest():
         wipe.append(TRACKS_DIR)  # else the tracks of videos carried over stay, as their thumbnails do
+    wipe.append(review.REVIEW_DIR)  # the previous run's tasks were for its videos
+    counts.update(review.write_review_files(args, branch.rows_by_model, branch.segments, labels, model_id, staging))
     keyed_counts = [pc | f"Name{name.title().replace('_', '')}" >> beam.Map(lambda v, n=name: (n, v))
                     for name, pc in counts.items()]
     finish = FinishPredict(
@@ -301,6 +306,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         label_shards=beam.pvalue.AsList(label_shards),
         failure_shards=beam.pvalue.AsList(failure_shards),
         removed_files=beam.pvalue.AsList(removed_files),
+        index_files=beam.pvalue.AsList(index_files),  # so that publishing waits for the index to be written
         **side_inputs,
     )
 
@@ -367,6 +373,7 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
             **(segments.counts if segments else {}),
         },
         segments=segments,
+        rows_by_model=new_rows,
     )
 
 
@@ -396,7 +403,8 @@ def _features_branch(pipeline, files, handler, fmt) -> Branch:
     nothing = pipeline | "NoFailures" >> beam.Create([])
     zero = pipeline | "Zero" >> beam.Create([0])
     return Branch(
-        rows=rows, rows_read=rows, index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
+        rows=rows, rows_read=rows, rows_by_model=rows,
+        index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
         failures=nothing, removed=pipeline | "NoneRemoved" >> beam.Create([]),
         counts={"matched": _count(decoded, "CountRecords"), "by_model": _count(rows, "CountByModel"),
                 "reused_content": zero, "carried": zero, "failed": _count(nothing, "CountFailed")},

@@ -26,6 +26,9 @@ from common import fs, publish
 _LOG = logging.getLogger("beam_jobs.predict")  # the job's summary lines, under the job's name
 
 PARTS_DIR = "_parts"  # shards and lists inside staging that publishing reads but does not publish
+# Every name a labelling run may write: what a manifest from before manifests named their files is taken to name.
+OUTPUT_PATTERNS = (LABELS_FILE, outputs.FAILURES_FILE, report.REPORT_FILE, INDEX_FILE, INDEX_PATTERN, SEGMENTS_FILE,
+                   EVENTS_FILE, f"{report.THUMBNAILS_DIR}/**", f"{PER_VIDEO_DIR}/**", f"{TRACKS_DIR}/**")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Counts:
     events: int = 0
     segment_videos: int = 0
     tracks: int = 0
+    review_tasks: int = 0  # predict --review: the Label Studio tasks written (beam_jobs.review)
 
     @property
     def labelled(self) -> int:
@@ -69,9 +73,12 @@ class FinishPredict:
     segment_columns: tuple[str, ...] = ()  # segments.csv's, with --segments
 
     def __call__(self, counts, summary, label_shards, failure_shards, removed_files=(), segment_shards=(),
-                 event_shards=()):
+                 event_shards=(), index_files=()):
+        if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
+            return done
         counts = Counts(**counts)
         self._check_accounting(counts, summary, label_shards)
+        self._check_written(index_files)
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
         merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE), csv_key,
                             csv_line(self.columns))
@@ -89,13 +96,32 @@ class FinishPredict:
                         failures=counts.failed, frames_sampled=counts.frames_sampled, seconds=round(seconds, 1),
                         **({"segments_written": counts.segments, "events_written": counts.events}
                            if self.segment_columns else {}),
-                        finished_at=publish.now_utc(), package_versions=outputs.package_versions())
+                        finished_at=publish.now_utc(), package_versions=outputs.package_versions(),
+                        run_id=self.run_id, **{publish.OUTPUTS_KEY: self._output_patterns()})
         staged = (path for path in fs.iter_files_under(self.staging) if self._published(path))
         outputs.check_lease(self.output, self.run_id)
         publish.publish(self.output, self.staging, staged, outputs.MANIFEST_FILE, fs.json_text(manifest),
-                        replace=self._replaced(removed_files))
+                        replace=self._replaced(removed_files), outputs=self._output_patterns(),
+                        previous_default=OUTPUT_PATTERNS, fence=lambda: outputs.check_lease(self.output, self.run_id),
+                        run_id=self.run_id)
         self._log(counts, page, seconds)
         return manifest
+
+    def _check_written(self, index_files) -> None:
+        """The index files the pipeline wrote (handed in as a side input, so that no runner publishes before
+        they are written) must be staged, or published already by a try of this step that failed later."""
+        for path in index_files:
+            if not fs.exists(path) and not fs.exists(fs.join(self.output, fs.relative(path, self.staging))):
+                raise RuntimeError(f"the index file {path} was written but is not staged")
+
+    def _output_patterns(self) -> list[str]:
+        """The names this run writes (its manifest names them; the next run removes only what a manifest names)."""
+        names = [LABELS_FILE, outputs.FAILURES_FILE, report.REPORT_FILE, INDEX_PATTERN, f"{report.THUMBNAILS_DIR}/**"]
+        if self.manifest.get("options", {}).get("per_video"):
+            names.append(f"{PER_VIDEO_DIR}/**")
+        if self.segment_columns:
+            names += [SEGMENTS_FILE, EVENTS_FILE, f"{TRACKS_DIR}/**"]
+        return names
 
     def _published(self, staged_path: str) -> bool:
         relative = fs.relative(staged_path, self.staging)

@@ -57,7 +57,7 @@ def read_history(path: str) -> list[dict]:
 def random_states(model: keras.Model) -> list[list[int]]:
     """The states of the model's random generators (dropout's), in the order of its variables: Keras does not
     save them with the model, and a resumed run that restarts them redraws the masks of the first steps."""
-    return [[int(x) for x in keras.ops.unstack(v)] for v in model.variables
+    return [[int(x) for x in keras.ops.convert_to_numpy(v)] for v in model.variables
             if v.path.endswith("seed_generator_state")]
 
 
@@ -133,7 +133,7 @@ class TrainingState(keras.callbacks.Callback):
             self.best_val_loss, self.best_epoch = val_loss, self.epochs_done
             with averaged_weights(self.model):  # the weights that were validated
                 write_atomically(self.best_weights_path, self.model.save_weights)
-        learning_rate = float(self.model.optimizer.learning_rate)
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         metrics = {key: float(logs[key]) for key in HISTORY_COLUMNS[1:] if key in logs}
         self.history.append({"epoch": self.epochs_done, **metrics, "learning_rate": learning_rate})
         write_history(self.history_path, self.history)

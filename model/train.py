@@ -34,7 +34,8 @@ size or sampling differ from the first training record's, are refused, and so is
 describe its shards (model.data).
 
 The run is staged in `<output>.partial` (a local temp dir for gs:// outputs; TensorBoard logs under `logs/`
-there while it runs) and published to `<output>` only when finished, `metrics.json` last (common.publish).
+there while it runs) and published to `<output>` only when finished, `metrics.json` last (common.publish). The
+run holds `<output>`'s lease (common.lease) while it runs: a second run on the same output is skipped (exit 75).
 `--resume` continues an interrupted run from its last finished epoch (same data and settings; the epochs
 after the restart read the records in the order an uninterrupted run's would, with the same dropout masks,
 so on the same machine it ends with the uninterrupted run's model), or publishes a finished run whose upload to
@@ -54,7 +55,8 @@ from typing import Sequence
 
 from common import fs
 from common.errors import UserError
-from common.publish import check_output, publish
+from common.lease import Lease, assert_held
+from common.publish import check_not_a_file, check_output, is_bookkeeping, publish
 from model.config import parse_args
 
 logger = logging.getLogger(__name__)
@@ -81,8 +83,10 @@ def check_training_output(output: str, overwrite: bool, resume: bool = False) ->
 def _entries(output: str) -> list[str]:
     """What is in `output` now: the folder's entries locally, the objects under the prefix on gs://."""
     if fs.is_remote(output):
-        return fs.files_under(output)
-    return [os.path.join(output, name) for name in sorted(os.listdir(output))] if os.path.isdir(output) else []
+        found = fs.files_under(output)
+    else:
+        found = [os.path.join(output, name) for name in sorted(os.listdir(output))] if os.path.isdir(output) else []
+    return [path for path in found if not is_bookkeeping(fs.relative(path, output))]  # this run's lease is not
 
 
 def check_heads(num_heads: int, feature_dim: int) -> None:
@@ -108,9 +112,10 @@ def open_staging(staging: str, resume: bool, fingerprint: dict) -> dict | None:
     return None
 
 
-def promote(staging: str, output: str, metrics_text: str) -> None:
+def promote(staging: str, output: str, metrics_text: str, fence=None) -> None:
     """Publish the finished run in `staging` as `output`, `metrics.json` last, replacing what `output` holds;
-    the checkpoints and the resumption state stay behind and are removed with the staging folder.
+    the checkpoints and the resumption state stay behind and are removed with the staging folder. `fence` (the
+    lease check) runs before each step that changes `output`.
 
     To gs:// the files are uploaded from a local copy, so that if the upload fails the staging folder is still
     whole and `--resume` uploads it again instead of training again.
@@ -121,20 +126,38 @@ def promote(staging: str, output: str, metrics_text: str) -> None:
     resumption = {CHECKPOINTS_DIR, STATE_FILE, METRICS_FILE}
     staged = [path for path in fs.files_under(staging) if fs.relative(path, staging).split("/")[0] not in resumption]
     if not fs.is_remote(output):
-        publish(output, staging, staged, METRICS_FILE, metrics_text, replace=_entries(output))
+        publish(output, staging, staged, METRICS_FILE, metrics_text, replace=_entries(output), fence=fence)
         return
     with tempfile.TemporaryDirectory(prefix="train-upload-") as upload:
         copies = [os.path.join(upload, fs.relative(path, staging)) for path in staged]
         for path, copy in zip(staged, copies):
             os.makedirs(os.path.dirname(copy), exist_ok=True)
             shutil.copyfile(path, copy)
-        publish(output, upload, copies, METRICS_FILE, metrics_text, replace=_entries(output))
+        publish(output, upload, copies, METRICS_FILE, metrics_text, replace=_entries(output), fence=fence)
     shutil.rmtree(staging)
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Train as the command line says and write the model directory; returns the metrics (metrics.json)."""
+    """Train as the command line says and write the model directory; returns the metrics (metrics.json).
+
+    The run holds the output's lease (common.lease) from before it looks at the output until it ends: a second
+    run on the same output is skipped (LeaseHeld, exit 75), and a run whose lease was taken over while it
+    trained does not publish (LeaseLost)."""
     config = parse_args(argv)
+    check_not_a_file(config.output)
+    created = not fs.exists(config.output)
+    try:
+        with Lease.acquire(config.output, job="train") as lease:
+            return _train(config, fence=lambda: assert_held(config.output, lease.run_id))
+    finally:
+        if created and not fs.is_remote(config.output):
+            try:
+                os.rmdir(config.output)  # made for the lease, and left empty: a failed run leaves nothing
+            except OSError:
+                pass
+
+
+def _train(config, fence) -> dict:
     # TensorFlow and Keras load from here on, not at import, so that `__main__` can quiet them first.
     check_training_output(config.output, config.overwrite, config.resume)
     from model import loop
@@ -147,7 +170,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     state = open_staging(staging, config.resume, fingerprint)
     metrics = loop.train_model(config, data, staging, fingerprint, state)
     check_training_output(config.output, config.overwrite, config.resume)  # nothing appeared there meanwhile
-    promote(staging, config.output, fs.json_text(metrics))
+    promote(staging, config.output, fs.json_text(metrics), fence=fence)
     logger.info("wrote %s: val accuracy %.3f%s (best epoch %d of %d)", config.output, metrics["val_accuracy"],
                 f", test accuracy {metrics['test_accuracy']:.3f}" if data.test else "", metrics["best_epoch"],
                 metrics["epochs_run"])

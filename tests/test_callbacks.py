@@ -26,8 +26,12 @@ from model.config import MIN_LEARNING_RATE
 
 
 def small_model(ema_momentum=0.0):
+    """A compiled classifier whose optimizer is built, as after training's first step: the checkpoints it saves
+    hold the optimizer's variables, as training's do."""
     config = ClassifierConfig(num_classes=2, max_seq_length=4, feature_dim=8)
-    return compile_classifier(build_classifier(config), ema_momentum=ema_momentum)
+    model = compile_classifier(build_classifier(config), ema_momentum=ema_momentum)
+    model.optimizer.build(model.trainable_variables)
+    return model
 
 
 def epochs(state, val_losses):
@@ -133,7 +137,7 @@ def test_the_best_checkpoint_holds_the_averaged_weights(tmp_path):
     epochs(state, [0.5])
     for after, before in zip(model.get_weights(), raw):  # the model trains on with its raw weights
         np.testing.assert_array_equal(after, before)
-    best = small_model()
+    best = small_model(ema_momentum=0.9)
     best.load_weights(state.best_weights_path)
     for kept, average in zip(best.get_weights(), averages):
         np.testing.assert_array_equal(kept, average)

@@ -454,32 +454,54 @@ def test_predict_labels_gcs_videos_with_a_gcs_model_and_reruns_incrementally(gcs
 
 
 def test_the_lease_holds_on_gcs_with_generation_preconditions(gcs):
-    """Leases through Cloud Storage's own atomic create (ifGenerationMatch=0), renewal, expiry and release."""
+    """Leases through Cloud Storage's own atomic create (ifGenerationMatch=0), renewal, expiry and release;
+    then rounds of takers racing a stalled holder's renewals over HTTP: one winner each time. Expiry is judged
+    by a clock the code takes (the takers' runs 60 s later), renewals are waited for as events: no sleeps."""
     out = gcs.python(f"""
-import json, time
+import threading, time
 from common.errors import LeaseHeld, LeaseLost
 from common.lease import Lease
-first = Lease.acquire("gs://{BUCKET}/leased", ttl_s=0.6)
+first = Lease.acquire("gs://{BUCKET}/leased", ttl_s=30, renew_every_s=0.05)
 try:
-    Lease.acquire("gs://{BUCKET}/leased", ttl_s=0.6)
+    Lease.acquire("gs://{BUCKET}/leased", ttl_s=30)
     print("second acquired")
 except LeaseHeld as exc:
     print("held:", "pid" in str(exc))
-time.sleep(0.8)
-first.check()  # renewed meanwhile
-print("renewed")
+print("renewed:", first.wait_for_renewals(2))
+first.check()
 first._stop.set()  # as if killed: no more renewals
-time.sleep(1.0)
-taken = Lease.acquire("gs://{BUCKET}/leased", ttl_s=30)
+later = lambda: time.time() + 60
+taken = Lease.acquire("gs://{BUCKET}/leased", ttl_s=30, clock=later)
 print("taken over:", taken.took_over)
 try:
     first.check()
 except LeaseLost:
     print("first lost")
 taken.release()
+for round_ in range(4):
+    where = f"gs://{BUCKET}/raced{{round_}}"
+    stalled = Lease.acquire(where, ttl_s=30, renew_every_s=3600)
+    won, barrier = [], threading.Barrier(4)
+    def take():
+        barrier.wait()
+        try:
+            won.append(Lease.acquire(where, ttl_s=30, renew_every_s=3600, clock=later))
+        except LeaseHeld:
+            pass
+    def renew():
+        barrier.wait()
+        for _ in range(3):
+            stalled.renew()
+    threads = [threading.Thread(target=take) for _ in range(3)] + [threading.Thread(target=renew)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print("round", round_, len(won), stalled.renew(), won[0].renew() if won else None)
+    [lease.release() for lease in [stalled, *won]]
 """)
-    assert out.split("\n")[:4] == ["held: True", "renewed", "taken over: True", "first lost"]
-    assert [n for n in gcs.bucket.list("leased/")] == []
+    lines = out.split("\n")
+    assert lines[:4] == ["held: True", "renewed: True", "taken over: True", "first lost"], out
+    assert lines[4:8] == [f"round {i} 1 False True" for i in range(4)], out
+    assert [n for n in gcs.bucket.list("leased/")] == [] and [n for n in gcs.bucket.list("raced")] == []
 
 
 def test_overlapping_runs_on_a_gcs_output_one_publishes(gcs, clips, model_gcs):
@@ -493,3 +515,20 @@ def test_overlapping_runs_on_a_gcs_output_one_publishes(gcs, clips, model_gcs):
     assert skipped.strip().splitlines()[-1].startswith(f"skipped: {output} is being written by another run (host ")
     assert json.loads(gcs.bucket.text("overlap/manifest.json"))["videos_labelled"] == 4
     assert [n for n in gcs.bucket.list("overlap/") if "/.staging-" in n or n.endswith(".lease.json")] == []
+
+
+@pytest.mark.parametrize("step, when, first", [("featurize", "before", 1), ("predict", "after", 3)])
+def test_publishing_retried_after_any_failed_operation_on_gcs(gcs, step, when, first):
+    """tests/test_publish_retries.py's check through Beam's own GCS filesystem: file operations of the
+    publishing step fail (before doing them, or after: an answer lost), then the step is retried. Every sixth
+    operation here, over HTTP; every one of them on mem:// in tests/test_publish_retries.py."""
+    out = gcs.python(f"""
+import sys
+sys.path.insert(0, "tests")
+import pytest
+from test_publish_retries import check_every_failure
+with pytest.MonkeyPatch.context() as patch:
+    print(check_every_failure("{step}", "gs://{BUCKET}/retried-{step}", "{when}", patch, every=6, first={first}))
+""")
+    assert int(out.split()[-1]) >= 10
+    assert [n for n in gcs.bucket.list(f"retried-{step}/") if "/.staging-" in n or ".publishing" in n] == []

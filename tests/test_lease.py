@@ -14,6 +14,16 @@ from common.errors import EXIT_LEASE_HELD, LeaseHeld, LeaseLost
 from common.lease import LEASE_FILE, Lease, assert_held
 
 
+class FakeClock:
+    """Wall-clock seconds that move only when a test moves them."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def lease_content(output) -> dict:
     return json.loads((output / LEASE_FILE).read_text())
 
@@ -35,13 +45,35 @@ def test_a_second_run_is_refused_with_the_holder_named(tmp_path):
 
 
 def test_the_holder_renews_its_lease(tmp_path):
-    with Lease.acquire(str(tmp_path), ttl_s=0.4) as held:
+    clock = FakeClock()
+    with Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=0.01, clock=clock) as held:
         first = lease_content(tmp_path)["expires_at"]
-        time.sleep(0.5)  # past the first expiry: renewed meanwhile, so still held
+        assert first == clock.now + 10
+        clock.now += 8
+        assert held.wait_for_renewals(1), "no renewal"  # an event, not a sleep
+        clock.now += 8  # past the first expiry: renewed meanwhile, so still held
+        assert held.wait_for_renewals(held.renewals + 1)
         assert lease_content(tmp_path)["expires_at"] > first
         with pytest.raises(LeaseHeld):
-            Lease.acquire(str(tmp_path), ttl_s=0.4)
+            Lease.acquire(str(tmp_path), ttl_s=10, clock=clock)
         held.check()
+
+
+def test_a_lease_not_renewed_expires_by_the_takers_clock(tmp_path):
+    clock = FakeClock()
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    clock.now += 9.9
+    with pytest.raises(LeaseHeld):
+        Lease.acquire(str(tmp_path), ttl_s=10, clock=clock)
+    clock.now += 0.2
+    with Lease.acquire(str(tmp_path), ttl_s=10, clock=clock) as taken:
+        assert taken.took_over
+        assert held.renew() is False  # the stalled holder's renewal cannot overwrite the taker's lease
+        assert lease_content(tmp_path)["run_id"] == taken.run_id
+        with pytest.raises(LeaseLost):
+            held.check()
+        held.release()
+        assert lease_content(tmp_path)["run_id"] == taken.run_id
 
 
 def test_an_expired_lease_is_taken_over(tmp_path):
@@ -102,3 +134,162 @@ def test_outputs_without_a_lease_store_are_run_unguarded_with_a_warning(caplog):
         with Lease.acquire("mem://bucket/out", ttl_s=30) as lease:
             lease.check()
     assert "no lease on mem:// outputs" in caplog.text
+
+
+# Racing takers and renewers: at most one holder at any time.
+
+ROUNDS, TAKERS, RENEWERS = 20, 5, 2
+
+
+def race(output: str, monkeypatch, store_class) -> None:
+    """Rounds of: a holder that stalled past its expiry; TAKERS runs that see it expired take it over while
+    RENEWERS threads of the stalled holder renew it. Exactly one taker wins each round, the lease names it,
+    and the stalled holder has lost it. Every store read yields the processor, to widen each race window."""
+    real_read = store_class.read
+
+    def slow_read(self):
+        found = real_read(self)
+        time.sleep(0.0005)
+        return found
+
+    monkeypatch.setattr(store_class, "read", slow_read)
+    now, later = FakeClock(), FakeClock(1_800_000_000.0 + 60)  # the takers' clock: the holder's lease is over
+    for round_ in range(ROUNDS):
+        where = f"{output}/round{round_}"
+        stalled = Lease.acquire(where, ttl_s=30, renew_every_s=3600, clock=now)
+        barrier, won, renewed = threading.Barrier(TAKERS + RENEWERS), [], []
+
+        def take():
+            barrier.wait()
+            try:
+                won.append(Lease.acquire(where, ttl_s=30, renew_every_s=3600, clock=later))
+            except LeaseHeld:
+                pass
+
+        def renew():
+            barrier.wait()
+            for _ in range(3):
+                renewed.append(stalled.renew())
+
+        threads = [threading.Thread(target=take) for _ in range(TAKERS)]
+        threads += [threading.Thread(target=renew) for _ in range(RENEWERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(won) == 1, f"round {round_}: {len(won)} takers won"
+        (winner,) = won
+        holder = stalled._store.read()[0]["run_id"]
+        assert holder == winner.run_id, f"round {round_}: the lease names {holder}, not the winner"
+        assert stalled.renew() is False and winner.renew() is True
+        with pytest.raises(LeaseLost):
+            stalled.check()
+        winner.check()
+        stalled.release()
+        winner.release()
+        assert stalled._store.read() is None
+
+
+def test_racing_takers_and_renewers_leave_exactly_one_holder_locally(tmp_path, monkeypatch):
+    from common.lease import _LocalStore
+
+    race(str(tmp_path), monkeypatch, _LocalStore)
+
+
+def test_racing_takers_and_renewers_leave_exactly_one_holder_on_gcs(monkeypatch):
+    from common.lease import _GcsStore
+
+    bucket = FakeBucket()
+    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
+    race("gs://bucket/out", monkeypatch, _GcsStore)
+
+
+def test_a_retried_upload_answering_412_is_not_a_lost_lease(monkeypatch):
+    """google-cloud-storage retries an upload whose answer was lost; if the first try had succeeded, the retry's
+    precondition fails (412) although the object is this run's own write."""
+    bucket = FakeBucket()
+    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
+    bucket.lose_answers = 1  # the creation itself
+    held = Lease.acquire("gs://bucket/out", ttl_s=30, renew_every_s=3600)
+    assert not held.took_over and json.loads(bucket.objects["out/.lease.json"][0])["run_id"] == held.run_id
+    bucket.lose_answers = 1  # a renewal
+    assert held.renew() is True
+    held.check()
+    assert_held("gs://bucket/out", held.run_id)
+    # A 412 for another run's write is still a refusal.
+    with pytest.raises(LeaseHeld):
+        Lease.acquire("gs://bucket/out", ttl_s=30)
+    held.release()
+    assert bucket.objects == {}
+
+
+class FakeBucket:
+    """Cloud Storage's object semantics that the lease relies on, in memory: generations, `ifGenerationMatch`
+    checked atomically, and (with `lose_answers`) uploads whose success answer is lost, so the client's retry
+    is answered 412."""
+
+    def __init__(self):
+        self.objects: dict[str, tuple[bytes, int]] = {}
+        self.lose_answers = 0
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def get_blob(self, name):
+        with self._lock:
+            if name not in self.objects:
+                return None
+            return FakeBlob(self, name, self.objects[name][1])
+
+    def blob(self, name):
+        return FakeBlob(self, name, None)
+
+
+class FakeClient:
+    def __init__(self, bucket: FakeBucket):
+        self._bucket = bucket
+
+    def bucket(self, _name):
+        return self._bucket
+
+
+class FakeBlob:
+    def __init__(self, bucket: FakeBucket, name: str, generation):
+        self._bucket, self.name, self.generation = bucket, name, generation
+
+    def _check(self, wanted):
+        current = self._bucket.objects.get(self.name, (b"", 0))[1]
+        if wanted is not None and wanted != current:
+            from google.api_core.exceptions import PreconditionFailed
+
+            raise PreconditionFailed("412 Precondition Failed")
+
+    def upload_from_string(self, data, content_type=None, if_generation_match=None):
+        bucket = self._bucket
+        with bucket._lock:
+            self._check(if_generation_match)
+            bucket._generation += 1
+            bucket.objects[self.name] = (data.encode() if isinstance(data, str) else data, bucket._generation)
+            self.generation = bucket._generation
+            lost = bucket.lose_answers > 0
+            bucket.lose_answers -= lost
+        if lost:  # the client retries the same upload with the same precondition: now 412
+            with bucket._lock:
+                self._check(if_generation_match)
+
+    def download_as_bytes(self, if_generation_match=None):
+        from google.api_core.exceptions import NotFound
+
+        with self._bucket._lock:
+            if self.name not in self._bucket.objects:
+                raise NotFound("404")
+            self._check(if_generation_match)
+            return self._bucket.objects[self.name][0]
+
+    def delete(self, if_generation_match=None):
+        from google.api_core.exceptions import NotFound
+
+        with self._bucket._lock:
+            if self.name not in self._bucket.objects:
+                raise NotFound("404")
+            self._check(if_generation_match)
+            del self._bucket.objects[self.name]

@@ -121,3 +121,58 @@ def test_parse_hands_unknown_flags_to_beam():
     args, beam_args = _parse(["--input", "v", "--model", "m", "--output", "o", "--runner", "DirectRunner",
                               "--direct_num_workers=2"])
     assert args.input == ["v"] and beam_args == ["--runner", "DirectRunner", "--direct_num_workers=2"]
+
+
+def upstream_labels(pipeline, label: str) -> set[str]:
+    """The full labels of every transform whose output reaches the transform `label` (as input or side input)."""
+    from apache_beam.pipeline import PipelineVisitor
+
+    class Find(PipelineVisitor):
+        found = None
+
+        def visit_transform(self, node):
+            if node.full_label == label:
+                Find.found = node
+
+    pipeline.visit(Find())
+    assert Find.found is not None, f"no transform {label}"
+    seen, todo = set(), [Find.found]
+    while todo:
+        node = todo.pop()
+        for pcoll in [*node.inputs, *(side.pvalue for side in node.side_inputs)]:
+            producer = getattr(pcoll, "producer", None)
+            if producer is not None and producer.full_label not in seen:
+                seen.add(producer.full_label)
+                todo.append(producer)
+    return seen
+
+
+@pytest.mark.parametrize("extra", [[], ["--per-video", "--segments", "1"]])
+def test_publishing_takes_every_output_it_publishes_as_an_input(extra, tmp_path, monkeypatch):
+    """No runner can publish before the files are written: each write is upstream of the publishing step
+    (Beam orders steps only by their data; the order they are written in means nothing)."""
+    import apache_beam as beam
+
+    from beam_jobs import predict
+    from test_report import make_model_dir, predict_args, write_clips
+
+    model = make_model_dir(tmp_path / "model")
+    clips = write_clips(tmp_path / "clips", per_class=1, seed=1)
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def capture(pipeline, *args, **kwargs):
+        built.append(pipeline)
+        raise Built
+
+    monkeypatch.setattr(beam.Pipeline, "run", capture)
+    with pytest.raises(Built):
+        predict.run(predict_args(clips, model, tmp_path / "out", *extra))
+    upstream = upstream_labels(built[0], "PublishOutputs/Publish")
+    writers = ["WriteIndex", "WriteLabelShards", "WriteFailureShards", "WriteRemoved", "StageThumbnails"]
+    if extra:
+        writers += ["WritePerVideo", "StageTracks", "WriteSegmentShards", "WriteEventShards"]
+    for writer in writers:
+        assert any(label.split("/")[0] == writer for label in upstream), f"{writer} is not an input of publishing"

@@ -274,3 +274,70 @@ def test_now_utc_is_an_iso_time_in_seconds():
 
     parsed = datetime.datetime.fromisoformat(publish.now_utc())
     assert parsed.utcoffset() == datetime.timedelta(0) and parsed.microsecond == 0
+
+
+# Files the product did not write
+
+
+def test_an_output_of_someone_elses_files_without_a_manifest_is_refused_unless_overwrite(tmp_path, bucket):
+    for output in (str(tmp_path / "out"), f"{bucket}/out"):
+        publish.check_only_own_files(output, MANIFEST, overwrite=False)  # nothing there yet
+        fs.write_text(fs.join(output, ".lease.json"), "{}")
+        fs.write_text(fs.join(output, ".staging-dead/labels.csv"), "a dead run's staging")
+        publish.check_only_own_files(output, MANIFEST, overwrite=False)  # only a run's bookkeeping
+        fs.write_text(fs.join(output, "tracks/song1.flac"), "music")
+        with pytest.raises(UserError) as refused:
+            publish.check_only_own_files(output, MANIFEST, overwrite=False)
+        assert str(refused.value) == (f"--output {output} holds files this program did not write (tracks/song1.flac) "
+                                      "and no manifest.json; pass --overwrite to write into it (files of the same "
+                                      "names are replaced, no other file is removed)")
+        publish.check_only_own_files(output, MANIFEST, overwrite=True)
+        fs.write_text(fs.join(output, MANIFEST), "{}")  # a finished run of this program: its files are its own
+        publish.check_only_own_files(output, MANIFEST, overwrite=False)
+
+
+def test_the_files_of_a_publish_that_did_not_finish_are_the_programs_own(tmp_path):
+    output = str(tmp_path / "out")
+    fs.write_text(fs.join(output, "labels.csv"), "moved in before the run was killed")
+    fs.write_text(fs.join(output, "thumbnails/a.jpg"), "also")
+    fs.write_json(fs.join(output, publish.PUBLISHING_FILE),
+                  {"staging": ".staging-dead", "previous": [], "outputs": ["labels.csv", "thumbnails/**"]})
+    publish.check_only_own_files(output, MANIFEST, overwrite=False)
+    fs.write_text(fs.join(output, "README.txt"), "the user's")
+    with pytest.raises(UserError, match=r"\(README.txt\)"):
+        publish.check_only_own_files(output, MANIFEST, overwrite=False)
+
+
+@pytest.mark.parametrize("previous", [None, ["labels.csv", "per_video/**"]])
+def test_only_files_an_earlier_manifest_names_are_removed(previous, tmp_path):
+    output = str(tmp_path / "out")
+    for name in ["labels.csv", "per_video/gone.csv", "tracks/song1.flac", "README.txt"]:
+        fs.write_text(fs.join(output, name), "old")
+    if previous is not None:
+        fs.write_json(fs.join(output, MANIFEST), {"outputs": previous})
+    staging = fs.join(output, ".staging-run")
+    staged = _stage(staging, ["labels.csv", "per_video/new.csv"])
+    publish.publish(output, staging, staged, MANIFEST, "{}", outputs=["labels.csv", "per_video/**"],
+                    replace=[fs.join(output, name) for name in ("labels.csv", "per_video", "tracks", "README.txt")])
+    kept = ["README.txt", "tracks/song1.flac"] + (["per_video/gone.csv"] if previous is None else [])
+    assert local_files(output) == sorted(["labels.csv", MANIFEST, "per_video/new.csv", *kept])
+    assert fs.read_text(fs.join(output, "labels.csv")) == "content of labels.csv"  # the same name: replaced
+
+
+def test_publish_checks_the_fence_before_changing_the_output(tmp_path):
+    from common.errors import LeaseLost
+
+    output = str(tmp_path / "out")
+    fs.write_text(fs.join(output, "labels.csv"), "old")
+    fs.write_json(fs.join(output, MANIFEST), {"outputs": ["labels.csv"]})
+    staging = fs.join(output, ".staging-run")
+    staged = _stage(staging, ["labels.csv"])
+
+    def lost():
+        raise LeaseLost("taken over")
+
+    with pytest.raises(LeaseLost):
+        publish.publish(output, staging, staged, MANIFEST, "{}", outputs=["labels.csv"],
+                        replace=[fs.join(output, "labels.csv")], fence=lost)
+    assert local_files(output) == [".staging-run/labels.csv", "labels.csv", MANIFEST]
+    assert fs.read_text(fs.join(output, "labels.csv")) == "old"

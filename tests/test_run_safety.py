@@ -337,3 +337,25 @@ def write_record(path: Path) -> None:
                          frame_width=64, backbone_id="densenet121/random-seed1337", image_size=IMAGE_SIZE)
     with tf.io.TFRecordWriter(str(path)) as writer:
         writer.write(encode_video_record(record))
+
+
+def test_a_folder_of_the_users_own_files_is_refused_and_nothing_of_theirs_is_removed(clips, model_dir, tmp_path):
+    """Issue 39, finding 3, as a new user tried it: predict into a folder of their own files."""
+    output = tmp_path / "music"
+    own = {"tracks/song1.flac": b"fLaC", "per_video/notes.txt": b"notes", "thumbnails/holiday.jpg": b"\xff\xd8",
+           "README.txt": b"my folder", "labels.csv": b"song,mood\nsong1,happy\n"}
+    for name, data in own.items():
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_bytes(data)
+    status, err = run(predict_command(clips, model_dir, output))
+    assert_one_line_failure(err, status, 2, f"error: --output {output} holds files this program did not write (")
+    assert tree(output) == own
+    # --overwrite: its own names are replaced (labels.csv), nothing else of the user's is removed.
+    status, err = run(predict_command(clips, model_dir, output, "--overwrite"))
+    assert status == 0, err[-3000:]
+    kept = {name: data for name, data in own.items() if name != "labels.csv"}
+    assert kept.items() <= tree(output).items() and len(read_csv(output / "labels.csv")) == 3
+    # An incremental run removes only what the manifest names: still nothing of the user's.
+    status, err = run(predict_command(clips, model_dir, output))
+    assert status == 0, err[-3000:]
+    assert kept.items() <= tree(output).items() and leftovers(output) == []
