@@ -32,10 +32,10 @@ MODULES = {
     "tfrecords_schema/schema.py": ["tests/test_schema.py"],
     "video/frames.py": ["tests/test_frames.py", "--deselect",
                         "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
-    "common/publish.py": ["tests/test_publish.py"],
+    "common/publish.py": ["tests/test_publish.py", "tests/test_publish_retries.py"],
     "common/lease.py": ["tests/test_lease.py"],
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
-    "beam_jobs/publish_labels.py": ["tests/test_outputs.py", "tests/test_predict.py"],
+    "beam_jobs/publish_labels.py": ["tests/test_predict.py", "tests/test_publish_retries.py"],
 }
 # What the scratch copy holds: the packages (all of them, so every import finds the checkout's code), the
 # tests and what they use.
