@@ -8,12 +8,15 @@ import tensorflow as tf
 
 from tfrecords_schema import (
     RecordError,
+    RecordSpec,
     VideoRecord,
     dataset_spec,
     decode_video_record,
     encode_video_record,
     make_dataset,
     make_decoded_dataset,
+    pad_features,
+    parse_video_record,
     read_record_spec,
     read_vocabulary,
     write_vocabulary,
@@ -66,7 +69,7 @@ def test_float16_encoding_is_smaller_and_close():
         (dict(num_valid_frames=9), "num_valid_frames"),
         (dict(frame_indices=[1, 2]), "one sampled frame index per valid frame"),
         (dict(features=np.zeros((8,), np.float32)), "must be [T, D]"),
-        (dict(video_id=""), "video_id"),
+        (dict(video_id=""), "^video_id must not be empty$"),
     ],
 )
 def test_invalid_records_are_refused(change, message):
@@ -75,6 +78,26 @@ def test_invalid_records_are_refused(change, message):
         setattr(record, key, value)
     with pytest.raises(RecordError, match=message.replace("[", r"\[").replace("]", r"\]")):
         encode_video_record(record)
+
+
+def test_every_frame_may_be_valid_and_one_is_enough():
+    for valid in (1, 8):  # 8 frames of 6 features: the frame count, not the feature dim, bounds it
+        record = make_record(valid=valid)
+        assert decode_video_record(encode_video_record(record)).num_valid_frames == valid
+
+
+def test_pad_features_pads_with_zeros_and_a_mask():
+    features = np.arange(6, dtype=np.float64).reshape(3, 2)
+    padded, mask = pad_features(features, 5)
+    assert padded.dtype == np.float32 and padded.shape == (5, 2)
+    np.testing.assert_array_equal(padded, [[0, 1], [2, 3], [4, 5], [0, 0], [0, 0]])
+    assert mask.tolist() == [True, True, True, False, False]
+    full, mask = pad_features(features, 3)
+    assert full.shape == (3, 2) and mask.all()
+    for bad in (np.zeros((0, 2)), np.zeros((6, 2)), np.zeros(3), np.zeros((3, 2, 1))):
+        with pytest.raises(RecordError) as error:
+            pad_features(bad, 5)
+        assert str(error.value) == f"frame features must be [n, D] with 1 <= n <= 5, got {bad.shape}"
 
 
 def test_nan_features_are_refused():
@@ -98,6 +121,32 @@ def test_an_unknown_feature_encoding_or_schema_version_is_refused():
     example.context.feature["schema/version"].int64_list.value[:] = [2]
     with pytest.raises(RecordError, match=r"^schema version 2 is not supported \(this code reads 1\)$"):
         read_record_spec(example.SerializeToString())
+
+
+def test_the_spec_of_a_record_is_read_from_its_context():
+    record = make_record(backbone="densenet121/random-seed4")
+    record.sampling = "keyframes"
+    serialized = encode_video_record(record, "float16")
+    assert read_record_spec(serialized) == RecordSpec(feature_dim=6, max_seq_length=8,
+                                                      backbone_id="densenet121/random-seed4", image_size=64,
+                                                      sampling="keyframes", feature_encoding="float16", schema_version=1)
+    assert decode_video_record(serialized).sampling == "keyframes"
+    parsed = parse_video_record(tf.constant(serialized), read_record_spec(serialized))
+    assert parsed["backbone_id"].numpy() == b"densenet121/random-seed4" and parsed["video_id"].numpy() == b"a/v1.avi"
+    assert parsed["mask"].numpy().tolist() == [True] * 5 + [False] * 3
+
+
+def test_optional_context_keys_may_be_missing():
+    from tfrecords_schema.schema import (FEATURE_ENCODING_KEY, VIDEO_FINGERPRINT_KEY, VIDEO_LABEL_KEY,
+                                         VIDEO_URI_KEY)
+
+    example = tf.train.SequenceExample.FromString(encode_video_record(make_record()))
+    for key in (FEATURE_ENCODING_KEY, VIDEO_URI_KEY, VIDEO_LABEL_KEY, VIDEO_FINGERPRINT_KEY):
+        del example.context.feature[key]
+    serialized = example.SerializeToString()
+    assert read_record_spec(serialized).feature_encoding == "float32"  # records from before the key existed
+    decoded = decode_video_record(serialized)
+    assert (decoded.uri, decoded.label, decoded.fingerprint, decoded.video_id) == ("", "", "", "a/v1.avi")
 
 
 def test_malformed_bytes_are_a_record_error():
@@ -141,6 +190,14 @@ def test_a_mismatched_record_inside_a_shard_fails_in_the_graph(tmp_path):
     write_records(tmp_path / "s.tfrecord", [make_record(), make_record("b/x.avi", length=9)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"record frame count differs from the dataset\\?'s "
                                                              r"\(8\); video id and value:\] \[b/x.avi\] \[9\]"):
+        list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
+
+
+def test_a_record_of_another_feature_dim_inside_a_float16_shard_fails_in_the_graph(tmp_path):
+    # float16 frames are byte strings, so only the context check can see the dim (float32 ones fail to parse).
+    write_records(tmp_path / "s.tfrecord", [make_record(), make_record("b/x.avi", dim=7)], "float16")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"record feature dim differs from the dataset\\?'s "
+                                                             r"\(6\); video id and value:\] \[b/x.avi\] \[7\]"):
         list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
 
 
