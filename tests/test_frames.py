@@ -80,6 +80,27 @@ def test_long_clip_is_sampled_evenly_in_bounded_memory(tmp_path):
     np.testing.assert_allclose(brightness, (indices * 3) % 256, atol=4)  # the frames are the ones named
 
 
+def test_the_clips_facts_and_frames_at_a_display_size_come_with_the_sample(tmp_path):
+    path = write_numbered_clip(tmp_path / "clip.avi", 40, width=64, height=48)
+    sampled = decode_and_sample(str(path), 4, 32)
+    assert (sampled.source_fps, sampled.frame_width, sampled.frame_height) == (25.0, 64, 48)
+    assert sampled.display_frames is None and sampled.fallback_reason == ""
+    np.testing.assert_allclose(sampled.timestamps_s, np.array(sampled.frame_indices) / 25.0, atol=1e-6)
+    shown = decode_and_sample(str(path), 4, 32, display_size=48)
+    np.testing.assert_array_equal(shown.frames, sampled.frames)
+    assert shown.display_frames.shape == (4, 48, 48, 3) and shown.display_frames.dtype == np.uint8
+    np.testing.assert_allclose(shown.display_frames.mean(axis=(1, 2, 3)), sampled.frames.mean(axis=(1, 2, 3)), atol=2)
+    with pytest.raises(ValueError, match=r"^sampling must be one of \('uniform', 'keyframes', 'first'\), got 'every'$"):
+        decode_and_sample(str(path), 4, 32, "every")
+
+
+def test_decoding_past_its_time_limit_is_a_decode_error(tmp_path):
+    path = write_numbered_clip(tmp_path / "clip.avi", 40)
+    with pytest.raises(DecodeError, match=r"^decoding timed out after 1e-09s"):
+        decode_and_sample(str(path), 4, 32, timeout_s=1e-9)  # the deadline has passed before the first frame
+    assert decode_and_sample(str(path), 4, 32, timeout_s=60).frame_indices == [0, 13, 26, 39]
+
+
 def test_first_sampling_stops_after_the_first_frames(tmp_path):
     path = write_numbered_clip(tmp_path / "long.avi", 60)
     sampled = decode_and_sample(str(path), 8, 32, "first")
@@ -127,6 +148,34 @@ def test_a_truncated_file_is_refused_but_an_overstated_frame_count_is_not(tmp_pa
     assert sampled.decoded_frame_count == 60 and sampled.frame_indices == sample_frame_indices(60, 8)
     brightness = sampled.frames.mean(axis=(1, 2, 3))
     np.testing.assert_allclose(brightness, np.array(sampled.frame_indices) * 3 % 256, atol=4)  # the frames named
+
+
+def with_frames_blanked(clip, frames, path):
+    """A copy of the MJPG AVI `clip` whose `frames` keep their JPEG start marker and size but hold only
+    zeros: the container and its index are sound, those frames do not decode."""
+    data, found, at = bytearray(clip.read_bytes()), [], 0
+    while (at := data.find(b"00dc", at) + 4) > 3:
+        size = int.from_bytes(data[at : at + 4], "little")
+        if data[at + 4 : at + 6] == b"\xff\xd8":
+            found.append((at + 6, size - 2))
+    for frame in frames:
+        start, size = found[frame]
+        data[start : start + size] = bytes(size)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_frames_that_do_not_decode(tmp_path):
+    clip = write_numbered_clip(tmp_path / "clip.avi", 20)
+    # The last frame does not decode: 19 frames, 1 short of the index (tolerated), sampled over those 19.
+    sampled = decode_and_sample(str(with_frames_blanked(clip, [19], tmp_path / "last.avi")), 8, 32)
+    assert sampled.decoded_frame_count == 19 and sampled.frame_indices == sample_frame_indices(19, 8)
+    np.testing.assert_allclose(sampled.frames.mean(axis=(1, 2, 3)), np.array(sampled.frame_indices) * 3, atol=4)
+    none = str(with_frames_blanked(clip, range(20), tmp_path / "none.avi"))
+    with pytest.raises(DecodeError, match=r"^none of 20 frames could be decoded \(FFmpeg: .*Invalid data"):
+        decode_and_sample(none, 8, 32, "first")
+    with pytest.raises(DecodeError, match=r"^damaged or truncated video: decoding failed after 0 of the 20 frames"):
+        decode_and_sample(none, 8, 32)
 
 
 def test_isolated_decoder_matches_in_process_decoding_and_times_out(tmp_path):
