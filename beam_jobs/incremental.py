@@ -11,7 +11,10 @@ removed (their rows drop out; their per-video files and thumbnails are deleted w
 
 The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`), and of
 its segments.csv when it labelled windows (`predict --segments`): the segments of a carried-over video are
-carried over too, from a previous run with the same windows (`ReadPreviousSegments`).
+carried over too, from a previous run with the same windows (`ReadPreviousSegments`). A previous run that
+decided labels with another --min-confidence or --top-k (`PreviousRun.decisions`) has its carried rows and
+segments decided again (`label_rows.redecide`). Its CSV files are read in parallel a line at a time, unless
+its manifest says a record spans lines (a video id with a line break): then in order (`ReadCsvRecords`).
 """
 
 from __future__ import annotations
