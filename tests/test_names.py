@@ -9,7 +9,6 @@ the output is touched."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import posixpath
