@@ -224,3 +224,15 @@ def test_the_join_keeps_segments_of_labelled_videos_only():
                     equal_to([("new", "a"), ("new", "b")]), label="Events")
         assert_that(out.rows | "Timelines" >> beam.Map(lambda r: (r["video_id"], [b[2] for b in r["timeline"]])),
                     equal_to([("new", ["a", "b"]), ("kept", ["unknown"])]), label="Rows")
+
+
+def test_with_the_same_decisions_carried_segments_and_tracks_stay_as_they_were():
+    joined = [("kept", {"row": [(FROM_PREVIOUS, {"video_id": "kept"})], "new": [], "old": [segment_row(0, "a", 0.4)]})]
+    with TestPipeline() as pipeline:
+        out = (pipeline | beam.Create(joined)
+               | beam.ParDo(JoinSegmentsDoFn(("video_id", "segment", "label"), RowFormat(JOIN_LABELS, "m", 1, 0.5),
+                                             1.0)).with_outputs("segment_lines", "event_lines", "tracks", "covered",
+                                                                main="rows"))
+        assert_that(out["segment_lines"] | "Values" >> beam.Map(lambda kv: kv[1]), equal_to([["v", "0", "a"]]),
+                    label="Segments")
+        assert_that(out["tracks"], equal_to([]), label="Tracks")  # its track in the output is still right
