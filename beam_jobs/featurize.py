@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -41,7 +42,7 @@ from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_s
 from common import fs
 from common.errors import UserError
 from model import backbone, engines
-from tfrecords_schema import FEATURE_ENCODINGS, VOCABULARY_FILE, RecordSpec
+from tfrecords_schema import FEATURE_ENCODINGS, VOCABULARY_FILE, RecordSpec, label_problem
 from video.frames import SAMPLINGS
 
 _LOG = logging.getLogger(__name__)
@@ -155,10 +156,21 @@ def _write_inputs(args, scratch: str) -> tuple[str, str, int]:
                                          read_labels_csv(args.labels))
     elif not args.unlabelled:
         refs = (dataclasses.replace(ref, label=label_from_folder(ref)) for ref in refs)
-    listed = write_listing(refs, listing)
+    unusable: list[tuple] = []
+    listed = write_listing(_usable_labels(refs, unusable), listing)
     with open(unlabelled_path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps([ref.video_id, ref.uri, reason]) + "\n" for ref, reason in unlabelled)
-    return listing, unlabelled_path, listed + len(unlabelled)
+        f.writelines(json.dumps([ref.video_id, ref.uri, reason]) + "\n" for ref, reason in unlabelled + unusable)
+    return listing, unlabelled_path, listed + len(unlabelled) + len(unusable)
+
+
+def _usable_labels(refs, unusable: list) -> Iterator:
+    """The refs whose label can be a class of the vocabulary; the others go to `unusable` as (ref, reason), to
+    be failures (a folder name holding a line break cannot be a line of labels.txt)."""
+    for ref in refs:
+        if ref.label and (problem := label_problem(ref.label)):
+            unusable.append((ref, f"cannot be a class: {problem}"))
+        else:
+            yield ref
 
 
 def _distinct_refs(refs):

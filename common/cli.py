@@ -38,6 +38,7 @@ _OS_FAILURES = {
     errno.EPERM: (EXIT_NO_PERMISSION, "permission denied"),
 }
 _ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\] ([^\n\[]*)")
+_BEAM_STEP = re.compile(r"( \[while running '[^\]]*'\])+$")
 
 
 def quiet_tensorflow() -> None:
@@ -126,8 +127,8 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
         run(argv)
-    except (UserError, *user_errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UserError, *user_errors) as exc:  # raised in a Beam step too, which adds the step's name
+        print(f"error: {_BEAM_STEP.sub('', str(exc))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)
