@@ -15,8 +15,10 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from typing import Callable, Sequence
 
 from common.errors import (
@@ -113,6 +115,51 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _lost_job_server(exc: BaseException | None) -> bool:
+    """Whether a thread died because the job server it streamed from went away (gRPC UNAVAILABLE, CANCELLED)."""
+    grpc = sys.modules.get("grpc")
+    return (grpc is not None and isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None))
+            and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+
+
+class _QuietThreadsAfterCtrlC:
+    """While a command runs: Ctrl-C raises KeyboardInterrupt in the main thread, as Python's own handler does,
+    and threads that end on it, or on losing the job server, do so without a traceback.
+
+    On a portable runner (Prism, which `--runner DirectRunner` runs on wherever Beam finds it) Beam's own
+    SIGINT handler stops the job server before it calls this one, and Beam's threads still streaming from it
+    (the job's state, a LOOPBACK job's SDK harness) die with gRPC errors that say nothing the one line does
+    not; a job server that dies otherwise fails the job in the main thread, which reports it. Installed only
+    where Python's handler is, in the main thread; both are put back afterwards."""
+
+    def __enter__(self):
+        self._interrupted = threading.Event()
+        self._installed = (threading.current_thread() is threading.main_thread()
+                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._installed:
+            self._hook = threading.excepthook
+            signal.signal(signal.SIGINT, self._on_interrupt)
+            threading.excepthook = self._thread_died
+        return self
+
+    def _on_interrupt(self, signum, frame):
+        self._interrupted.set()
+        raise KeyboardInterrupt
+
+    def _thread_died(self, args) -> None:
+        if self._interrupted.is_set() or _lost_job_server(args.exc_value):
+            logging.getLogger(__name__).debug("thread %s ended: %s", getattr(args.thread, "name", "?"),
+                                              type(args.exc_value).__name__)
+            return
+        self._hook(args)
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            if signal.getsignal(signal.SIGINT) == self._on_interrupt:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            threading.excepthook = self._hook
+
+
 def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
          user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
@@ -125,7 +172,8 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     # if it is a bug; an operational failure (disk full) must end as one line, not a logged traceback.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
-        run(argv)
+        with _QuietThreadsAfterCtrlC():
+            run(argv)
     except (UserError, *user_errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return UserError.exit_code
