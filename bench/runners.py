@@ -9,7 +9,7 @@ order-only classes, tools.sample_videos) and 10 videos of 60 s 1280x720 H.264 at
 5 distinct clips, each twice under another name). The job runs at the product's defaults (20 frames of
 128 px, uniform sampling, the default engine, --weights random) as `python -m beam_jobs.featurize` in a
 subprocess (bench.harness: wall and CPU time of the whole process tree, Prism's included), on each runner in
-turn, interleaved input by input and `ROUNDS` rounds with the runners' order swapped each round; medians.
+turn, interleaved: `ROUNDS` rounds, the runners' order swapped from input to input and round to round; medians.
 videos/s is videos over the job's wall time, start-up included. Prism is the binary `make prism` builds
 (tools.prism).
 """
@@ -26,7 +26,7 @@ from bench.harness import WORK_DIR, cached, cpu_model, load_average, log, median
 
 SHORT_PER_CLASS, SHORT_SEED = 50, 61
 HD_DISTINCT, HD_VIDEOS, HD_SECONDS, HD_FPS, HD_KEYFRAME_INTERVAL = 5, 10, 60, 30, 60
-ROUNDS = 2
+ROUNDS = 1  # each round runs both inputs on both runners, the runners' order swapped input by input
 TARGET = 0.8  # Prism's videos/s over the in-process runner's, on both inputs
 RESULTS = WORK_DIR / "runners.json"
 
@@ -78,9 +78,9 @@ def measure() -> dict:
     inputs = {"short": clip_set(SHORT_PER_CLASS, SHORT_SEED), "hd720": hd_clips()}
     rounds = []
     for number in range(ROUNDS):
-        order = list(runners) if number % 2 == 0 else list(runners)[::-1]
         entry = {}
-        for input_name, clips in inputs.items():
+        for position, (input_name, clips) in enumerate(inputs.items()):
+            order = list(runners) if (number + position) % 2 == 0 else list(runners)[::-1]
             for runner in order:
                 log(f"runners benchmark: round {number + 1}, {input_name} on {runner}, load {load_average()}")
                 entry[f"{input_name}/{runner}"] = _featurize(f"{input_name}-{runner}", clips, runners[runner])
@@ -132,7 +132,8 @@ def markdown(d: dict) -> list[str]:
         lines.append(f"| {input_name} | {s['videos']} | {v['in_process']:.3f} ({w['in_process']} s) | "
                      f"{v['prism']:.3f} ({w['prism']} s) | {s['prism_vs_in_process']:.2f}x |")
     lines += ["", "Each run, in order (load average before it):", "",
-              "| round | run | wall s | CPU s | peak RSS MB | videos/s | load before |", "|---|---|---|---|---|---|---|"]
+              "| round | run | wall s | CPU s | peak RSS MB | videos/s | load before |",
+              "|---|---|---|---|---|---|---|"]
     for number, entry in enumerate(d["rounds"], 1):
         for name, r in entry.items():
             lines.append(f"| {number} | {name} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} | "

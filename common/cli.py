@@ -116,15 +116,27 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _lost_job_server(exc: BaseException | None) -> bool:
-    """Whether a thread died because the job server it streamed from went away (gRPC UNAVAILABLE, CANCELLED)."""
+    """Whether `exc` (or what caused it) says the job server went away (gRPC UNAVAILABLE, CANCELLED)."""
     grpc = sys.modules.get("grpc")
-    return (grpc is not None and isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None))
-            and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+    return grpc is not None and any(
+        isinstance(link, grpc.RpcError) and callable(getattr(link, "code", None))
+        and link.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for link in _chain(exc))
+
+
+class _NoLostJobServerTracebacks(logging.Filter):
+    """Drops log records whose traceback is of a lost job server: Beam's SDK harness logs one for each request
+    it was serving when Prism was stopped (as its exception, or as text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _lost_job_server(record.exc_info[1]):
+            return False
+        return not (record.name.startswith("apache_beam.runners.worker") and record.levelno >= logging.ERROR
+                    and re.search(r"StatusCode\.(UNAVAILABLE|CANCELLED)", record.getMessage()))
 
 
 class _QuietThreadsAfterCtrlC:
     """While a command runs: Ctrl-C raises KeyboardInterrupt in the main thread, as Python's own handler does,
-    and threads that end on it, or on losing the job server, do so without a traceback.
+    and threads that end on it, or on losing the job server, do so without a traceback, in the log too.
 
     On a portable runner (Prism, which `--runner DirectRunner` runs on wherever Beam finds it) Beam's own
     SIGINT handler stops the job server before it calls this one, and Beam's threads still streaming from it
@@ -140,6 +152,9 @@ class _QuietThreadsAfterCtrlC:
             self._hook = threading.excepthook
             signal.signal(signal.SIGINT, self._on_interrupt)
             threading.excepthook = self._thread_died
+        self._filter, self._handlers = _NoLostJobServerTracebacks(), list(logging.getLogger().handlers)
+        for handler in self._handlers:
+            handler.addFilter(self._filter)
         return self
 
     def _on_interrupt(self, signum, frame):
@@ -154,6 +169,8 @@ class _QuietThreadsAfterCtrlC:
         self._hook(args)
 
     def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._filter)
         if self._installed:
             if signal.getsignal(signal.SIGINT) == self._on_interrupt:
                 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -79,6 +79,7 @@ def test_the_jobs_wait_for_a_portable_runner_as_long_as_the_job_runs():
     from beam_jobs.flags import JOB_SERVER_TIMEOUT_S, pipeline_options
 
     assert JOB_SERVER_TIMEOUT_S >= 7 * 24 * 3600
-    assert pipeline_options(["--runner", "PrismRunner"]).view_as(PortableOptions).job_server_timeout == JOB_SERVER_TIMEOUT_S
+    options = pipeline_options(["--runner", "PrismRunner"])
+    assert options.view_as(PortableOptions).job_server_timeout == JOB_SERVER_TIMEOUT_S
     for given in (["--job_server_timeout", "60"], ["--job_server_timeout=60"], ["--job-server-timeout", "60"]):
         assert pipeline_options(given).view_as(PortableOptions).job_server_timeout == 60
