@@ -10,7 +10,7 @@
     python -m bench.run --only decoding # only the long-HD-video decoding benchmark (issue 21), likewise
     python -m bench.run --only segments # only the per-segment labelling benchmark (issue 28), likewise
     python -m bench.run --only runners  # only featurize on Prism vs in process (issue 32), likewise; not
-                                        # part of a full run (about 15 minutes on 2 cores)
+                                        # part of a full run (3 minutes; making its clips first, 15 more)
 
 Targets are checked here and printed as PASS/FAIL; nothing here is a timed test of `make test`. The first
 run featurizes the accuracy clips and trains the accuracy models, which takes far longer than 10 minutes on
