@@ -21,13 +21,13 @@ import time
 from typing import Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs
 from beam_jobs.calibration import calibrate
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.flags import add_engine_flags, add_frame_flags, embedder_options, parse_extensions, validate_frame_args
+from beam_jobs.flags import pipeline_options
 from beam_jobs.matching import (
     attach_labels,
     iter_videos,
@@ -244,7 +244,7 @@ def run(argv: list[str] | None = None):
                       options.precision)
             for name, local in ((outputs.REFS_FILE, listing), (UNLABELLED_FILE, unlabelled)):
                 fs.copy_file(local, fs.join(staging, name))
-            pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
             finish = FinishFeaturize(
                 output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at,
                 manifest={"job": "featurize", "inputs": args.input, "output": args.output,

@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
@@ -43,6 +42,7 @@ from beam_jobs.embed import EmbedFrames
 from beam_jobs.events import TRACKS_DIR
 from beam_jobs.calibration import calibrate
 from beam_jobs.flags import add_engine_flags, add_frame_flags, parse_extensions, validate_engine_args, validate_frame_args
+from beam_jobs.flags import pipeline_options
 from beam_jobs.incremental import (
     CARRIED,
     INDEX_PREFIX,
@@ -201,7 +201,7 @@ def run(argv: list[str] | None = None):
             listing = os.path.join(scratch, outputs.REFS_FILE)
             listed = write_listing(iter_videos(args.input, parse_extensions(args.extensions)), listing)
         with outputs.OutputRun(args.output, "predict", args.lease_ttl) as output_run:
-            pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
             previous = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
