@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 labelstudio demo images test bench clean mutants
+.PHONY: install browser graphviz iproute2 labelstudio prism demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,26 @@ $(LS_STAMP):
 	  touch $@; \
 	else echo "label-studio could not be installed: the review round trip test will skip"; rm -rf $(LS_VENV); fi
 
+# Prism, Beam's local runner (a Go program; `--runner DirectRunner` runs on it when it can find it), built with
+# the machine's Go at the version of the apache-beam pin in setup.py, into a cache folder of its own:
+# $(PRISM_CACHE)/v<version>/prism, where tools/prism.py (the tests, the runners benchmark) looks. Never under
+# ~/.apache_beam, which would switch every DirectRunner job on this machine to Prism. Without Go the Prism
+# tests skip and say why.
+BEAM_VERSION := $(shell sed -n 's/^ *"apache-beam\[gcp\]==\([0-9][0-9.]*\)".*/\1/p' setup.py)
+export PRISM_CACHE ?= $(HOME)/.cache/video-annotation/prism
+PRISM := $(PRISM_CACHE)/v$(BEAM_VERSION)/prism
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+
+prism:
+	@test -n "$(BEAM_VERSION)" || { echo "no apache-beam[gcp]==VERSION pin found in setup.py"; exit 1; }
+	@if [ -x "$(PRISM)" ]; then :; \
+	elif [ -x "$(GO)" ]; then \
+	  echo "building Prism v$(BEAM_VERSION) with $$($(GO) version) into $(dir $(PRISM))"; \
+	  rm -rf "$(PRISM).tmp" && mkdir -p "$(PRISM).tmp" && \
+	  GOBIN="$(PRISM).tmp" "$(GO)" install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION) && \
+	  mv "$(PRISM).tmp/prism" "$(PRISM)" && rm -rf "$(PRISM).tmp"; \
+	else echo "Go is not installed: the Prism tests will skip (install Go 1.26 or later, then make prism)"; fi
+
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
 images: demo browser
@@ -113,7 +133,7 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
-test: $(STAMP) browser iproute2 labelstudio
+test: $(STAMP) browser iproute2 labelstudio prism
 	$(PY) -m pytest -q tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results

@@ -9,18 +9,19 @@ an event covers its windows' stretches, and its confidence is the mean of its wi
 
 Written as events.csv (one table for every video: spreadsheets, pandas, and ELAN's CSV / tab-delimited text
 import, with `label` as the annotation, `start` and `end` (or `start_s` and `end_s`) as its begin and end time
-and `video_id` as the tier) and as one WebVTT track per video (`tracks/<video id>.vtt`), which HTML5 players
+and `video_id` as the tier; text cells that a spreadsheet would run as a formula start with `'`, see
+`event_values`) and as one WebVTT track per video (`tracks/<video id>.vtt`), which HTML5 players
 (`<track kind="chapters">` or `kind="metadata"`), VLC and mpv show along the video.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import posixpath
 from typing import Iterable, Sequence
 
 from beam_jobs.label_rows import UNKNOWN_LABEL
+from beam_jobs.sinks import csv_values, plain_cell, spreadsheet_cell
 from common import fs
 
 EVENT_COLUMNS = ("video_id", "label", "start", "end", "start_s", "end_s", "mean_confidence", "segments")
@@ -84,9 +85,11 @@ def clock(seconds: float) -> str:
 
 
 def event_values(video_id: str, event: Event) -> list[str]:
-    """One events.csv row, in EVENT_COLUMNS order."""
-    return [video_id, event.label, clock(event.start_s), clock(event.end_s), f"{event.start_s:.3f}",
-            f"{event.end_s:.3f}", f"{event.confidence:.6f}", str(event.segments)]
+    """One events.csv row, in EVENT_COLUMNS order. events.csv is made to be opened in spreadsheets, so its text
+    cells (video id, label) are spreadsheet-safe (`sinks.spreadsheet_cell`: one that could run as a formula
+    starts with `'`); `sinks.plain_cell` gives the id back."""
+    return [spreadsheet_cell(video_id), spreadsheet_cell(event.label), clock(event.start_s), clock(event.end_s),
+            f"{event.start_s:.3f}", f"{event.end_s:.3f}", f"{event.confidence:.6f}", str(event.segments)]
 
 
 def event_sort_key(video_id: str, start_s: float) -> str:
@@ -95,9 +98,9 @@ def event_sort_key(video_id: str, start_s: float) -> str:
 
 
 def event_line_key(line: str) -> str:
-    """`event_sort_key` of an events.csv line."""
-    values = next(csv.reader([line]))
-    return event_sort_key(values[0], float(values[EVENT_COLUMNS.index("start_s")]))
+    """`event_sort_key` of an events.csv record."""
+    values = csv_values(line)
+    return event_sort_key(plain_cell(values[0]), float(values[EVENT_COLUMNS.index("start_s")]))
 
 
 def _cue_text(text: str) -> str:
@@ -112,8 +115,8 @@ def webvtt(events: Sequence[Event]) -> str:
 
 
 def track_path(video_id: str) -> str:
-    """tracks/<video id>.vtt; ids that are URIs keep only their path part (like per_video/)."""
-    return posixpath.join(TRACKS_DIR, fs.path_part(video_id) + ".vtt")
+    """tracks/<video id>.vtt, the id as `fs.mirrored_name` makes it safe (like per_video/)."""
+    return posixpath.join(TRACKS_DIR, fs.mirrored_name(video_id) + ".vtt")
 
 
 # --- A video's timeline in the report: its stretches merged, at most TIMELINE_BLOCKS ----------------------

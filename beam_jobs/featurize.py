@@ -18,15 +18,16 @@ import os
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs
 from beam_jobs.calibration import calibrate
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.flags import add_engine_flags, add_frame_flags, embedder_options, parse_extensions, validate_frame_args
+from beam_jobs.flags import pipeline_options
 from beam_jobs.matching import (
     attach_labels,
     iter_videos,
@@ -41,7 +42,7 @@ from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_s
 from common import fs
 from common.errors import UserError
 from model import backbone, engines
-from tfrecords_schema import FEATURE_ENCODINGS, VOCABULARY_FILE, RecordSpec
+from tfrecords_schema import FEATURE_ENCODINGS, VOCABULARY_FILE, RecordSpec, label_problem
 from video.frames import SAMPLINGS
 
 _LOG = logging.getLogger(__name__)
@@ -155,10 +156,21 @@ def _write_inputs(args, scratch: str) -> tuple[str, str, int]:
                                          read_labels_csv(args.labels))
     elif not args.unlabelled:
         refs = (dataclasses.replace(ref, label=label_from_folder(ref)) for ref in refs)
-    listed = write_listing(refs, listing)
+    unusable: list[tuple] = []
+    listed = write_listing(_usable_labels(refs, unusable), listing)
     with open(unlabelled_path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps([ref.video_id, ref.uri, reason]) + "\n" for ref, reason in unlabelled)
-    return listing, unlabelled_path, listed + len(unlabelled)
+        f.writelines(json.dumps([ref.video_id, ref.uri, reason]) + "\n" for ref, reason in unlabelled + unusable)
+    return listing, unlabelled_path, listed + len(unlabelled) + len(unusable)
+
+
+def _usable_labels(refs, unusable: list) -> Iterator:
+    """The refs whose label can be a class of the vocabulary; the others go to `unusable` as (ref, reason), to
+    be failures (a folder name holding a line break cannot be a line of labels.txt)."""
+    for ref in refs:
+        if ref.label and (problem := label_problem(ref.label)):
+            unusable.append((ref, f"cannot be a class: {problem}"))
+        else:
+            yield ref
 
 
 def _distinct_refs(refs):
@@ -232,7 +244,7 @@ def run(argv: list[str] | None = None):
                       options.precision)
             for name, local in ((outputs.REFS_FILE, listing), (UNLABELLED_FILE, unlabelled)):
                 fs.copy_file(local, fs.join(staging, name))
-            pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
             finish = FinishFeaturize(
                 output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at,
                 manifest={"job": "featurize", "inputs": args.input, "output": args.output,

@@ -75,3 +75,21 @@ def embedder_options(args: argparse.Namespace, weights: str, image_size: int, ca
     validate_engine_args(args)
     return EmbedderOptions(weights, image_size, args.engine, args.precision, calibration,
                            args.embed_threads).resolved()
+
+
+# Beam's portable runners (Prism, which `--runner DirectRunner` runs on wherever Beam finds it; Flink and Spark
+# through their job servers) give the stream the launcher watches the job's state on a deadline of
+# --job_server_timeout seconds (300 by default): a job still running after it fails with DEADLINE_EXCEEDED
+# and is torn down. The jobs take as long as the videos do, so the launcher waits a week unless told.
+JOB_SERVER_TIMEOUT_S = 7 * 24 * 3600
+_JOB_SERVER_TIMEOUT_FLAGS = ("--job_server_timeout", "--job-server-timeout")
+
+
+def pipeline_options(beam_args: list[str]):
+    """Beam's PipelineOptions from the flags a job does not know, with --job_server_timeout
+    JOB_SERVER_TIMEOUT_S unless given."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if not any(arg.split("=", 1)[0] in _JOB_SERVER_TIMEOUT_FLAGS for arg in beam_args):
+        beam_args = [*beam_args, f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}"]
+    return PipelineOptions(beam_args)

@@ -11,7 +11,10 @@ removed (their rows drop out; their per-video files and thumbnails are deleted w
 
 The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`), and of
 its segments.csv when it labelled windows (`predict --segments`): the segments of a carried-over video are
-carried over too, from a previous run with the same windows (`ReadPreviousSegments`).
+carried over too, from a previous run with the same windows (`ReadPreviousSegments`). A previous run that
+decided labels with another --min-confidence or --top-k (`PreviousRun.decisions`) has its carried rows and
+segments decided again (`label_rows.redecide`). Its CSV files are read in parallel a line at a time, unless
+its manifest says a record spans lines (a video id with a line break): then in order (`ReadCsvRecords`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import io
 import json
 import logging
+from typing import Iterator
 
 import apache_beam as beam
 
@@ -28,6 +32,7 @@ from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef, parse_ref
 from beam_jobs.outputs import MANIFEST_FILE
 from beam_jobs.segments import SEGMENTS_FILE
+from beam_jobs.sinks import csv_values, iter_csv_records
 from common import fs
 from common.errors import UserError
 
@@ -51,6 +56,8 @@ class PreviousRun:
     per_video: bool
     segments: dict | None = None
     segment_columns: tuple[str, ...] = ()
+    decisions: dict | None = None  # its --min-confidence and --top-k (RowFormat.decisions()); None: unknown
+    multiline: tuple[str, ...] = ()  # its CSV files with a record that spans lines (a line break in an id)
 
     @classmethod
     def read(cls, output: str) -> "PreviousRun | None":
@@ -73,20 +80,54 @@ class PreviousRun:
             _LOG.warning("the previous run in %s is incomplete (no %s): labelling every video again", output,
                          " and no ".join(missing))
             return None
-        return cls(model_id=manifest.get("model_id", ""), columns=_header(labels_path), index_files=index_files,
-                   per_video=bool(manifest.get("options", {}).get("per_video")), segments=segments,
-                   segment_columns=_header(segments_path) if segments else ())
+        options = manifest.get("options", {})
+        columns = _header(labels_path)
+        decisions = None
+        if "min_confidence" in options and "top_k" in options:
+            labels = sum(column.startswith("p_") for column in columns)
+            decisions = {"min_confidence": options["min_confidence"], "top_k": min(options["top_k"], labels)}
+        return cls(model_id=manifest.get("model_id", ""), columns=columns, index_files=index_files,
+                   per_video=bool(options.get("per_video")), segments=segments,
+                   segment_columns=_header(segments_path) if segments else (), decisions=decisions,
+                   multiline=tuple(name for name, count in manifest.get(MULTILINE_KEY, {}).items() if count))
+
+
+MULTILINE_KEY = "csv_records_spanning_lines"  # the manifest's {CSV file: records with a line break in a field}
 
 
 def _header(path: str) -> tuple[str, ...]:
-    """The header of a CSV file, reading its first line only."""
+    """The header of a CSV file, reading its first record only."""
     with fs.open_read(path) as raw:
-        return tuple(next(csv.reader([io.TextIOWrapper(raw, encoding="utf-8", newline="").readline()]), []))
+        return tuple(next(csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline="")), []))
 
 
-def parse_row(line: str, columns: tuple[str, ...]) -> tuple[str, dict]:
-    row = dict(zip(columns, next(csv.reader([line]))))
+def parse_row(record: str, columns: tuple[str, ...]) -> tuple[str, dict]:
+    row = dict(zip(columns, csv_values(record)))
     return row["video_id"], row
+
+
+def _csv_records_of(path: str) -> Iterator[str]:
+    """The records of a CSV file after its header, read in order (a record may span lines)."""
+    with fs.open_read(path) as raw:
+        records = iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        next(records, None)
+        yield from records
+
+
+class ReadCsvRecords(beam.PTransform):
+    """The records of one CSV file of a previous run, after its header. A file whose manifest says every record
+    is one line is read in parallel, a line at a time (Beam's text source); one with a record that spans
+    lines (a video id with a line break) is read in order on one worker, so that no record is split."""
+
+    def __init__(self, path: str, multiline: bool):
+        super().__init__()
+        self._path, self._multiline = path, multiline
+
+    def expand(self, pbegin):
+        if not self._multiline:
+            return pbegin | "ReadLines" >> beam.io.ReadFromText(self._path, skip_header_lines=1)
+        return (pbegin | "File" >> beam.Create([self._path]) | "ReadRecords" >> beam.FlatMap(_csv_records_of)
+                | "Spread" >> beam.Reshuffle())
 
 
 def parse_entry(line: str) -> tuple[str, dict]:
@@ -111,7 +152,8 @@ class ReadPreviousRun(beam.PTransform):
         )
         rows = (
             pbegin
-            | "ReadLabels" >> beam.io.ReadFromText(fs.join(self._output, LABELS_FILE), skip_header_lines=1)
+            | "ReadLabels" >> ReadCsvRecords(fs.join(self._output, LABELS_FILE),
+                                             LABELS_FILE in self._previous.multiline)
             | "ParseLabels" >> beam.Map(parse_row, columns)
         )
         return entries, rows
@@ -126,7 +168,8 @@ class ReadPreviousSegments(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "ReadSegments" >> beam.io.ReadFromText(fs.join(self._output, SEGMENTS_FILE), skip_header_lines=1)
+                | "ReadSegments" >> ReadCsvRecords(fs.join(self._output, SEGMENTS_FILE),
+                                                   SEGMENTS_FILE in self._previous.multiline)
                 | "ParseSegments" >> beam.Map(parse_row, self._previous.segment_columns))
 
 

@@ -11,8 +11,6 @@ run, which removes it once it holds the lease.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 from importlib import metadata
@@ -20,6 +18,7 @@ from typing import Iterable, Sequence
 
 import apache_beam as beam
 
+from beam_jobs.sinks import csv_line
 from common import fs, publish
 from common.lease import DEFAULT_TTL_S, Lease, assert_held
 
@@ -97,11 +96,7 @@ class OutputRun:
 
 
 def failures_csv(failures: Iterable[tuple[str, str, str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FAILURE_COLUMNS)
-    writer.writerows(sorted(failures))
-    return buffer.getvalue()
+    return csv_line(FAILURE_COLUMNS) + "".join(csv_line(failure) for failure in sorted(failures))
 
 
 def check_lease(output: str, run_id: str | None) -> None:

@@ -33,7 +33,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
@@ -43,6 +42,7 @@ from beam_jobs.embed import EmbedFrames
 from beam_jobs.events import TRACKS_DIR
 from beam_jobs.calibration import calibrate
 from beam_jobs.flags import add_engine_flags, add_frame_flags, parse_extensions, validate_engine_args, validate_frame_args
+from beam_jobs.flags import pipeline_options
 from beam_jobs.incremental import (
     CARRIED,
     INDEX_PREFIX,
@@ -61,6 +61,7 @@ from beam_jobs.label_rows import (
     RowFormat,
     describe_rows,
     label_columns,
+    redecide,
     write_per_video,
 )
 from beam_jobs.matching import iter_videos, write_listing
@@ -200,7 +201,7 @@ def run(argv: list[str] | None = None):
             listing = os.path.join(scratch, outputs.REFS_FILE)
             listed = write_listing(iter_videos(args.input, parse_extensions(args.extensions)), listing)
         with outputs.OutputRun(args.output, "predict", args.lease_ttl) as output_run:
-            pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
             previous = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
@@ -262,7 +263,10 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
     index_files = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
                    | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
                                                          shard_name_template="-SSSSS-of-NNNNN"))
-    removed_files = branch.removed | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed"))
+    # Removed videos and videos that failed in this run lose the per-video files a previous run left.
+    stale = (branch.removed, branch.failures | "FailedIds" >> beam.Map(lambda f: f[0])) | "StaleIds" >> beam.Flatten()
+    removed_files = (stale | "StaleLines" >> beam.Map(json.dumps)
+                     | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed")))
     counts = dict(branch.counts)
     if args.per_video:
         carried_too = previous is None or not previous.per_video
@@ -319,6 +323,7 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
     windows = segment_options(args)
     carry = (previous is not None and previous.model_id == fmt.model_id
              and (windows is None or previous.segments == windows.manifest()))
+    redo = carry and previous.decisions != fmt.decisions()  # carried rows: another --min-confidence or --top-k
     plan = pipeline | "PlanIncremental" >> PlanIncremental(fs.join(staging, outputs.REFS_FILE), args.output,
                                                            previous, carry, args.verify)
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
@@ -343,13 +348,16 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
     known, carried = split[SplitKnownContentDoFn.KNOWN], plan[CARRIED]
     reused_rows = known | "KnownRows" >> beam.Map(lambda pair: pair[0])
     carried_rows = carried | "CarriedRows" >> beam.Map(lambda pair: pair[0])
+    if redo:
+        reused_rows = reused_rows | "RedecideKnown" >> beam.Map(redecide, fmt)
+        carried_rows = carried_rows | "RedecideCarried" >> beam.Map(redecide, fmt)
     thumbnails = thumbnailed[report.THUMBNAILS] | "StageThumbnails" >> beam.Map(report.stage_thumbnail, staging)
     segments = None
     if windows:  # the rows come out of the join with their videos' segments, each with its timeline
         previous_segments = (pipeline | "PreviousSegments" >> ReadPreviousSegments(args.output, previous) if carry
                              else pipeline | "NoPreviousSegments" >> beam.Create([]))
         segments = ((window_frames, new_rows, reused_rows, carried_rows, previous_segments)
-                    | "LabelSegments" >> seg.LabelSegments(handler, fmt, spec.max_seq_length, windows))
+                    | "LabelSegments" >> seg.LabelSegments(handler, fmt, spec.max_seq_length, windows, redo))
         rows = segments.rows
     else:
         rows = (new_rows, reused_rows, carried_rows) | "AllRows" >> beam.Flatten()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import time
 
 from beam_jobs import outputs, report
 from beam_jobs.events import EVENT_COLUMNS, TRACKS_DIR, event_line_key, track_path
-from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN
+from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN, MULTILINE_KEY
 from beam_jobs.label_rows import LABELS_FILE, PER_VIDEO_DIR, UNKNOWN_LABEL, per_video_path
 from beam_jobs.segments import EVENTS_FILE, SEGMENTS_FILE, segment_line_key
 from beam_jobs.sinks import csv_key, csv_line, merge_sorted_shards
@@ -80,13 +81,14 @@ class FinishPredict:
         self._check_accounting(counts, summary, label_shards)
         self._check_written(index_files)
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
-        merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE), csv_key,
-                            csv_line(self.columns))
+        merged = {LABELS_FILE: merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE),
+                                                   csv_key, csv_line(self.columns))}
         merge_sorted_shards([p for p, _ in failure_shards], fs.join(self.staging, outputs.FAILURES_FILE), csv_key,
                             csv_line(outputs.FAILURE_COLUMNS))
         if self.segment_columns:
-            merge_sorted_shards([p for p, _ in segment_shards], fs.join(self.staging, SEGMENTS_FILE),
-                                segment_line_key, csv_line(self.segment_columns))
+            merged[SEGMENTS_FILE] = merge_sorted_shards([p for p, _ in segment_shards],
+                                                        fs.join(self.staging, SEGMENTS_FILE), segment_line_key,
+                                                        csv_line(self.segment_columns))
             merge_sorted_shards([p for p, _ in event_shards], fs.join(self.staging, EVENTS_FILE),
                                 event_line_key, csv_line(EVENT_COLUMNS))
         page = self._report(counts, summary, seconds)
@@ -96,6 +98,7 @@ class FinishPredict:
                         failures=counts.failed, frames_sampled=counts.frames_sampled, seconds=round(seconds, 1),
                         **({"segments_written": counts.segments, "events_written": counts.events}
                            if self.segment_columns else {}),
+                        **{MULTILINE_KEY: {name: m.multiline for name, m in merged.items()}},
                         finished_at=publish.now_utc(), package_versions=outputs.package_versions(),
                         run_id=self.run_id, **{publish.OUTPUTS_KEY: self._output_patterns()})
         staged = (path for path in fs.iter_files_under(self.staging) if self._published(path))
@@ -139,7 +142,8 @@ class FinishPredict:
 
     def _replaced(self, removed_files):
         """The previous run's files this run replaces: its single files, whole folders it rewrites, and the
-        per-video files and thumbnails of videos no longer listed."""
+        per-video files, thumbnails and tracks of videos no longer listed or that failed in this run (their
+        names made safe by `fs.mirrored_name`, so never outside the output)."""
         yield from (fs.join(self.output, name) for name in (LABELS_FILE, outputs.FAILURES_FILE, report.REPORT_FILE,
                                                              INDEX_FILE, SEGMENTS_FILE, EVENTS_FILE))
         yield from fs.match(fs.join(self.output, INDEX_PATTERN))
@@ -147,7 +151,7 @@ class FinishPredict:
         for path in removed_files:
             with fs.open_read(path) as raw:
                 for line in io.TextIOWrapper(raw, encoding="utf-8"):
-                    video_id = line.rstrip("\n")
+                    video_id = json.loads(line)  # JSON: an id may hold a line break
                     yield fs.join(self.output, per_video_path(video_id))
                     yield fs.join(self.output, report.thumbnail_path(video_id))
                     yield fs.join(self.output, track_path(video_id))

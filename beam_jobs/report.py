@@ -70,8 +70,8 @@ def thumbnail_strip(frames: np.ndarray, count: int = THUMBNAIL_FRAMES, side: int
 
 
 def thumbnail_path(video_id: str) -> str:
-    """thumbnails/<video id>.jpg; ids that are URIs keep only their path part (like per_video/)."""
-    return posixpath.join(THUMBNAILS_DIR, fs.path_part(video_id) + ".jpg")
+    """thumbnails/<video id>.jpg, the id as `fs.mirrored_name` makes it safe (like per_video/)."""
+    return posixpath.join(THUMBNAILS_DIR, fs.mirrored_name(video_id) + ".jpg")
 
 
 def stage_thumbnail(item: tuple[str, bytes], staging: str) -> tuple[str, str, bytes]:

@@ -19,7 +19,6 @@ labels.csv carries its video's timeline for the report (`report.TIMELINE`, not a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from typing import NamedTuple
 
@@ -31,9 +30,9 @@ from beam_jobs import events as ev
 from beam_jobs import report
 from beam_jobs.classify import ModelInput
 from beam_jobs.decode import FAILURES, DecodeFramesDoFn, FrameOptions, Video
-from beam_jobs.label_rows import UNKNOWN_LABEL, RowFormat, format_label_row, probability_column
+from beam_jobs.label_rows import RowFormat, format_label_row, probability_column, redecide
 from beam_jobs.matching import VideoRef
-from beam_jobs.report import parse_top_k
+from beam_jobs.sinks import csv_values
 from common import fs
 from video.segments import WindowFrames
 
@@ -66,8 +65,8 @@ def segment_sort_key(video_id: str, index: int) -> str:
 
 
 def segment_line_key(line: str) -> str:
-    """`segment_sort_key` of a segments.csv line."""
-    values = next(csv.reader([line]))
+    """`segment_sort_key` of a segments.csv record."""
+    values = csv_values(line)
     return segment_sort_key(values[0], int(values[1]))
 
 
@@ -134,23 +133,19 @@ def format_segment_row(keyed_result, fmt: RowFormat) -> tuple[str, dict]:
     return video_id, row
 
 
-def relabelled(row: dict, min_confidence: float) -> dict:
-    """A segments.csv row of an earlier run with the label this run's --min-confidence gives it."""
-    best = parse_top_k(row["top_k"])[0][0]
-    return dict(row, label=best if float(row["confidence"]) >= min_confidence else UNKNOWN_LABEL)
-
-
 class JoinSegmentsDoFn(beam.DoFn):
     """(video_id, {"row": [(source, labels.csv row)], "new": [segment rows], "old": [segment rows]}) -> main:
     the row with its timeline; `segment_lines` and `event_lines` (sort key, CSV values); `tracks` (video_id,
-    WebVTT) for videos the model labelled in this run; `covered`: the id of each video with segments.
+    WebVTT) for videos the model labelled in this run, and for every video when `redo` (the previous run
+    decided labels with another --min-confidence or --top-k: its segments are decided again, and its tracks
+    written again); `covered`: the id of each video with segments.
 
     Segments without a row are of a video that failed, or of one no longer listed: they are dropped."""
 
     SEGMENT_LINES, EVENT_LINES, TRACKS, COVERED = "segment_lines", "event_lines", "tracks", "covered"
 
-    def __init__(self, columns: tuple[str, ...], min_confidence: float, window_s: float):
-        self._columns, self._min_confidence, self._window_s = columns, min_confidence, window_s
+    def __init__(self, columns: tuple[str, ...], fmt: RowFormat, window_s: float, redo: bool = False):
+        self._columns, self._fmt, self._window_s, self._redo = columns, fmt, window_s, redo
 
     def process(self, joined):
         video_id, parts = joined
@@ -159,8 +154,10 @@ class JoinSegmentsDoFn(beam.DoFn):
         (source, row), = parts["row"]
         if source == FROM_MODEL:
             segments = list(parts["new"])
+        elif self._redo:
+            segments = [redecide(s, self._fmt) for s in parts["old"]]
         else:
-            segments = [relabelled(s, self._min_confidence) for s in parts["old"]]
+            segments = list(parts["old"])
         segments.sort(key=lambda s: int(s["segment"]))
         spans = ev.window_spans(segments, self._window_s)
         events = ev.merge_events(spans)
@@ -170,7 +167,7 @@ class JoinSegmentsDoFn(beam.DoFn):
         for event in events:
             yield beam.pvalue.TaggedOutput(self.EVENT_LINES, (ev.event_sort_key(video_id, event.start_s),
                                                               ev.event_values(video_id, event)))
-        if source == FROM_MODEL:
+        if source == FROM_MODEL or self._redo:
             yield beam.pvalue.TaggedOutput(self.TRACKS, (video_id, ev.webvtt(events)))
         if segments:
             yield beam.pvalue.TaggedOutput(self.COVERED, video_id)
@@ -190,9 +187,10 @@ class LabelSegments(beam.PTransform):
     segments keyed by video id) -> SegmentOutputs. Rows are carried over or known only from a previous run
     with the same model and the same windows, whose segments are then the ones they get."""
 
-    def __init__(self, handler, fmt: RowFormat, max_seq_length: int, windows: SegmentOptions):
+    def __init__(self, handler, fmt: RowFormat, max_seq_length: int, windows: SegmentOptions, redo: bool = False):
         super().__init__()
         self._handler, self._fmt, self._max_seq_length, self._windows = handler, fmt, max_seq_length, windows
+        self._redo = redo  # the previous run decided labels otherwise: carried segments are decided again
 
     def expand(self, inputs):
         chunks, new_rows, known_rows, carried_rows, previous_segments = inputs
@@ -205,10 +203,10 @@ class LabelSegments(beam.PTransform):
                   for name, source, rows in (("Model", FROM_MODEL, new_rows), ("Known", FROM_PREVIOUS, known_rows),
                                              ("Carried", FROM_PREVIOUS, carried_rows))]
         parts = {"row": tagged | "AllSources" >> beam.Flatten(), "new": new_segments, "old": previous_segments}
-        columns = tuple(segment_columns(fmt.labels))
+        join = JoinSegmentsDoFn(tuple(segment_columns(fmt.labels)), fmt, self._windows.window_s, self._redo)
         joined = (parts
                   | "JoinWithRows" >> beam.CoGroupByKey()
-                  | "PerVideo" >> beam.ParDo(JoinSegmentsDoFn(columns, fmt.min_confidence, self._windows.window_s)).with_outputs(
+                  | "PerVideo" >> beam.ParDo(join).with_outputs(
                       *(getattr(JoinSegmentsDoFn, tag) for tag in ("SEGMENT_LINES", "EVENT_LINES", "TRACKS",
                                                                    "COVERED")), main="rows"))
         segment_lines, event_lines = joined[JoinSegmentsDoFn.SEGMENT_LINES], joined[JoinSegmentsDoFn.EVENT_LINES]

@@ -320,4 +320,8 @@ def write_markdown(results: dict) -> str:
         from bench.segments import markdown
 
         lines += markdown(results["segments"])
+    if "runners" in results:
+        from bench.runners import markdown
+
+        lines += markdown(results["runners"])
     return "\n".join(lines)

@@ -9,6 +9,8 @@
     python -m bench.run --only scale    # only the bucket-scale re-runs (issue 23), likewise
     python -m bench.run --only decoding # only the long-HD-video decoding benchmark (issue 21), likewise
     python -m bench.run --only segments # only the per-segment labelling benchmark (issue 28), likewise
+    python -m bench.run --only runners  # only featurize on Prism vs in process (issue 32), likewise; not
+                                        # part of a full run (3 minutes; making its clips first, 15 more)
 
 Targets are checked here and printed as PASS/FAIL; nothing here is a timed test of `make test`. The first
 run featurizes the accuracy clips and trains the accuracy models, which takes far longer than 10 minutes on
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, decoding, harness, labelling, scale, segments, throughput, training
+from bench import accuracy, decoding, harness, labelling, runners, scale, segments, throughput, training
 from bench.data import clip_set
 from bench.harness import REPO, load_average, log, machine, median
 from bench.markdown import write_markdown
@@ -378,6 +380,8 @@ def check_targets(results: dict) -> list[dict]:
         decoding.check(results["decoding"], add)
     if "segments" in results:
         segments.check(results["segments"], add)
+    if "runners" in results:
+        runners.check(results["runners"], add)
     return checks
 
 
@@ -446,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing; rewrite RESULTS.md from results.json")
-    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments"],
+    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments", "runners"],
                         help="run only this benchmark and merge it into results.json (the rest is kept)")
     args = parser.parse_args(argv)
     if args.render:
@@ -458,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.only == "scale":
         return only_scale()
-    if args.only in ("decoding", "segments"):
+    if args.only in ONLY_ONE:
         return only_one(args.only)
     if args.only:
         return only_engines(settings)
@@ -545,9 +549,12 @@ def only_scale() -> int:
     return 0
 
 
+ONLY_ONE = {"decoding": (decoding, "21"), "segments": (segments, "28"), "runners": (runners, "32")}
+
+
 def only_one(name: str) -> int:
-    """`--only decoding` or `--only segments`: that benchmark, merged into results.json, keeping the rest."""
-    module = {"decoding": decoding, "segments": segments}[name]
+    """`--only decoding`, `segments` or `runners`: that benchmark, merged into results.json, keeping the rest."""
+    module, issue = ONLY_ONE[name]
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     log(f"{name} benchmark, load {load_average()}")
     results[name] = module.measure()
@@ -557,7 +564,7 @@ def only_one(name: str) -> int:
     results = rounded(results)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS_MD.write_text(write_markdown(results))
-    _print_targets(results, {"decoding": "21", "segments": "28"}[name])
+    _print_targets(results, issue)
     return 0
 
 

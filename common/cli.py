@@ -15,8 +15,10 @@ import errno
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from typing import Callable, Sequence
 
 from common.errors import (
@@ -38,6 +40,7 @@ _OS_FAILURES = {
     errno.EPERM: (EXIT_NO_PERMISSION, "permission denied"),
 }
 _ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\] ([^\n\[]*)")
+_BEAM_STEP = re.compile(r"( \[while running '[^\]]*'\])+$")
 
 
 def quiet_tensorflow() -> None:
@@ -113,6 +116,68 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def _lost_job_server(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) says the job server went away (gRPC UNAVAILABLE, CANCELLED)."""
+    grpc = sys.modules.get("grpc")
+    return grpc is not None and any(
+        isinstance(link, grpc.RpcError) and callable(getattr(link, "code", None))
+        and link.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for link in _chain(exc))
+
+
+class _NoLostJobServerTracebacks(logging.Filter):
+    """Drops log records whose traceback is of a lost job server: Beam's SDK harness logs one for each request
+    it was serving when Prism was stopped (as its exception, or as text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _lost_job_server(record.exc_info[1]):
+            return False
+        return not (record.name.startswith("apache_beam.runners.worker") and record.levelno >= logging.ERROR
+                    and re.search(r"StatusCode\.(UNAVAILABLE|CANCELLED)", record.getMessage()))
+
+
+class _QuietThreadsAfterCtrlC:
+    """While a command runs: Ctrl-C raises KeyboardInterrupt in the main thread, as Python's own handler does,
+    and threads that end on it, or on losing the job server, do so without a traceback, in the log too.
+
+    On a portable runner (Prism, which `--runner DirectRunner` runs on wherever Beam finds it) Beam's own
+    SIGINT handler stops the job server before it calls this one, and Beam's threads still streaming from it
+    (the job's state, a LOOPBACK job's SDK harness) die with gRPC errors that say nothing the one line does
+    not; a job server that dies otherwise fails the job in the main thread, which reports it. Installed only
+    where Python's handler is, in the main thread; both are put back afterwards."""
+
+    def __enter__(self):
+        self._interrupted = threading.Event()
+        self._installed = (threading.current_thread() is threading.main_thread()
+                           and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        if self._installed:
+            self._hook = threading.excepthook
+            signal.signal(signal.SIGINT, self._on_interrupt)
+            threading.excepthook = self._thread_died
+        self._filter, self._handlers = _NoLostJobServerTracebacks(), list(logging.getLogger().handlers)
+        for handler in self._handlers:
+            handler.addFilter(self._filter)
+        return self
+
+    def _on_interrupt(self, signum, frame):
+        self._interrupted.set()
+        raise KeyboardInterrupt
+
+    def _thread_died(self, args) -> None:
+        if self._interrupted.is_set() or _lost_job_server(args.exc_value):
+            logging.getLogger(__name__).debug("thread %s ended: %s", getattr(args.thread, "name", "?"),
+                                              type(args.exc_value).__name__)
+            return
+        self._hook(args)
+
+    def __exit__(self, *exc) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self._filter)
+        if self._installed:
+            if signal.getsignal(signal.SIGINT) == self._on_interrupt:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            threading.excepthook = self._hook
+
+
 def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
          user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
@@ -125,9 +190,10 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     # if it is a bug; an operational failure (disk full) must end as one line, not a logged traceback.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
-        run(argv)
-    except (UserError, *user_errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        with _QuietThreadsAfterCtrlC():
+            run(argv)
+    except (UserError, *user_errors) as exc:  # raised in a Beam step too, which adds the step's name
+        print(f"error: {_BEAM_STEP.sub('', str(exc))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)

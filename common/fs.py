@@ -12,12 +12,16 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
+import unicodedata
 from typing import Any, Iterator, Sequence
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from common.errors import EXIT_IO_ERROR, EXIT_NO_PERMISSION, OperationalError
 
 _RAW = CompressionTypes.UNCOMPRESSED
 _CHUNK = 1 << 22
@@ -38,10 +42,35 @@ def join(base: str, *names: str) -> str:
     return os.path.join(base, *parts)
 
 
-def path_part(path: str) -> str:
-    """A URI's path without its scheme, host being the first folder (`gs://b/x.avi` -> `b/x.avi`); local
-    paths without their leading slash. Used to mirror inputs under an output folder."""
-    return path.split("://", 1)[-1].lstrip("/")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _escape_char(char: str) -> str:
+    """`%` itself and control characters (NUL, tab, newlines, DEL, C1, line and paragraph separators) as
+    %XX per UTF-8 byte; every other character as it is."""
+    if char == "%" or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+        return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+    return char
+
+
+def _safe_segment(segment: str) -> str:
+    if segment in ("", ".", ".."):  # never produced by escaping alone: `%` is always escaped
+        return {"": "%2F", ".": "%2E", "..": "%2E%2E"}[segment]
+    return "".join(map(_escape_char, segment))
+
+
+def mirrored_name(name: str) -> str:
+    """A relative name, to put under an output folder, that mirrors `name` (a video id, a URI or a local path)
+    and cannot leave that folder: a URI without its scheme (`gs://b/x.avi` -> `b/x.avi`, the bucket being the
+    first folder), a local path without its leading slash, and then each part between slashes kept as it is
+    unless it could escape or mislead: `..`, `.` and empty parts (`a//b`) become `%2E%2E`, `%2E` and `%2F`, and
+    `%` and control characters (NUL, tab, CR, LF, ...) become `%XX` (UTF-8). Ordinary names are unchanged
+    (`Class/v_1.avi`), and different relative names never share a file; a name that starts like a URI
+    (`gs://b/x`) is taken for one, and shares its file with `b/x` (one run's ids are either all relative to
+    the input root or all URIs and absolute paths)."""
+    path = _SCHEME.sub("", name, count=1)
+    path = path[1:] if path.startswith("/") else path
+    return "/".join(_safe_segment(segment) for segment in path.split("/"))
 
 
 def dirname(path: str) -> str:
@@ -69,11 +98,35 @@ def is_dir(path: str) -> bool:
 
 
 def match(pattern: str) -> list[str]:
-    """Sorted files matching a glob (`**` crosses folders); [] when nothing matches."""
+    """Sorted files matching a glob (`**` crosses folders); [] when nothing matches, or when what the pattern
+    names does not exist (a missing folder or bucket). Any other failure to list (no permission, expired
+    credentials, a storage error) is an OperationalError naming the pattern: a listing that failed is never
+    taken for an empty one."""
     try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        return []
+        found = FileSystems.match([pattern])[0].metadata_list
+    except BeamIOError as error:
+        causes = list(_causes(error))
+        if causes and all(_is_not_found(cause) for cause in causes):
+            return []
+        cause = next((c for c in causes if not _is_not_found(c)), error)
+        denied = isinstance(cause, PermissionError) or getattr(cause, "code", None) in (401, 403)
+        raise OperationalError(f"cannot list {pattern}: {cause}",
+                               EXIT_NO_PERMISSION if denied else EXIT_IO_ERROR) from error
+    return sorted(m.path for m in found)
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The errors a BeamIOError holds (its exception_details), nested ones unpacked."""
+    details = getattr(error, "exception_details", None)
+    if not isinstance(details, dict):
+        yield error
+        return
+    for cause in details.values():
+        yield from _causes(cause)
+
+
+def _is_not_found(error: BaseException) -> bool:
+    return isinstance(error, FileNotFoundError) or getattr(error, "code", None) == 404  # google.api_core NotFound
 
 
 def match_with_stats(pattern: str) -> Iterator[tuple[str, int, float, str]]:

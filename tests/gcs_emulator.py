@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+import urllib.parse
 from http import HTTPStatus
 
+from gcp_storage_emulator import storage
 from gcp_storage_emulator.handlers import objects
 
 
@@ -50,6 +52,32 @@ def with_preconditions(handler):
 
 for _name in ("insert", "delete", "download", "get"):
     setattr(objects, _name, with_preconditions(getattr(objects, _name)))
+
+
+def _object_key(path: str) -> str:
+    """The emulator's store keys content by `bucket/name` as a path, refusing names with `..` parts and folding
+    `.` and empty ones; Cloud Storage names are not paths (`in/../x.avi` is an object of its own, which
+    tests/test_gcs_names.py needs). Key it by the bucket and the whole name quoted: one key per name, no
+    part that climbs, on disk or in memory."""
+    bucket, slash, name = path.strip("/").partition("/")
+    return bucket + slash + urllib.parse.quote(name, safe="").replace(".", "%2E") if name else bucket
+
+
+storage._FileStore._norm = staticmethod(_object_key)
+_make_object_resource = objects._make_object_resource
+
+
+def _with_quoted_links(base_url, bucket_name, object_name, *args, **kwargs):
+    """An object's resource with its name percent-encoded in `mediaLink` and `selfLink`, as Cloud Storage
+    writes them (the emulator writes the name as it is, so `a%09b` comes back as `a<TAB>b` when read)."""
+    obj = _make_object_resource(base_url, bucket_name, object_name, *args, **kwargs)
+    raw, quoted = f"/o/{object_name}", f"/o/{urllib.parse.quote(object_name, safe='')}"
+    obj["mediaLink"] = obj["mediaLink"].replace(raw + "?", quoted + "?", 1)
+    obj["selfLink"] = obj["selfLink"][: -len(raw)] + quoted
+    return obj
+
+
+objects._make_object_resource = _with_quoted_links
 
 
 def serve_proxy(argv: list[str]) -> None:

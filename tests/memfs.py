@@ -86,3 +86,22 @@ class MemoryFileSystem(FileSystem):
                 del OBJECTS[name]
         if missing:
             raise BeamIOError("delete failed", missing)
+
+
+class StorageError(Exception):
+    """An error as google-cloud-storage raises them: with the HTTP status as `code` (404 is NotFound)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"{code} from storage")
+        self.code = code
+
+
+def listing_fails(error: Exception):
+    """A `MemoryFileSystem._list` that raises `error`, as Cloud Storage's does on an expired token or a 503:
+    `monkeypatch.setattr(memfs.MemoryFileSystem, "_list", listing_fails(...))`."""
+
+    def _list(self, prefix):
+        raise error
+        yield  # a generator, as FileSystem._list is
+
+    return _list

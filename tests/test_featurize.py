@@ -94,6 +94,27 @@ def test_corrupt_and_unlabelled_files_land_in_failures(clip_set, tmp_path):
     assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (3, 1, 2)
 
 
+def test_odd_names_read_back_exactly_and_a_folder_that_cannot_be_a_class_is_a_failure(clip_set, tmp_path):
+    inputs = tmp_path / "in"
+    good = sorted((clip_set / "growing").iterdir())
+    names = ["growing/new\nline.avi", "growing/cr\rtab\t.avi", 'growing/say "hi", =1+2.avi']
+    for name, clip in zip(names + ["bad\nclass/v.avi", "comma,class/v.avi"], good + good):
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        (inputs / name).write_bytes(clip.read_bytes())
+    (inputs / "growing" / "broken\n\r.mp4").write_bytes(b"not a video" * 30)
+    output = tmp_path / "out"
+    featurize.run(featurize_args(inputs, output, "--sampling", "first"))
+    assert sorted(read_records(output)) == sorted(names)
+    assert (output / "labels.txt").read_text() == "growing\n"
+    rows = {row["video_id"]: row["reason"] for row in failures(output)}
+    assert sorted(rows) == ["bad\nclass/v.avi", "comma,class/v.avi", "growing/broken\n\r.mp4"]
+    assert rows["bad\nclass/v.avi"] == ("cannot be a class: label 'bad\\nclass' must not contain a control character, "
+                                         "a line break or a comma")
+    assert "cannot open" in rows["growing/broken\n\r.mp4"]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (6, 3, 3)
+
+
 @pytest.mark.skipif(not REAL_VIDEOS.is_dir(), reason="../shared/real_videos is absent")
 def test_every_real_clip_yields_a_record(tmp_path, sampling="keyframes"):
     """Through the job, in the sampling that seeks most (uniform's frames are checked against decoding every

@@ -68,3 +68,18 @@ def test_validate_frame_args():
         validate_frame_args(parser().parse_args(["--input", "v", "--decode-timeout", "0"]))
     with pytest.raises(UserError, match=r"^--decode-timeout must be positive, got -1.0$"):
         validate_frame_args(parser().parse_args(["--input", "v", "--decode-timeout", "-1"]))
+
+
+def test_the_jobs_wait_for_a_portable_runner_as_long_as_the_job_runs():
+    """Beam gives the launcher's stream of a portable job's state (Prism, Flink, Spark) a deadline of
+    --job_server_timeout, 300 s by default: a job running longer failed with DEADLINE_EXCEEDED (seen on Prism,
+    bench/runners.py). The jobs lift it to a week unless told otherwise."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    from beam_jobs.flags import JOB_SERVER_TIMEOUT_S, pipeline_options
+
+    assert JOB_SERVER_TIMEOUT_S >= 7 * 24 * 3600
+    options = pipeline_options(["--runner", "PrismRunner"])
+    assert options.view_as(PortableOptions).job_server_timeout == JOB_SERVER_TIMEOUT_S
+    for given in (["--job_server_timeout", "60"], ["--job_server_timeout=60"], ["--job-server-timeout", "60"]):
+        assert pipeline_options(given).view_as(PortableOptions).job_server_timeout == 60

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 
 import pytest
 
@@ -24,10 +25,10 @@ def test_is_remote_and_join():
     assert fs.join("gs://b/out", "", "/") == "gs://b/out"
 
 
-def test_path_part_dirname_and_relative():
-    assert fs.path_part("gs://bucket/x/y.avi") == "bucket/x/y.avi"
-    assert fs.path_part("/tmp/a.avi") == "tmp/a.avi"
-    assert fs.path_part("Class/v.avi") == "Class/v.avi"
+def test_mirrored_name_dirname_and_relative():
+    assert fs.mirrored_name("gs://bucket/x/y.avi") == "bucket/x/y.avi"
+    assert fs.mirrored_name("/tmp/a.avi") == "tmp/a.avi"
+    assert fs.mirrored_name("Class/v.avi") == "Class/v.avi"
     assert fs.dirname("gs://b/x/y.avi") == "gs://b/x"
     assert fs.dirname("gs://b/x/") == "gs://b"
     assert fs.dirname(os.path.join("/tmp", "x", "y.avi")) == os.path.join("/tmp", "x")
@@ -37,6 +38,41 @@ def test_path_part_dirname_and_relative():
         fs.relative("gs://b/other/a.csv", "gs://b/out")
     with pytest.raises(ValueError, match="is not under"):
         fs.relative("/o/sibling/a.csv", "/o/s")  # a prefix of the name, not of the folder
+
+
+@pytest.mark.parametrize("name, mirrored", [
+    ("in/../../../../etc/cron.d/x.mp4", "in/%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/cron.d/x.mp4"),
+    ("../x.avi", "%2E%2E/x.avi"),
+    ("a/./b.avi", "a/%2E/b.avi"),
+    ("a//b.avi", "a/%2F/b.avi"),
+    ("gs://bucket/in/../../x.avi", "bucket/in/%2E%2E/%2E%2E/x.avi"),
+    ("/etc/passwd", "etc/passwd"),  # an absolute id (inputs on different filesystems) mirrors its path
+    ("gs://b/a/gs://c/x.avi", "b/a/gs:/%2F/c/x.avi"),  # only a leading scheme is a URI's
+    ("a\nb/c\rd\te.avi", "a%0Ab/c%0Dd%09e.avi"),
+    ("nul\x00.avi", "nul%00.avi"),
+    ("del\x7f\x85\u2028.avi", "del%7F%C2%85%E2%80%A8.avi"),
+    ("100%.avi", "100%25.avi"),  # the escape character itself, so that no two names share a file
+    ("%2E%2E/x.avi", "%252E%252E/x.avi"),
+    ("Ünïcode and spaces/=HYPERLINK(\"x\").avi", "Ünïcode and spaces/=HYPERLINK(\"x\").avi"),
+])
+def test_mirrored_names_stay_inside_the_folder(name, mirrored, tmp_path):
+    assert fs.mirrored_name(name) == mirrored
+    inside = os.path.realpath(fs.join(str(tmp_path), "per_video", mirrored))
+    assert inside.startswith(str(tmp_path / "per_video") + os.sep)
+    assert fs.join("gs://b/out", "per_video", mirrored) == f"gs://b/out/per_video/{mirrored}"  # no part dropped
+
+
+def test_mirrored_names_of_different_names_differ():
+    import itertools
+
+    pieces = ["", ".", "..", "/", "%", "%2E", "%2F", "a", "\n", "\x00", "gs://"]
+    names = {"".join(parts) for n in range(1, 4) for parts in itertools.product(pieces, repeat=n)}
+    relative = re.compile(r"(?![A-Za-z][A-Za-z0-9+.-]*://)[^/]")  # neither a URI nor an absolute path
+    names = {n for n in names if relative.match(n)}
+    mirrored = {fs.mirrored_name(n) for n in names}
+    assert len(mirrored) == len(names)
+    for name in mirrored:
+        assert not {".", "..", ""} & set(name.split("/")) and not any(c in name for c in "\n\x00")
 
 
 def test_exists_and_is_dir_locally(tmp_path):
@@ -71,6 +107,28 @@ def test_match_is_sorted_and_double_star_crosses_folders(where, tmp_path, bucket
     assert fs.match(fs.join(root, "nothing-*")) == []
     assert fs.match(fs.join(root, "no-folder/*")) == []
     assert fs.files_under(root) == fs.match(root + "/**")
+
+
+@pytest.mark.parametrize("error, status", [
+    (memfs.StorageError(401), 77), (memfs.StorageError(403), 77), (PermissionError("no"), 77),
+    (memfs.StorageError(503), 74), (ConnectionResetError("reset"), 74)])
+def test_a_listing_that_fails_is_an_error_not_an_empty_listing(error, status, bucket, monkeypatch):
+    from common.errors import OperationalError
+
+    fs.write_text(f"{bucket}/out/a.txt", "x")
+    monkeypatch.setattr(memfs.MemoryFileSystem, "_list", memfs.listing_fails(error))
+    with pytest.raises(OperationalError) as caught:
+        fs.match(f"{bucket}/out/*")
+    assert caught.value.exit_code == status and str(caught.value).startswith(f"cannot list {bucket}/out/*: ")
+    assert str(error) in str(caught.value)
+    with pytest.raises(OperationalError):
+        fs.is_dir(f"{bucket}/out")
+
+
+@pytest.mark.parametrize("error", [memfs.StorageError(404), FileNotFoundError("gone")])
+def test_a_listing_of_what_does_not_exist_is_empty(error, bucket, monkeypatch):
+    monkeypatch.setattr(memfs.MemoryFileSystem, "_list", memfs.listing_fails(error))
+    assert fs.match(f"{bucket}/no-such-bucket/*") == [] and not fs.is_dir(f"{bucket}/no-such-bucket")
 
 
 @pytest.mark.parametrize("where", ["local", "mem"])

@@ -218,8 +218,12 @@ class GcsWorld:
     def run(self, module: str, *args: str) -> subprocess.CompletedProcess:
         """`python -m module args` as a user runs it; fails the test with the tail of its log."""
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", module, *args], env=self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        try:
+            done = subprocess.run([sys.executable, "-m", module, *args], env=self.env, cwd=REPO,
+                                  capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:  # what it logged says where it stopped
+            log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            pytest.fail(f"{module} did not finish within {JOB_TIMEOUT_S}s:\n{log[-4000:]}")
         print(f"{module} took {time.monotonic() - started:.1f}s")
         assert done.returncode == 0, f"{module} failed ({done.returncode}):\n{done.stderr[-4000:]}"
         return done

@@ -18,13 +18,16 @@ from beam_jobs.incremental import (
     REMOVED,
     PlanIncremental,
     PreviousRun,
+    ReadCsvRecords,
     SplitKnownContentDoFn,
     index_entry,
+    parse_row,
     unchanged,
 )
 from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef, ref_line
 from beam_jobs.outputs import MANIFEST_FILE
+from beam_jobs.sinks import csv_line
 from common import fs
 from common.errors import UserError
 
@@ -189,6 +192,26 @@ def test_previous_run_reads_the_manifest_header_and_index_files(where, tmp_path,
     previous = PreviousRun.read(output)
     assert previous == PreviousRun(MODEL, ("video_id", "video_uri", "label"),
                                    (fs.join(output, "index-00000-of-00001.jsonl"),), per_video=True)
+
+
+def test_previous_run_knows_its_decisions_and_its_csv_files_with_records_spanning_lines(tmp_path):
+    write_run(str(tmp_path), {"job": "predict", "model_id": MODEL, "options": {"min_confidence": 0.5, "top_k": 9},
+                              "csv_records_spanning_lines": {"labels.csv": 2, "segments.csv": 0}},
+              [row("a.avi")], [index_entry(ref("a.avi"), "fp")])
+    previous = PreviousRun.read(str(tmp_path))
+    assert previous.multiline == ("labels.csv",)
+    assert previous.decisions == {"min_confidence": 0.5, "top_k": 0}  # at most one pair per class (none here)
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_previous_rows_are_read_whole(multiline, tmp_path):
+    ids = ["plain.avi", "tab\there.avi", "cr\rhere.avi"] + (["new\nline.avi", "cr\r\nlf.avi"] if multiline else [])
+    text = csv_line(["video_id", "video_uri", "label"]) + "".join(csv_line([i, f"/in/{i}", "x"]) for i in ids)
+    (tmp_path / "labels.csv").write_text(text, newline="")
+    with TestPipeline() as pipeline:
+        rows = (pipeline | ReadCsvRecords(str(tmp_path / "labels.csv"), multiline)
+                | beam.Map(parse_row, ("video_id", "video_uri", "label")))
+        assert_that(rows, equal_to([(i, {"video_id": i, "video_uri": f"/in/{i}", "label": "x"}) for i in ids]))
 
 
 def test_a_single_index_file_of_an_older_run_is_read_too(tmp_path):

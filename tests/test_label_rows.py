@@ -22,6 +22,7 @@ from beam_jobs.label_rows import (
     per_video_csv,
     per_video_path,
     read_rows,
+    redecide,
     rows_to_csv,
     write_per_video,
 )
@@ -129,11 +130,23 @@ def test_a_comma_in_a_video_id_is_quoted():
     assert read["video_id"] == "a, b.avi" and read["label"] == "growing"
 
 
+def test_carried_rows_are_decided_again_as_the_model_would_decide_them():
+    cases = ([0.1, 0.4, 0.3, 0.2], [0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1], [0.3000001, 0.3, 0.2, 0.2])
+    for probabilities in cases:
+        old = format_label_row("v", "u", probabilities, FMT)
+        for top_k, min_confidence in ((1, 0.0), (4, 0.0), (3, 0.35), (2, 1.0)):
+            fmt = RowFormat(LABELS, "model-123", top_k, min_confidence)
+            assert redecide(old, fmt) == format_label_row("v", "u", probabilities, fmt)
+    assert FMT.decisions() == {"min_confidence": 0.0, "top_k": 2}
+
+
 @pytest.mark.parametrize("video_id, path", [
     ("v.avi", "per_video/v.avi.csv"),
     ("Class/sub/v.avi", "per_video/Class/sub/v.avi.csv"),
     ("gs://bucket/in/v.mp4", "per_video/bucket/in/v.mp4.csv"),
     ("/abs/v.avi", "per_video/abs/v.avi.csv"),
+    ("../../etc/x.avi", "per_video/%2E%2E/%2E%2E/etc/x.avi.csv"),
+    ("a\nb.avi", "per_video/a%0Ab.avi.csv"),
 ])
 def test_per_video_path(video_id, path):
     assert per_video_path(video_id) == path
@@ -143,6 +156,13 @@ def test_per_video_csv_is_most_likely_first():
     row = format_label_row("v", "u", [0.1, 0.4, 0.1, 0.4], FMT)
     assert per_video_csv(row, LABELS) == ("class,probability\nshrinking,0.400000\nfading_out,0.400000\n"
                                           "growing,0.100000\nfading_in,0.100000\n")
+
+
+def test_per_video_csv_quotes_class_names():
+    labels = ("a, b", 'say "x"')
+    row = format_label_row("v", "u", [0.75, 0.25], RowFormat(labels, "m", 1, 0.0))
+    assert list(csv.reader(io.StringIO(per_video_csv(row, labels)))) == [
+        ["class", "probability"], ["a, b", "0.750000"], ['say "x"', "0.250000"]]
 
 
 @pytest.mark.parametrize("where", ["local", "mem"])

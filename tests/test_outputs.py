@@ -43,6 +43,18 @@ def test_failures_csv_is_sorted_with_a_header():
     assert failures_csv([]) == "video_id,uri,reason\n"
 
 
+def test_failures_csv_quotes_control_characters_and_reads_back_exactly():
+    import csv
+    import io
+
+    failures = [("a\rb.avi", "/in/a\rb.avi", "x"), ("n\nl.avi", "/in/n\nl.avi", 'bad "file", truly'),
+                ("t\tb.avi", "/in/t\tb.avi", "y"), ("=1+2.avi", "/in/=1+2.avi", "z")]
+    text = failures_csv(failures)
+    assert '"a\rb.avi","/in/a\rb.avi","x"\n' in text and '"t\tb.avi","/in/t\tb.avi","y"\n' in text
+    assert list(csv.reader(io.StringIO(text, newline=""))) == [list(outputs.FAILURE_COLUMNS),
+                                                                 *map(list, sorted(failures))]
+
+
 def test_package_versions_names_every_package():
     versions = outputs.package_versions()
     assert sorted(versions) == sorted(["tensorflow", "keras", "apache-beam", "opencv-python-headless", "numpy",
@@ -146,6 +158,22 @@ def test_publish_outputs_without_patterns_keeps_old_files(tmp_path):
     assert fs.exists(fs.join(output, "per_video/gone.csv"))  # nothing asked to replace it
     assert not [n for n in os.listdir(output) if n.startswith(".staging-")]
     assert fs.read_json(fs.join(output, MANIFEST_FILE))["job"] == "featurize"
+
+
+def test_a_listing_that_fails_while_publishing_stops_it_and_leaves_the_previous_output(bucket, monkeypatch):
+    from common.errors import OperationalError
+
+    output = f"{bucket}/out"
+    _old_run(output)
+    staging = prepare_output(output, overwrite=True)
+    before = {path: fs.read_text(path) for path in fs.files_under(output)}
+    monkeypatch.setattr(memfs.MemoryFileSystem, "_list", memfs.listing_fails(memfs.StorageError(503)))
+    with pytest.raises(OperationalError, match=r"^cannot list .*/out/per_video/\*\*: 503 from storage$"):
+        publish_outputs(output, staging, [], {"labels.csv": "video_id\nnew\n"}, {"job": "predict"},
+                        replace_patterns=PATTERNS)
+    monkeypatch.undo()
+    after = {path: fs.read_text(path) for path in fs.files_under(output) if "/.staging-" not in path}
+    assert after == before  # the old manifest, labels and per-video files are all there
 
 
 class Finish:

@@ -18,6 +18,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from beam_jobs.label_rows import RowFormat
 from beam_jobs.segments import FROM_MODEL, FROM_PREVIOUS, JoinSegmentsDoFn
 
 SIZE, FRAMES, FPS = 32, 4, 10
@@ -187,9 +188,14 @@ def test_reruns_carry_segments_over_and_new_windows_relabel(segmented, clips, co
     assert [r["segment"] for r in read_csv(output / "segments.csv") if r["video_id"] == "pieces.avi"] == list("012")
 
 
+JOIN_LABELS = ("a", "b", "z")
+
+
 def segment_row(index: int, label: str, confidence: float) -> dict:
+    others = {f"p_{other}": f"{(1 - confidence) / 2:.6f}" for other in JOIN_LABELS if other != label}
     return {"video_id": "v", "segment": str(index), "start_s": f"{index:.3f}", "end_s": f"{index + 1:.3f}",
-            "label": label, "confidence": f"{confidence:.6f}", "top_k": f"{label}:{confidence:.6f}"}
+            "label": label, "confidence": f"{confidence:.6f}", "top_k": f"{label}:{confidence:.6f}",
+            f"p_{label}": f"{confidence:.6f}", **others}
 
 
 def test_the_join_keeps_segments_of_labelled_videos_only():
@@ -202,13 +208,27 @@ def test_the_join_keeps_segments_of_labelled_videos_only():
     ]
     with TestPipeline() as pipeline:
         out = (pipeline | beam.Create(joined)
-               | beam.ParDo(JoinSegmentsDoFn(columns, 0.5, 1.0)).with_outputs(
+               | beam.ParDo(JoinSegmentsDoFn(columns, RowFormat(JOIN_LABELS, "m", 1, 0.5), 1.0,
+                                             redo=True)).with_outputs(
                    "segment_lines", "event_lines", "tracks", "covered", main="rows"))
         assert_that(out["segment_lines"] | "Values" >> beam.Map(lambda kv: kv[1]),
                     equal_to([["v", "0", "a"], ["v", "1", "b"], ["v", "0", "unknown"]]), label="Segments")
         assert_that(out["covered"], equal_to(["new", "kept"]), label="Covered")
-        assert_that(out["tracks"] | "TrackIds" >> beam.Map(lambda kv: kv[0]), equal_to(["new"]), label="Tracks")
+        # Decided again (the previous run's --min-confidence differs), a carried video's track is written again.
+        assert_that(out["tracks"] | "TrackIds" >> beam.Map(lambda kv: kv[0]), equal_to(["new", "kept"]), label="Tracks")
         assert_that(out["event_lines"] | "EventLabels" >> beam.Map(lambda kv: (kv[1][0], kv[1][1])),
                     equal_to([("new", "a"), ("new", "b")]), label="Events")
         assert_that(out.rows | "Timelines" >> beam.Map(lambda r: (r["video_id"], [b[2] for b in r["timeline"]])),
                     equal_to([("new", ["a", "b"]), ("kept", ["unknown"])]), label="Rows")
+
+
+def test_with_the_same_decisions_carried_segments_and_tracks_stay_as_they_were():
+    joined = [("kept", {"row": [(FROM_PREVIOUS, {"video_id": "kept"})], "new": [], "old": [segment_row(0, "a", 0.4)]})]
+    with TestPipeline() as pipeline:
+        out = (pipeline | beam.Create(joined)
+               | beam.ParDo(JoinSegmentsDoFn(("video_id", "segment", "label"), RowFormat(JOIN_LABELS, "m", 1, 0.5),
+                                             1.0)).with_outputs("segment_lines", "event_lines", "tracks", "covered",
+                                                                main="rows"))
+        assert_that(out["segment_lines"] | "Values" >> beam.Map(lambda kv: kv[1]), equal_to([["v", "0", "a"]]),
+                    label="Segments")
+        assert_that(out["tracks"], equal_to([]), label="Tracks")  # its track in the output is still right

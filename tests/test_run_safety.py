@@ -324,6 +324,19 @@ def test_predict_features_into_a_finished_output_needs_overwrite(model_dir, fini
     assert [row["video_id"] for row in read_csv(output / "labels.csv")] == ["from/records.avi"]
 
 
+def test_predict_features_with_one_video_in_two_record_files_is_one_line(model_dir, tmp_path):
+    for name in ("features-00000-of-00002.tfrecord", "features-00001-of-00002.tfrecord"):
+        write_record(tmp_path / "records" / name)  # the same video, featurized into two sets
+    output = tmp_path / "labels"
+    status, err = run([*PREDICT, "--features", str(tmp_path / "records"), "--model", str(model_dir), "--output",
+                       str(output)])
+    expected = ("error: video id 'from/records.avi' is in 2 feature records (from /nowhere/from/records.avi): "
+                "give --features records that hold each video once")
+    assert_one_line_failure(err, status, 2, expected)
+    assert last_line(err) == expected  # not the Beam step it was raised in
+    assert not output.exists()
+
+
 def write_record(path: Path) -> None:
     import numpy as np
     import tensorflow as tf
@@ -335,6 +348,7 @@ def write_record(path: Path) -> None:
                          features=np.full((FRAMES, 1024), 0.5, np.float32), num_valid_frames=2,
                          frame_indices=[0, 5], source_fps=25.0, decoded_frame_count=10, frame_height=48,
                          frame_width=64, backbone_id="densenet121/random-seed1337", image_size=IMAGE_SIZE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         writer.write(encode_video_record(record))
 

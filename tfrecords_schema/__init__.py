@@ -4,6 +4,7 @@ from tfrecords_schema.dataset import (
     VOCABULARY_FILE,
     dataset_spec,
     label_lookup,
+    label_problem,
     make_dataset,
     make_decoded_dataset,
     match_record_files,

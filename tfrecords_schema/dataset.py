@@ -15,6 +15,7 @@ A featurize run writes `MANIFEST_FILE` beside its shards (what they hold: `recor
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Iterable, Sequence
 
 from tfrecords_schema.schema import (
@@ -37,12 +38,19 @@ SPLIT_BUCKETS = 10_000
 READ_CYCLE = 8  # shards read at once
 
 
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot be a class of the vocabulary (one label a line, `p_<label>` CSV columns), or None."""
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label) or "," in label:
+        return f"label {label!r} must not contain a control character, a line break or a comma"
+    return None
+
+
 def vocabulary_text(labels: Iterable[str]) -> str:
     """The vocabulary file's content: the sorted, de-duplicated labels, one per line."""
     vocabulary = sorted({str(label) for label in labels if label})
     for label in vocabulary:
-        if "\n" in label or "," in label:
-            raise RecordError(f"label {label!r} must not contain a newline or a comma")
+        if problem := label_problem(label):
+            raise RecordError(problem)
     return "".join(label + "\n" for label in vocabulary)
 
 
