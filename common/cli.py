@@ -178,6 +178,44 @@ class _QuietThreadsAfterCtrlC:
             threading.excepthook = self._hook
 
 
+def end_children() -> None:
+    """After Ctrl-C: end the child processes this process started with multiprocessing (the frame decoders, some
+    perhaps still being started), so that none outlives the command or, reading the start-up data of a parent
+    that is gone, prints multiprocessing's EOFError after the command's last line. They get SIGTERM, which the
+    decoders do not handle (multiprocessing's resource tracker ignores it). Found in /proc, where a child still
+    being started is not yet in `multiprocessing.active_children()`; elsewhere, those."""
+    me, children = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        entries = []
+    for entry in filter(str.isdigit, entries):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                started_by_multiprocessing = b"from multiprocessing" in f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me and started_by_multiprocessing:
+            children.append(int(entry))
+    if not entries:
+        import multiprocessing
+
+        children = [p.pid for p in multiprocessing.active_children() if p.pid]
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _report_interrupt() -> int:
+    end_children()
+    print("interrupted: nothing was published", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,
          user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
@@ -196,12 +234,10 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print(f"error: {_BEAM_STEP.sub('', str(exc))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
-        print("interrupted: nothing was published", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _report_interrupt()
     except Exception as exc:
         if _interrupted(exc):  # Ctrl-C inside a Beam step, which re-raises it as another error
-            print("interrupted: nothing was published", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _report_interrupt()
         failure = operational_failure(exc)
         if failure is None:
             raise

@@ -3,10 +3,18 @@ failure (common.errors lists them); a traceback for anything else."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from common.cli import main
 from common.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ContractError(ValueError):
@@ -129,3 +137,42 @@ def test_ctrl_c_inside_a_beam_step_is_still_an_interrupt(capsys):
     assert capsys.readouterr().err == "interrupted: nothing was published\n"
     with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is still a bug
         main(_raising(RuntimeError("a bug")), [])
+
+
+_CHILD_THEN_CTRL_C = """
+import multiprocessing, sys, time
+from common.cli import main
+
+def run(argv):
+    child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+    child.start()
+    print(child.pid, flush=True)
+    raise KeyboardInterrupt
+
+if __name__ == "__main__":
+    sys.exit(main(run, []))
+"""
+
+
+def test_ctrl_c_ends_the_child_processes_the_command_started(tmp_path):
+    """A frame decoder left running (or still starting, reading its start-up data) would outlive the command and
+    print multiprocessing's EOFError after the one line."""
+    script = tmp_path / "job.py"
+    script.write_text(_CHILD_THEN_CTRL_C)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "interrupted: nothing was published"
+    child = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{child}") and _state(child) != "Z":  # ended (a zombie until init reaps it)
+        assert time.monotonic() < deadline, f"child {child} still running after the command ended"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "Z"
