@@ -131,19 +131,23 @@ def test_every_real_clip_yields_a_record(tmp_path, sampling="keyframes"):
 
 
 def documented_flags(help_text: str) -> dict[str, str]:
-    """{flag: its description} of the `options:` section of an argparse --help: an entry starts with a line
-    `  -x, --flag METAVAR  text` and goes on over the lines indented under it."""
-    section = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    """{flag: its description} of an argparse --help: its option sections (`options:` and each argument
+    group's) hold entries that start with a line `  -x, --flag METAVAR  text` and go on over the lines
+    indented under it."""
+    sections = help_text.split("\nexamples:\n", 1)[0].split("\n\n")
     entries: dict[str, list[str]] = {}
-    for line in section.splitlines():
-        if match := re.match(r"  (-[^ ].*?)(?:  +(.*))?$", line):
-            words = match.group(1).split()
-            current = [w.rstrip(",") for w in words if w.startswith("-")]
-            for flag in current:
-                entries[flag] = [match.group(2) or ""]
-        else:
-            for flag in current:
-                entries[flag].append(line.strip())
+    for section in sections:
+        if not section.splitlines()[0].endswith(":") or section.startswith("usage:"):
+            continue  # the usage line and the description
+        current: list[str] = []  # a group's own description, before its first flag, belongs to no flag
+        for line in section.splitlines()[1:]:
+            if match := re.match(r"  (-[^ ].*?)(?:  +(.*))?$", line):
+                current = [w.rstrip(",") for w in match.group(1).split() if w.startswith("-")]
+                for flag in current:
+                    entries[flag] = [match.group(2) or ""]
+            else:
+                for flag in current:
+                    entries[flag].append(line.strip())
     return {flag: " ".join(" ".join(text).split()) for flag, text in entries.items()}
 
 
