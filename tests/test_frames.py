@@ -48,6 +48,33 @@ def test_square_rgb_keeps_the_centre_from_the_decoders_format():
     assert (out[2:-2, 2:-2, 2] > 230).all() and (out[2:-2, 2:-2, :2] < 30).all()
 
 
+@pytest.mark.parametrize("width, height", [(100, 40), (40, 100)])
+def test_square_rgb_scales_the_shorter_side_and_crops_the_middle(width, height):
+    import av
+
+    # The centre square, 40 px, is red in its first half and green in its second (along the longer side),
+    # black around it: scaled to 20 px, each half is 10 px of the output, nothing of the black shows.
+    rgb = np.zeros((height, width, 3), np.uint8)
+    lo = (max(width, height) - 40) // 2
+    first, second = (np.s_[:, lo : lo + 20], np.s_[:, lo + 20 : lo + 40]) if width > height else (
+        np.s_[lo : lo + 20, :], np.s_[lo + 20 : lo + 40, :])
+    rgb[first], rgb[second] = (255, 0, 0), (0, 255, 0)
+    out = square_rgb(av.VideoFrame.from_ndarray(rgb, format="rgb24"), 20).astype(int)
+    halves = (out[:, 1:9], out[:, 11:19]) if width > height else (out[1:9], out[11:19])
+    np.testing.assert_allclose(halves[0].reshape(-1, 3).mean(axis=0), (255, 0, 0), atol=12)
+    np.testing.assert_allclose(halves[1].reshape(-1, 3).mean(axis=0), (0, 255, 0), atol=12)
+    assert out.sum(axis=2).min() > 200  # no black from outside the centre square
+
+
+def test_square_rgb_averages_when_it_shrinks():
+    import av
+
+    checks = np.zeros((64, 64, 3), np.uint8)  # one-pixel checks: averaged, they are an even grey
+    checks[::2, ::2] = checks[1::2, 1::2] = 255
+    out = square_rgb(av.VideoFrame.from_ndarray(checks, format="rgb24"), 16)
+    assert abs(out.mean() - 127.5) < 3 and out.max() - out.min() <= 1
+
+
 def test_keyframe_positions_are_nearest_keyframes_then_the_frames_after_them():
     # Keyframes every 60 frames, 20 uniform positions over 1800 frames: every position has its own keyframe.
     picks = keyframe_positions(1800, np.arange(0, 1800, 60), 20)
@@ -171,6 +198,9 @@ def test_frames_that_do_not_decode(tmp_path):
     sampled = decode_and_sample(str(with_frames_blanked(clip, [19], tmp_path / "last.avi")), 8, 32)
     assert sampled.decoded_frame_count == 19 and sampled.frame_indices == sample_frame_indices(19, 8)
     np.testing.assert_allclose(sampled.frames.mean(axis=(1, 2, 3)), np.array(sampled.frame_indices) * 3, atol=4)
+    # Two short, the most tolerated (tolerated_frame_shortfall(20) == 2): still taken.
+    two_short = decode_and_sample(str(with_frames_blanked(clip, [18, 19], tmp_path / "two.avi")), 8, 32)
+    assert two_short.decoded_frame_count == 18 and two_short.frame_indices == sample_frame_indices(18, 8)
     none = str(with_frames_blanked(clip, range(20), tmp_path / "none.avi"))
     with pytest.raises(DecodeError, match=r"^none of 20 frames could be decoded \(FFmpeg: .*Invalid data"):
         decode_and_sample(none, 8, 32, "first")
