@@ -94,6 +94,8 @@ def test_pad_features_pads_with_zeros_and_a_mask():
     assert mask.tolist() == [True, True, True, False, False]
     full, mask = pad_features(features, 3)
     assert full.shape == (3, 2) and mask.all()
+    one, mask = pad_features(features[:1], 3)  # a single frame is a video too
+    assert one[0].tolist() == [0, 1] and mask.tolist() == [True, False, False]
     for bad in (np.zeros((0, 2)), np.zeros((6, 2)), np.zeros(3), np.zeros((3, 2, 1))):
         with pytest.raises(RecordError) as error:
             pad_features(bad, 5)
