@@ -354,10 +354,10 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     dofn = DecodeFramesDoFn(FrameOptions(FRAMES, IMAGE_SIZE))
     dofn.setup()
     try:
-        (out,) = list(dofn.process(ref))
+        (out,) = [*dofn.process(ref), *dofn.finish_bundle()]
     finally:
         dofn.teardown()
-    assert out.tag == FAILURES and out.value == ("locked.avi", ref.uri, "cannot read the file: permission denied")
+    assert out.tag == FAILURES and out.value.value == ("locked.avi", ref.uri, "cannot read the file: permission denied")
 
 
 def test_a_slow_file_times_out_and_the_rest_still_decode(tmp_path):
