@@ -320,4 +320,8 @@ def write_markdown(results: dict) -> str:
         from bench.segments import markdown
 
         lines += markdown(results["segments"])
+    if "pipelining" in results:
+        from bench.pipelining import markdown
+
+        lines += markdown(results["pipelining"])
     return "\n".join(lines)

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, decoding, harness, labelling, scale, segments, throughput, training
+from bench import accuracy, decoding, harness, labelling, pipelining, scale, segments, throughput, training
 from bench.data import clip_set
 from bench.harness import REPO, load_average, log, machine, median
 from bench.markdown import write_markdown
@@ -378,6 +378,8 @@ def check_targets(results: dict) -> list[dict]:
         decoding.check(results["decoding"], add)
     if "segments" in results:
         segments.check(results["segments"], add)
+    if "pipelining" in results:
+        pipelining.check(results["pipelining"], add)
     return checks
 
 
@@ -446,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing; rewrite RESULTS.md from results.json")
-    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments"],
+    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments", "pipelining"],
                         help="run only this benchmark and merge it into results.json (the rest is kept)")
     args = parser.parse_args(argv)
     if args.render:
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.only == "scale":
         return only_scale()
-    if args.only in ("decoding", "segments"):
+    if args.only in ("decoding", "segments", "pipelining"):
         return only_one(args.only)
     if args.only:
         return only_engines(settings)
@@ -483,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     results["decoding"] = decoding.measure()
     log("labels along a long video")
     results["segments"] = segments.measure()
+    log("decoding ahead of the embedder")
+    results["pipelining"] = pipelining.measure()
 
     results["load_end"] = load_average()
     loads = [r[job]["load_before"][0] for r in results["featurize"]["rounds"] for job in ("job_8n", "job_n")]
@@ -546,8 +550,8 @@ def only_scale() -> int:
 
 
 def only_one(name: str) -> int:
-    """`--only decoding` or `--only segments`: that benchmark, merged into results.json, keeping the rest."""
-    module = {"decoding": decoding, "segments": segments}[name]
+    """`--only decoding`, `--only segments` or `--only pipelining`: that benchmark, merged into results.json, keeping the rest."""
+    module = {"decoding": decoding, "segments": segments, "pipelining": pipelining}[name]
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     log(f"{name} benchmark, load {load_average()}")
     results[name] = module.measure()
@@ -557,7 +561,7 @@ def only_one(name: str) -> int:
     results = rounded(results)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     RESULTS_MD.write_text(write_markdown(results))
-    _print_targets(results, {"decoding": "21", "segments": "28"}[name])
+    _print_targets(results, {"decoding": "21", "segments": "28", "pipelining": "36"}[name])
     return 0
 
 
