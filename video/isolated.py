@@ -247,7 +247,7 @@ class IsolatedDecoder:
         try:
             if request is not None:
                 self._connection.send(request)
-            if not self._connection.poll(self.timeout_s):
+            if not self._answered(self.timeout_s):
                 self._stop(kill=True)
                 raise DecodeError(f"decoding timed out after {self.timeout_s:g}s (--decode-timeout)")
             return self._connection.recv()
@@ -259,6 +259,10 @@ class IsolatedDecoder:
             self._stop(kill=True)
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise DecodeError(f"the decoder crashed on this file ({how})") from None
+
+    def _answered(self, timeout_s: float) -> bool:
+        """Whether the child's next message came within `timeout_s` (a test may stand in for the clock)."""
+        return self._connection.poll(timeout_s)
 
     def kill(self) -> None:
         """Kill the child now, from any thread: the file it decodes fails as a crash."""
