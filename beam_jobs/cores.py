@@ -79,7 +79,7 @@ def worker_processes(options, override: int = 0) -> int:
     workers = direct.direct_num_workers if direct.direct_num_workers and direct.direct_num_workers > 0 else 1
     if direct.direct_num_workers == 0:  # Beam's "one a core"
         workers = usable_cores()
-    parallelism = portable.sdk_worker_parallelism or 0
+    parallelism = int(portable.sdk_worker_parallelism or 0)
     return max(workers, parallelism, 1)
 
 
