@@ -110,7 +110,7 @@ def _job(name: str, clips: Path, extra: tuple[str, ...] = ()) -> dict:
             "peak_rss_mb": run.job.peak_rss_mb, "load_before": run.job.load_before, "cores": manifest.get("cores")}
 
 
-def measure(rounds: int = 2) -> dict:
+def measure(rounds: int = 1) -> dict:
     small, large = clip_set(SMALL_PER_CLASS, SEED), clip_set(LARGE_PER_CLASS, SEED)
     one = WORK_DIR / "pipelining-one"
     shutil.rmtree(one, ignore_errors=True)
