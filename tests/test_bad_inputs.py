@@ -383,16 +383,18 @@ def test_a_slow_file_times_out_and_the_rest_still_decode(tmp_path, monkeypatch):
             return super()._answered(timeout_s)
 
     monkeypatch.setattr(video.isolated, "IsolatedDecoder", SlowOnSlowFiles)
-    slow, quick, other = tmp_path / "slow.mp4", tmp_path / "quick.avi", tmp_path / "other.avi"
+    # Listed first, so that the files after it need the decoder that replaced the late one.
+    slow, quick, other = tmp_path / "a_slow.mp4", tmp_path / "quick.avi", tmp_path / "other.avi"
     write_clip(str(slow), clip_frames(12), "mp4v")
     write_clip(str(quick), clip_frames(12), "MJPG")
     write_clip(str(other), clip_frames(9), "MJPG")
     refs = match_videos([str(tmp_path)])
+    assert refs[0].video_id == "a_slow.mp4"
     with TestPipeline() as pipeline:
         decoded = (pipeline | beam.Create(refs)
                    | DecodeFrames(FrameOptions(FRAMES, IMAGE_SIZE, decode_timeout_s=60), cores=CoreRequest(decoders=1)))
         assert_that(decoded[FAILURES], equal_to([
-            ("slow.mp4", str(slow), "decoding timed out after 60s (--decode-timeout)")]), label="Failures")
+            ("a_slow.mp4", str(slow), "decoding timed out after 60s (--decode-timeout)")]), label="Failures")
         assert_that(decoded.videos | beam.Map(lambda v: (v.ref.video_id, v.sampled.decoded_frame_count)),
                     equal_to([("other.avi", 9), ("quick.avi", 12)]), label="Videos")
 
