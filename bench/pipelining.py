@@ -6,7 +6,8 @@ ready-made batches, in this process) so that a change in the machine's load hits
   between them ((frames 300 - frames 60) / (wall 300 - wall 60): start-up cancels out) and the whole command's
   frames/s for 300, each over the bare embedder measured next to it; the peak RSS of the job's processes at
   60 and at 300 clips (flat: frames in flight are bounded).
-- 300 clips with `--direct_num_workers 2 --direct_running_mode multi_processing` against one worker.
+- 300 clips with `--direct_num_workers 2 --direct_running_mode multi_processing` against one worker, and
+  with `--decoders 1` against the planned decoders.
 - 10 of the 60 s 720p clips (the decoding benchmark's three, keyframes every 1, 2 and 10 s, copied to make
   ten), uniform sampling: the job's time beyond start-up (its whole command less that of a job on one short
   clip, measured alongside) against its limit, the slower of decoding the ten alone (the job's own decoder
@@ -127,6 +128,7 @@ def measure(rounds: int = 1) -> dict:
         entry["bare_before"] = bare.frames_per_s()
         entry["job_60"] = _job("60", small)
         entry["job_300"] = _job("300", large)
+        entry["job_300_one_decoder"] = _job("300-d1", large, ("--decoders", "1"))
         entry["bare_middle"] = bare.frames_per_s()
         entry["job_300_two_processes"] = _job("300-mp", large, ("--direct_num_workers", "2",
                                                                  "--direct_running_mode", "multi_processing"))
@@ -145,6 +147,7 @@ def measure(rounds: int = 1) -> dict:
             bare_frames_per_s=bare_fps, marginal_frames_per_s=marginal, marginal_vs_bare=marginal / bare_fps,
             whole_frames_per_s=j300["frames"] / j300["wall_s"], whole_vs_bare=j300["frames"] / j300["wall_s"] / bare_fps,
             two_processes_vs_one=entry["job_300_two_processes"]["wall_s"] / j300["wall_s"],
+            one_decoder_vs_planned=entry["job_300_one_decoder"]["wall_s"] / j300["wall_s"],
             rss_growth_60_to_300=j300["peak_rss_mb"] / j60["peak_rss_mb"],
             embed_hd_alone_s=embed_hd_alone_s, hd_limit_s=limit, hd_beyond_startup_s=beyond_startup,
             hd_vs_limit=beyond_startup / limit, load_end=load_average(),
@@ -185,8 +188,9 @@ def markdown(p: dict) -> list[str]:
              f"bare embedder: {p['engine']} {p['precision']} on ready batches of {BATCH_SIZE}, measured before, "
              "between and after the jobs of each round (the median of the three is the round's bare rate).", "",
              "| round | load before 300 | bare f/s | marginal f/s (vs bare) | whole 300 f/s (vs bare) | 2 processes / 1 "
-             "| HD beyond start-up / limit | peak RSS 60 / 300 (MB) | decoders x threads, embed threads |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| HD beyond start-up / limit | peak RSS 60 / 300 (MB) | decoders x threads, embed threads "
+             "| 300 with --decoders 1 / planned |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for number, r in enumerate(p["rounds"], 1):
         c = r["job_300"]["cores"] or {}
         lines.append(
@@ -196,5 +200,7 @@ def markdown(p: dict) -> list[str]:
             f"= {r['two_processes_vs_one']:.2f} | {r['hd_beyond_startup_s']:.1f} s / {r['hd_limit_s']:.1f} s "
             f"(decode alone {r['decode_hd_alone_s']:.1f} s, embed alone {r['embed_hd_alone_s']:.1f} s) = "
             f"{r['hd_vs_limit']:.2f} | {r['job_60']['peak_rss_mb']:.0f} / {r['job_300']['peak_rss_mb']:.0f} | "
-            f"{c.get('decoders')} x {c.get('decoder_threads')}, {c.get('embed_threads')} |")
+            f"{c.get('decoders')} x {c.get('decoder_threads')}, {c.get('embed_threads')} | "
+            f"{r['job_300_one_decoder']['wall_s']:.1f} s / {r['job_300']['wall_s']:.1f} s = "
+            f"{r['one_decoder_vs_planned']:.2f} |")
     return lines
