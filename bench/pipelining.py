@@ -1,7 +1,8 @@
 """The job at the speed of its slowest stage (issue 36): decoding ahead of the embedder, cores planned once.
 
-Measured in one run, each job interleaved with the bare default embedder (OpenVINO, `auto` precision, on
-ready-made batches, in this process) so that a change in the machine's load hits both sides of a ratio alike:
+Measured in one run, each job bracketed by the bare default embedder (OpenVINO, `auto` precision, on
+ready-made batches, in this process, 2 s just before and just after the job) so that a change in the
+machine's load hits both sides of a ratio alike:
 - 60 and 300 short clips (the bench's generated clips, 20 frames sampled each): the job's marginal frames/s
   between them ((frames 300 - frames 60) / (wall 300 - wall 60): start-up cancels out) and the whole command's
   frames/s for 300, each over the bare embedder measured next to it; the peak RSS of the job's processes at
@@ -124,38 +125,46 @@ def measure(rounds: int = 1) -> dict:
                     "precision": bare.options.precision, "rounds": []}
     for r in range(rounds):
         log(f"pipelining round {r + 1}/{rounds}, load {load_average()}")
-        entry: dict = {}
-        entry["bare_before"] = bare.frames_per_s()
-        entry["job_60"] = _job("60", small)
-        entry["job_300"] = _job("300", large)
-        entry["job_300_one_decoder"] = _job("300-d1", large, ("--decoders", "1"))
-        entry["bare_middle"] = bare.frames_per_s()
-        entry["job_300_two_processes"] = _job("300-mp", large, ("--direct_num_workers", "2",
-                                                                 "--direct_running_mode", "multi_processing"))
-        entry["job_one_clip"] = _job("one", one)
-        entry["job_hd"] = _job("hd", hd)
+        entry: dict = {"bare": []}
+
+        def bracketed(name: str, clips: Path, extra: tuple[str, ...] = ()) -> dict:
+            """The job with the bare embedder measured just before and just after it: its own bare rate."""
+            before = bare.frames_per_s(2.0)
+            job = _job(name, clips, extra)
+            after = bare.frames_per_s(2.0)
+            entry["bare"] += [before, after]
+            return dict(job, bare_frames_per_s=(before + after) / 2)
+
+        entry["job_60"] = bracketed("60", small)
+        entry["job_300"] = bracketed("300", large)
+        entry["job_300_one_decoder"] = bracketed("300-d1", large, ("--decoders", "1"))
+        entry["job_300_two_processes"] = bracketed("300-mp", large, ("--direct_num_workers", "2",
+                                                                     "--direct_running_mode", "multi_processing"))
+        entry["job_one_clip"] = bracketed("one", one)
+        entry["job_hd"] = bracketed("hd", hd)
         entry["decode_hd_alone_s"] = decode_alone_s(hd)
-        entry["bare_after"] = bare.frames_per_s()
-        bare_fps = statistics.median([entry["bare_before"], entry["bare_middle"], entry["bare_after"]])
         j60, j300 = entry["job_60"], entry["job_300"]
+        bare_fps = (j60["bare_frames_per_s"] + j300["bare_frames_per_s"]) / 2
         marginal = (j300["frames"] - j60["frames"]) / (j300["wall_s"] - j60["wall_s"])
         hd_frames = entry["job_hd"]["frames"]
-        embed_hd_alone_s = hd_frames / bare_fps
+        embed_hd_alone_s = hd_frames / entry["job_hd"]["bare_frames_per_s"]
         limit = max(entry["decode_hd_alone_s"], embed_hd_alone_s)
         beyond_startup = entry["job_hd"]["wall_s"] - entry["job_one_clip"]["wall_s"]
         entry.update(
             bare_frames_per_s=bare_fps, marginal_frames_per_s=marginal, marginal_vs_bare=marginal / bare_fps,
-            whole_frames_per_s=j300["frames"] / j300["wall_s"], whole_vs_bare=j300["frames"] / j300["wall_s"] / bare_fps,
+            whole_frames_per_s=j300["frames"] / j300["wall_s"],
+            whole_vs_bare=j300["frames"] / j300["wall_s"] / j300["bare_frames_per_s"],
             two_processes_vs_one=entry["job_300_two_processes"]["wall_s"] / j300["wall_s"],
             one_decoder_vs_planned=entry["job_300_one_decoder"]["wall_s"] / j300["wall_s"],
             rss_growth_60_to_300=j300["peak_rss_mb"] / j60["peak_rss_mb"],
             embed_hd_alone_s=embed_hd_alone_s, hd_limit_s=limit, hd_beyond_startup_s=beyond_startup,
             hd_vs_limit=beyond_startup / limit, load_end=load_average(),
         )
-        log(f"  bare {bare_fps:.0f} f/s; marginal {marginal:.0f} f/s ({entry['marginal_vs_bare']:.2f}); whole "
-            f"{entry['whole_frames_per_s']:.0f} f/s ({entry['whole_vs_bare']:.2f}); 2 processes "
-            f"{entry['two_processes_vs_one']:.2f}x the time of one; HD {beyond_startup:.1f}s vs limit {limit:.1f}s; "
-            f"RSS 60 {j60['peak_rss_mb']:.0f} MB, 300 {j300['peak_rss_mb']:.0f} MB")
+        log(f"  bare {[round(b) for b in entry['bare']]} f/s; marginal {marginal:.0f} f/s "
+            f"({entry['marginal_vs_bare']:.2f}); whole {entry['whole_frames_per_s']:.0f} f/s "
+            f"({entry['whole_vs_bare']:.2f}); 2 processes {entry['two_processes_vs_one']:.2f}x the time of one; "
+            f"HD {beyond_startup:.1f}s vs limit {limit:.1f}s; RSS 60 {j60['peak_rss_mb']:.0f} MB, 300 "
+            f"{j300['peak_rss_mb']:.0f} MB")
         result["rounds"].append(entry)
     keys = ("marginal_vs_bare", "whole_vs_bare", "two_processes_vs_one", "rss_growth_60_to_300", "hd_vs_limit",
             "bare_frames_per_s", "marginal_frames_per_s", "whole_frames_per_s")
@@ -185,22 +194,24 @@ def check(p: dict, add) -> None:
 def markdown(p: dict) -> list[str]:
     lines = ["", "## Decoding ahead of the embedder, cores planned once (issue 36)", "",
              f"CPU: {p['cpu_model']}; load average at the start {p['load_start']}, at the end {p['load_end']}; "
-             f"bare embedder: {p['engine']} {p['precision']} on ready batches of {BATCH_SIZE}, measured before, "
-             "between and after the jobs of each round (the median of the three is the round's bare rate).", "",
+             f"bare embedder: {p['engine']} {p['precision']} on ready batches of {BATCH_SIZE}, measured for 2 s just "
+             "before and just after each job (a job's bare rate is the mean of its two; the marginal rate's is the "
+             "mean of the 60- and 300-clip jobs'). Every bare figure of a round is listed: their spread says how "
+             "much the load moved while it ran.", "",
              "| round | load before 300 | bare f/s | marginal f/s (vs bare) | whole 300 f/s (vs bare) | 2 processes / 1 "
              "| HD beyond start-up / limit | peak RSS 60 / 300 (MB) | decoders x threads, embed threads "
-             "| 300 with --decoders 1 / planned |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| 300 with --decoders 1 / planned | every bare f/s, in order |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for number, r in enumerate(p["rounds"], 1):
         c = r["job_300"]["cores"] or {}
         lines.append(
             f"| {number} | {r['job_300']['load_before']} | {r['bare_frames_per_s']:.0f} | "
             f"{r['marginal_frames_per_s']:.0f} ({r['marginal_vs_bare']:.2f}) | {r['whole_frames_per_s']:.0f} "
-            f"({r['whole_vs_bare']:.2f}) | {r['job_300_two_processes']['wall_s']:.1f} s / {r['job_300']['wall_s']:.1f} s "
+            f"({r['whole_vs_bare']:.2f} of {r['job_300'].get('bare_frames_per_s', r['bare_frames_per_s']):.0f}) | {r['job_300_two_processes']['wall_s']:.1f} s / {r['job_300']['wall_s']:.1f} s "
             f"= {r['two_processes_vs_one']:.2f} | {r['hd_beyond_startup_s']:.1f} s / {r['hd_limit_s']:.1f} s "
             f"(decode alone {r['decode_hd_alone_s']:.1f} s, embed alone {r['embed_hd_alone_s']:.1f} s) = "
             f"{r['hd_vs_limit']:.2f} | {r['job_60']['peak_rss_mb']:.0f} / {r['job_300']['peak_rss_mb']:.0f} | "
             f"{c.get('decoders')} x {c.get('decoder_threads')}, {c.get('embed_threads')} | "
             f"{r['job_300_one_decoder']['wall_s']:.1f} s / {r['job_300']['wall_s']:.1f} s = "
-            f"{r['one_decoder_vs_planned']:.2f} |")
+            f"{r['one_decoder_vs_planned']:.2f} | {', '.join(f'{b:.0f}' for b in r.get('bare', []))} |")
     return lines
