@@ -152,7 +152,8 @@ def _main_module_hidden():
 
 
 class IsolatedDecoder:
-    """Decode files in a child process with a per-file time limit. Not thread-safe; one per DoFn."""
+    """Decode files in a child process with a per-file time limit. Not thread-safe: one per thread (video.ahead
+    gives each of its decoder threads its own); only `kill` may be called from another thread."""
 
     def __init__(self, timeout_s: float = 120.0, start_timeout_s: float = START_TIMEOUT_S, decoder_threads: int = 0):
         self.timeout_s = timeout_s
