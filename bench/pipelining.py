@@ -214,4 +214,9 @@ def markdown(p: dict) -> list[str]:
             f"{c.get('decoders')} x {c.get('decoder_threads')}, {c.get('embed_threads')} | "
             f"{r['job_300_one_decoder']['wall_s']:.1f} s / {r['job_300']['wall_s']:.1f} s = "
             f"{r['one_decoder_vs_planned']:.2f} | {', '.join(f'{b:.0f}' for b in r.get('bare', []))} |")
+    for number, r in enumerate(p["rounds"], 1):
+        spread = max(r.get("bare", [1])) / min(r.get("bare", [1]))
+        if spread > 1.5:
+            lines += ["", f"Round {number}: the bare embedder's rate moved {spread:.1f}x within the round (other work "
+                      "on the same cores): its ratios cannot judge the targets fairly; re-run on a quiet machine."]
     return lines
