@@ -37,6 +37,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
 from beam_jobs.classify import VideoClassifierHandler, record_model_input, video_model_input
+from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.events import TRACKS_DIR
@@ -299,6 +300,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         manifest={"job": "predict", "inputs": list(args.input or args.features), "model": args.model,
                   "model_id": model_id, "labels": list(labels), "record_spec": dataclasses.asdict(spec),
                   "embedding": embedding, "segments": windows.manifest() if windows else None,
+                  "cores": core_request(args, pipeline.options).plan().manifest(),
                   "options": {k: v for k, v in vars(args).items() if k != "output"}},
         segment_columns=segment_columns,
     )
@@ -328,8 +330,9 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
                                                            previous, carry, args.verify)
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
     todo = plan.todo | "SpreadVideos" >> beam.Reshuffle()
-    decode = (seg.DecodeSegments(frame_options, windows, job_id=staging) if windows
-              else DecodeFrames(frame_options, job_id=staging))
+    cores = core_request(args, pipeline.options)
+    decode = (seg.DecodeSegments(frame_options, windows, job_id=staging, cores=cores) if windows
+              else DecodeFrames(frame_options, job_id=staging, cores=cores))
     decoded = todo | "DecodeFrames" >> decode
     thumbnailed = decoded.videos | "MakeThumbnails" >> report.MakeThumbnails()
     split = thumbnailed.videos | "SplitKnownContent" >> beam.ParDo(SplitKnownContentDoFn()).with_outputs(
@@ -337,7 +340,8 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
     to_embed = split.new
     if windows:  # the windows' frames share the embedding step (and its batches) with the whole videos'
         to_embed = (split.new, decoded[seg.CHUNKS]) | "WithWindowFrames" >> beam.Flatten()
-    embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging)
+    embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging,
+                                                       cores=cores)
     if windows:
         embedded, window_frames = embedded | "SplitWindowFrames" >> beam.Partition(
             lambda video, _: int(seg.is_window_frames(video)), 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,6 +30,9 @@ def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
     manifest = json.loads((featurized / "manifest.json").read_text())
     assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (18, 18, 0)
     assert manifest["backbone_id"] == "densenet121/random-seed1337"
+    cores = len(os.sched_getaffinity(0))  # one worker process: every core is its share (beam_jobs.cores)
+    assert manifest["cores"] == {"cores": cores, "worker_processes": 1, "decoders": cores, "decoder_threads": 1,
+                                 "embed_threads": cores, "max_in_flight": 2 * cores}
     assert failures(featurized) == []
     assert not list(featurized.glob(".staging-*"))
     for record in records.values():
