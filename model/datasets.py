@@ -46,7 +46,8 @@ from common import fs
 from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
 from model.classifier import FEATURES_INPUT, MASK_INPUT
 from model.config import CACHE_MODES, MEMORY_CACHE_BUDGET
-from model.data import RecordSet, TrainingData, in_validation_split, record_failure, tensorflow_cause
+from model.data import RecordSet, TrainingData, record_failure, tensorflow_cause
+from model.splits import in_validation_split
 from tfrecords_schema import RecordSpec, label_lookup, parse_video_record, to_model_inputs
 from tfrecords_schema.dataset import READ_CYCLE, parse_video_ids
 
@@ -117,7 +118,9 @@ class Share:
         if self.held_out is None:
             return raw
         fraction = self.records.held_out
-        tagged = raw.batch(_ID_BATCH).map(lambda r: (r, in_validation_split(parse_video_ids(r), fraction))).unbatch()
+        split_by = self.records.split_by
+        tagged = raw.batch(_ID_BATCH).map(
+            lambda r: (r, in_validation_split(parse_video_ids(r), fraction, split_by))).unbatch()
         return tagged.filter(lambda _, held: tf.equal(held, self.held_out)).map(lambda r, _: r)
 
 

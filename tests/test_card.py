@@ -143,9 +143,10 @@ def test_without_graphviz_the_card_says_how_to_get_the_plot(trained, tmp_path, m
     assert "No model plot: `keras.utils.plot_model` needs pydot" in text and "apt-get install graphviz" in text
     assert IMAGE.findall(text) == []
     # Records that say which engine made their features get it on the card.
-    shown = card.training_card(dataclasses.replace(run, preprocessing={**preprocessing, "engine": "openvino",
-                                                                       "precision": "bf16"}), output, output)
-    assert "| feature engine and precision | engine openvino, precision bf16 |" in shown
+    shown = card.training_card(dataclasses.replace(run, embeddings=[
+        {"engine": "openvino", "engine_version": "2026.4.1", "precision": "bf16"},
+        {"engine": "tensorflow", "engine_version": "", "precision": "f32"}]), output, output)
+    assert "| feature engine and precision | openvino 2026.4.1, bf16; tensorflow, f32 |" in shown
 
 
 def test_evaluate_adds_its_section_once(trained):
