@@ -218,11 +218,11 @@ def _run_child(name: str, *args: str) -> dict:
 def budget_size(dim: int = FEATURE_DIM, frames: int = FRAMES) -> int:
     """The most videos `--cache auto` still caches in memory (model.datasets.memory_cache_bytes)."""
     from model.config import MEMORY_CACHE_BUDGET
-    from model.datasets import memory_cache_bytes
+    from model.datasets import decoded_bytes, memory_cache_bytes
     from tfrecords_schema import RecordSpec
 
     spec = RecordSpec(dim, frames, "synthetic", 224, feature_encoding="float16")
-    size = MEMORY_CACHE_BUDGET // memory_cache_bytes(1, spec)
+    size = MEMORY_CACHE_BUDGET // decoded_bytes(spec)
     while memory_cache_bytes(size, spec) > MEMORY_CACHE_BUDGET:
         size -= 1
     return size
