@@ -151,7 +151,7 @@ def child(records: str, cache: str, epochs: int, output: str, max_steps: int = 0
         "decoded_mb": round(data.train.num_records * decoded_bytes(data.train.spec) / 1e6, 1),
         "count_s": round(counted, 2), "datasets_ready_s": round(ready, 2),
         "first_step_done_s": round(timer.first_step_end - started, 2),
-        "examples_per_s": round(examples / (timer.train_seconds - timer.first_step), 1),
+        "examples_per_s": round(examples / max(timer.train_seconds - timer.first_step, 1e-9), 1) if steps > 1 else 0.0,
         "cores_used": round(timer.train_cpu_seconds / timer.train_seconds, 2),
         "first_step_s": round(timer.first_step, 2), "steps": steps, "keras": keras.__version__,
         "vm_hwm_mb": round(_vm_hwm_kb() / 1024, 1), "wall_s": round(time.monotonic() - started, 1),
