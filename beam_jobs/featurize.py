@@ -38,7 +38,7 @@ from beam_jobs.matching import (
     read_labels_csv,
     write_listing,
 )
-from beam_jobs.records import SHARD_PATTERN, WriteFeatureRecords, encode_video
+from beam_jobs.records import SHARD_PATTERN, CountSplits, WriteFeatureRecords, encode_video
 from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_shards
 from common import fs
 from common.errors import UserError
@@ -121,7 +121,7 @@ class FinishFeaturize:
     started_at: float = 0.0  # time.time() when the job was launched
     cores: CoreRequest = CoreRequest()  # how worker processes share their cores (the manifest has the plan)
 
-    def __call__(self, counts, shards, labels, failure_shards):
+    def __call__(self, counts, shards, labels, failure_shards, split_counts=None):
         if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
             return done
         matched, written, failed, frames = (int(counts[k]) for k in ("matched", "written", "failed", "frames"))
@@ -133,7 +133,7 @@ class FinishFeaturize:
         vocabulary = sorted(set(labels) - {""})
         manifest = dict(self.manifest, videos_matched=matched, records_written=written, failures=failed,
                         frames_sampled=frames, seconds=round(seconds, 1), labels=vocabulary,
-                        shards=sorted(s.rsplit("/", 1)[-1] for s in shards))
+                        shards=sorted(s.rsplit("/", 1)[-1] for s in shards), split_counts=split_counts)
         texts = {VOCABULARY_FILE: "".join(v + "\n" for v in vocabulary)}
         staged = sorted(shards) + [fs.join(self.staging, outputs.FAILURES_FILE)]
         published = outputs.publish_outputs(self.output, self.staging, staged, texts, manifest,
@@ -225,6 +225,9 @@ def _build(pipeline, args, staging, options, embedding, backbone_id, frame_optio
         shards=beam.pvalue.AsList(shards),
         labels=beam.pvalue.AsList(labels),
         failure_shards=beam.pvalue.AsList(failure_shards),
+        split_counts=beam.pvalue.AsSingleton(
+            embedded | "IdsAndLabels" >> beam.Map(lambda v: (v.ref.video_id, v.ref.label))
+            | "CountSplits" >> beam.CombineGlobally(CountSplits())),
     )
 
 

@@ -36,7 +36,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
-from beam_jobs.classify import VideoClassifierHandler, record_model_input, video_model_input
+from beam_jobs.classify import DecodeRecordDoFn, VideoClassifierHandler, video_model_input
 from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
@@ -206,7 +206,7 @@ def run(argv: list[str] | None = None):
             previous = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
-                branch = _features_branch(pipeline, record_files, handler, fmt)
+                branch = _features_branch(pipeline, record_files, handler, fmt, spec)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
                 staging = output_run.staging(overwrite=args.overwrite, incremental=True)
@@ -400,26 +400,27 @@ def _check_records(patterns, spec) -> list[str]:
     return files
 
 
-def _features_branch(pipeline, files, handler, fmt) -> Branch:
-    """Feature records -> rows; records hold no frames, so there are no thumbnails and no decode failures."""
-    decoded = (
+def _features_branch(pipeline, files, handler, fmt, spec) -> Branch:
+    """Feature records -> rows; records hold no frames, so there are no thumbnails. Every record is checked
+    against the model's `spec`: one that does not match it is a failure with its reason."""
+    serialized = (
         pipeline
         | "RecordFiles" >> beam.Create(files)
         | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
         | "SpreadRecords" >> beam.Reshuffle()
-        | "DecodeRecords" >> beam.Map(record_model_input)
     )
+    checked = serialized | "DecodeRecords" >> beam.ParDo(DecodeRecordDoFn(spec)).with_outputs(FAILURES, main="records")
+    decoded, refused = checked.records, checked[FAILURES]
     predictions = decoded | "KeyInputs" >> beam.Map(lambda t: t[2]) | "Classify" >> RunInference(handler)
     refs = decoded | "KeyRefs" >> beam.Map(lambda t: (t[0].video_id, t[0]))
     rows = (predictions, refs) | "FormatLabelRows" >> FormatLabelRows(fmt)
-    nothing = pipeline | "NoFailures" >> beam.Create([])
     zero = pipeline | "Zero" >> beam.Create([0])
     return Branch(
         rows=rows, rows_read=rows, rows_by_model=rows,
         index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
-        failures=nothing, removed=pipeline | "NoneRemoved" >> beam.Create([]),
-        counts={"matched": _count(decoded, "CountRecords"), "by_model": _count(rows, "CountByModel"),
-                "reused_content": zero, "carried": zero, "failed": _count(nothing, "CountFailed")},
+        failures=refused, removed=pipeline | "NoneRemoved" >> beam.Create([]),
+        counts={"matched": _count(serialized, "CountRecords"), "by_model": _count(rows, "CountByModel"),
+                "reused_content": zero, "carried": zero, "failed": _count(refused, "CountFailed")},
     )
 
 

@@ -43,6 +43,33 @@ def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
         assert len(record.fingerprint) == 64 and np.isfinite(record.features).all()
 
 
+def test_the_manifest_counts_the_records_per_label_and_hundredth_of_the_id_hash(featurized):
+    """split_counts (a Beam combiner): training knows every split at a whole percent without reading a record."""
+    import tensorflow as tf
+
+    manifest = json.loads((featurized / "manifest.json").read_text())
+    expected = {}
+    for video_id, record in read_records(featurized).items():  # FarmHash64 of the id, in 100 buckets
+        bucket = int(tf.strings.to_hash_bucket_fast(video_id, 10_000).numpy()) // 100
+        expected.setdefault(record.label, [0] * 100)[bucket] += 1
+    assert manifest["split_counts"] == {"buckets": 100, "split_by": "", "counts": expected}
+    assert sum(map(sum, expected.values())) == manifest["records_written"] == 18
+
+
+def test_split_counts_combine_in_any_grouping():
+    """The combiner's accumulators merge as Beam may split the work: the same counts however it is cut."""
+    from beam_jobs.records import CountSplits
+
+    pairs = [(f"class{i % 3}/clip{i}.avi", f"class{i % 3}") for i in range(50)]
+    combiner = CountSplits()
+    combiner.BATCH = 7  # hash in small batches, as a long bundle would
+    whole = combiner.extract_output(combiner.add_inputs(combiner.create_accumulator(), pairs))
+    parts = [combiner.add_inputs(combiner.create_accumulator(), pairs[i::4]) for i in range(4)]
+    merged = combiner.extract_output(combiner.merge_accumulators(parts + [combiner.create_accumulator()]))
+    assert merged == whole and sum(map(sum, whole["counts"].values())) == 50 and len(whole["counts"]) == 3
+    assert combiner.extract_output(combiner.create_accumulator())["counts"] == {}
+
+
 def test_make_dataset_reads_the_shards(featurized):
     vocabulary = read_vocabulary(str(featurized / "labels.txt"))
     ds = make_dataset(str(featurized / "features-*.tfrecord"), vocabulary=vocabulary, batch_size=5)
