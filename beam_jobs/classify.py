@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from beam_jobs.decode import FAILURES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,30 @@ def video_model_input(video, max_seq_length: int) -> tuple[str, ModelInput]:
 
     features, mask = pad_features(video.features, max_seq_length)
     return video.ref.video_id, ModelInput(features, mask)
+
+
+class DecodeRecordDoFn(beam.DoFn):
+    """A serialized feature record -> `record_model_input`'s tuple, checked against the model's RecordSpec:
+    every record, not only a shard's first (a shard may mix records of several runs). A record of another
+    feature dim, frame count, backbone, image size or sampling goes to the FAILURES output as (video_id, uri,
+    reason), counted as `records_refused`."""
+
+    def __init__(self, spec):
+        self._spec = spec
+        self._refused = Metrics.counter("predict", "records_refused")
+
+    def process(self, serialized: bytes):
+        from beam_jobs.matching import VideoRef
+        from tfrecords_schema import decode_video_record
+
+        record = decode_video_record(serialized)
+        if problems := self._spec.mismatches(record.spec):
+            self._refused.inc()
+            yield beam.pvalue.TaggedOutput(
+                FAILURES, (record.video_id, record.uri, "the record does not match the model: " + "; ".join(problems)))
+            return
+        ref = VideoRef(video_id=record.video_id, uri=record.uri, label=record.label)
+        yield ref, record.fingerprint, (record.video_id, ModelInput(record.features, record.mask))
 
 
 def record_model_input(serialized: bytes):

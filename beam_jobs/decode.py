@@ -1,5 +1,6 @@
 """Matched videos -> decoded, sampled frames: the launcher's video list read back, each file read (copied
-out of remote storage first), fingerprinted and decoded in an isolated child process.
+out of remote storage first), fingerprinted and decoded in an isolated child process, several videos ahead
+of the embedder (video.ahead), as many decoders as the worker's cores plan (beam_jobs.cores).
 
 A video that cannot be used leaves the main output as `(video_id, uri, reason)` on the `failures` output
 and counts in `videos_failed`; programming errors raise.
@@ -18,7 +19,11 @@ import tempfile
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_jobs.cores import CoreRequest
 from beam_jobs.matching import VideoRef, parse_ref
 from beam_jobs.progress import Progress
 from common import fs
@@ -107,12 +112,17 @@ def file_kind(mode: int) -> str:
 
 
 class DecodeFramesDoFn(beam.DoFn):
-    """VideoRef -> Video with sampled frames, decoded in an isolated child process (see video.isolated)."""
+    """VideoRef -> Video with sampled frames, decoded in isolated child processes (see video.isolated) that
+    work ahead of the steps after this one (video.ahead): while those embed the videos already decoded,
+    `cores.decoders` children read and decode the next ones, at most `cores.max_in_flight` videos in flight.
+    Videos leave in the order they finish; each leaves as a Video or a failure."""
 
-    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0,
+                 cores: CoreRequest = CoreRequest()):
         self._options = options
         self._job_id = job_id
         self._expected = expected_videos
+        self._cores = cores
         self._decoded = Metrics.counter("videos", "videos_decoded")
         self._failed = Metrics.counter("videos", "videos_failed")
         self._frames = Metrics.counter("videos", "frames_sampled")
@@ -121,9 +131,13 @@ class DecodeFramesDoFn(beam.DoFn):
         self._read_methods = {method: Metrics.counter("videos", counter) for method, counter in READ_COUNTERS.items()}
 
     def setup(self):
+        from video.ahead import DecodeAhead
         from video.isolated import IsolatedDecoder
 
-        self._decoder = IsolatedDecoder(timeout_s=self._options.decode_timeout_s)
+        plan = self._cores.plan()
+        timeout_s = self._options.decode_timeout_s
+        self._pool = DecodeAhead(self._work, plan.decoders, plan.max_in_flight,
+                                 make_decoder=lambda: IsolatedDecoder(timeout_s, decoder_threads=plan.decoder_threads))
         self._scratch = tempfile.mkdtemp(prefix="decode-")
         self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
 
@@ -135,8 +149,8 @@ class DecodeFramesDoFn(beam.DoFn):
                 raise DecodeError(f"not a regular file ({file_kind(mode)})")
             with open(ref.uri, "rb") as source:
                 return ref.uri, copy_and_hash(source)
-        local = os.path.join(self._scratch, "video" + os.path.splitext(ref.uri)[1])
-        with fs.open_read(ref.uri) as source, open(local, "wb") as destination:
+        fd, local = tempfile.mkstemp(suffix=os.path.splitext(ref.uri)[1], dir=self._scratch)
+        with fs.open_read(ref.uri) as source, os.fdopen(fd, "wb") as destination:
             return local, copy_and_hash(source, destination)
 
     def _read(self, ref: VideoRef) -> tuple[str, str]:
@@ -152,32 +166,67 @@ class DecodeFramesDoFn(beam.DoFn):
 
     def process(self, element):
         """`element` is a VideoRef, or (VideoRef, previous) for the labelling job's incremental runs."""
+        for outcome in self._pool.submit(element):
+            yield from self._outputs(outcome)
+
+    def finish_bundle(self):
+        for outcome in self._pool.drain():
+            for output in self._outputs(outcome):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+                else:
+                    yield _in_global_window(output)
+
+    def _work(self, decoder, element, emit):
+        """On a decoder thread: read and decode one video -> its Video, or (VideoRef, reason) when it fails.
+        Outputs `_sample` yields on the way are `emit`ted."""
         ref, previous = element if isinstance(element, tuple) else (element, None)
         path = None
         try:
             path, fingerprint = self._read(ref)
             if os.path.getsize(path) == 0:
                 raise DecodeError("empty file (0 bytes)")
-            sampled = yield from self._sample(path, ref, fingerprint, previous)
+            parts = self._sample(decoder, path, ref, fingerprint, previous)
+            while True:
+                try:
+                    emit(next(parts))
+                except StopIteration as stop:
+                    sampled = stop.value
+                    break
         except DecodeError as exc:
-            yield self._failure(ref, str(exc))
-            return
+            return ref, str(exc)
         finally:
             if path is not None and path != ref.uri:
                 os.remove(path)
-        self._decoded.inc()
-        self._frames.inc(len(sampled.frame_indices))
-        self._read_methods[sampled.read_method].inc()
-        if sampled.read_method == "fallback":
-            _LOG.info("%s: decoded through instead of seeking: %s", ref.uri, sampled.fallback_reason)
-        yield Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
+        return Video(ref=ref, fingerprint=fingerprint, sampled=sampled, previous=previous)
 
-    def _sample(self, path: str, ref: VideoRef, fingerprint: str, previous):
-        """The video's SampledFrames (raising DecodeError); a generator, so that a subclass can yield more
-        outputs on the way (the labelling job's windows, beam_jobs.segments)."""
+    def _outputs(self, outcome):
+        """The outputs of an outcome of `_work` (in the DoFn's own thread, where Beam's counters count)."""
+        if not outcome.final:
+            self._count_partial(outcome.value)
+            yield outcome.value
+            return
+        if not isinstance(outcome.value, Video):
+            yield self._failure(*outcome.value)
+            return
+        video = outcome.value
+        self._decoded.inc()
+        self._frames.inc(len(video.sampled.frame_indices))
+        self._read_methods[video.sampled.read_method].inc()
+        if video.sampled.read_method == "fallback":
+            _LOG.info("%s: decoded through instead of seeking: %s", video.ref.uri, video.sampled.fallback_reason)
+        yield video
+
+    def _sample(self, decoder, path: str, ref: VideoRef, fingerprint: str, previous):
+        """The video's SampledFrames (raising DecodeError), from `decoder`; a generator, so that a subclass can
+        emit more outputs on the way (the labelling job's windows, beam_jobs.segments). Runs on a decoder
+        thread: it must not touch Beam's counters (see `_count_partial`)."""
         o = self._options
-        return self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+        return decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
         yield  # unreachable: it makes this method a generator
+
+    def _count_partial(self, output) -> None:
+        """Count an output `_sample` emitted, in the DoFn's thread."""
 
     def _failure(self, ref: VideoRef, reason: str):
         self._failed.inc()
@@ -187,12 +236,17 @@ class DecodeFramesDoFn(beam.DoFn):
         return beam.pvalue.TaggedOutput(FAILURES, (ref.video_id, ref.uri, reason))
 
     def teardown(self):
-        if getattr(self, "_decoder", None) is not None:
-            self._decoder.close()
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
+            self._pool = None
         shutil.rmtree(getattr(self, "_scratch", ""), ignore_errors=True)
         if getattr(self, "_progress", None) is not None:
             self._progress.release()
             self._progress = None
+
+
+def _in_global_window(value) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 class DecodeFrames(beam.PTransform):
@@ -200,9 +254,10 @@ class DecodeFrames(beam.PTransform):
 
     With a `job_id` (the same one given to EmbedFrames), progress is logged every 10 s (see Progress)."""
 
-    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0):
+    def __init__(self, options: FrameOptions, job_id: str = "", expected_videos: int = 0,
+                 cores: CoreRequest = CoreRequest()):
         super().__init__()
-        self._dofn = DecodeFramesDoFn(options, job_id, expected_videos)
+        self._dofn = DecodeFramesDoFn(options, job_id, expected_videos, cores)
 
     def expand(self, refs):
         return refs | "Decode" >> beam.ParDo(self._dofn).with_outputs(FAILURES, main="videos")

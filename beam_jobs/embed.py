@@ -1,7 +1,8 @@
 """Sampled frames -> DenseNet121 features, in batches of frames gathered across videos.
 
-One embedder per worker process (shared across the DoFn's threads), built in `setup()` by
-`model.engines.make_embedder` from picklable `EmbedderOptions` (engine, precision, int8 calibration frames).
+One embedder per worker process (shared across the DoFn's threads), built at its first frames by
+`model.engines.make_embedder` from picklable `EmbedderOptions` (engine, precision, int8 calibration frames),
+on the threads `--embed-threads` or the process's core plan (beam_jobs.cores) gives it.
 A video's frames may span two batches; a video leaves the step once all its frames are embedded, its frames
 dropped unless `keep_frames`. The chunks of windows of `predict --segments` (beam_jobs.segments) go through
 the same step as videos do; only whole videos count as videos embedded.
@@ -19,6 +20,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_jobs.cores import CoreRequest
 from beam_jobs.decode import Video
 from beam_jobs.progress import Progress
 from model.engines import EmbedderOptions
@@ -98,8 +100,10 @@ class EmbedFramesDoFn(beam.DoFn):
     agree on what made the features), or a `--weights` value and `image_size`: TensorFlow in f32."""
 
     def __init__(self, embedder: EmbedderOptions | str, image_size: int | None = None, batch_size: int = 32,
-                 keep_frames: bool = False, expected_videos: int = 0, job_id: str = ""):
+                 keep_frames: bool = False, expected_videos: int = 0, job_id: str = "",
+                 cores: CoreRequest = CoreRequest()):
         self._options = _embedder_options(embedder, image_size)
+        self._cores = cores
         self._batch_size = batch_size
         self._keep_frames = keep_frames
         self._expected = expected_videos
@@ -120,6 +124,8 @@ class EmbedFramesDoFn(beam.DoFn):
             from model.engines import make_embedder
 
             options, batch_size = self._options, self._batch_size
+            if not options.threads:  # this process's share of the machine's cores (beam_jobs.cores)
+                options = dataclasses.replace(options, threads=self._cores.plan().embed_threads)
             self._embedder = self._shared_embedder.acquire(
                 lambda: make_embedder(options, batch_size), tag=f"{options}@{batch_size}")
         return self._embedder(frames)
@@ -159,9 +165,10 @@ class EmbedFrames(beam.PTransform):
     (see Progress)."""
 
     def __init__(self, embedder: EmbedderOptions | str, image_size: int | None = None, batch_size: int = 32,
-                 keep_frames: bool = False, expected_videos: int = 0, job_id: str = ""):
+                 keep_frames: bool = False, expected_videos: int = 0, job_id: str = "",
+                 cores: CoreRequest = CoreRequest()):
         super().__init__()
-        self._dofn = EmbedFramesDoFn(embedder, image_size, batch_size, keep_frames, expected_videos, job_id)
+        self._dofn = EmbedFramesDoFn(embedder, image_size, batch_size, keep_frames, expected_videos, job_id, cores)
 
     def expand(self, videos):
         return videos | "Embed" >> beam.ParDo(self._dofn)

@@ -24,6 +24,7 @@ import apache_beam as beam
 
 from beam_jobs import outputs
 from beam_jobs.calibration import calibrate
+from beam_jobs.cores import CoreRequest, core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.flags import add_engine_flags, add_frame_flags, embedder_options, parse_extensions, validate_frame_args
@@ -37,7 +38,7 @@ from beam_jobs.matching import (
     read_labels_csv,
     write_listing,
 )
-from beam_jobs.records import SHARD_PATTERN, WriteFeatureRecords, encode_video
+from beam_jobs.records import SHARD_PATTERN, CountSplits, WriteFeatureRecords, encode_video
 from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_shards
 from common import fs
 from common.errors import UserError
@@ -118,8 +119,9 @@ class FinishFeaturize:
     run_id: str  # the lease this run holds; publishing checks it still does
     manifest: dict
     started_at: float = 0.0  # time.time() when the job was launched
+    cores: CoreRequest = CoreRequest()  # how worker processes share their cores (the manifest has the plan)
 
-    def __call__(self, counts, shards, labels, failure_shards):
+    def __call__(self, counts, shards, labels, failure_shards, split_counts=None):
         if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
             return done
         matched, written, failed, frames = (int(counts[k]) for k in ("matched", "written", "failed", "frames"))
@@ -131,7 +133,7 @@ class FinishFeaturize:
         vocabulary = sorted(set(labels) - {""})
         manifest = dict(self.manifest, videos_matched=matched, records_written=written, failures=failed,
                         frames_sampled=frames, seconds=round(seconds, 1), labels=vocabulary,
-                        shards=sorted(s.rsplit("/", 1)[-1] for s in shards))
+                        shards=sorted(s.rsplit("/", 1)[-1] for s in shards), split_counts=split_counts)
         texts = {VOCABULARY_FILE: "".join(v + "\n" for v in vocabulary)}
         staged = sorted(shards) + [fs.join(self.staging, outputs.FAILURES_FILE)]
         published = outputs.publish_outputs(self.output, self.staging, staged, texts, manifest,
@@ -195,9 +197,11 @@ def _build(pipeline, args, staging, options, embedding, backbone_id, frame_optio
     refs = pipeline | "ReadListing" >> beam.io.ReadFromText(fs.join(staging, outputs.REFS_FILE))
     videos = (_distinct_refs(refs | "ParseRefs" >> beam.Map(parse_ref))
               | "SpreadVideos" >> beam.Reshuffle())
-    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=listed)
+    cores = finish.cores
+    decoded = videos | "DecodeFrames" >> DecodeFrames(frame_options, job_id=staging, expected_videos=listed,
+                                                      cores=cores)
     embedded = decoded.videos | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size,
-                                                             expected_videos=listed, job_id=staging)
+                                                             expected_videos=listed, job_id=staging, cores=cores)
     records = embedded | "EncodeRecords" >> beam.Map(encode_video, frame_options, backbone_id,
                                                       args.feature_encoding, embedding)
     shards = records | "WriteFeatureRecords" >> WriteFeatureRecords(staging, args.num_shards)
@@ -221,6 +225,9 @@ def _build(pipeline, args, staging, options, embedding, backbone_id, frame_optio
         shards=beam.pvalue.AsList(shards),
         labels=beam.pvalue.AsList(labels),
         failure_shards=beam.pvalue.AsList(failure_shards),
+        split_counts=beam.pvalue.AsSingleton(
+            embedded | "IdsAndLabels" >> beam.Map(lambda v: (v.ref.video_id, v.ref.label))
+            | "CountSplits" >> beam.CombineGlobally(CountSplits())),
     )
 
 
@@ -245,10 +252,12 @@ def run(argv: list[str] | None = None):
             for name, local in ((outputs.REFS_FILE, listing), (UNLABELLED_FILE, unlabelled)):
                 fs.copy_file(local, fs.join(staging, name))
             pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+            cores = core_request(args, pipeline.options)
             finish = FinishFeaturize(
-                output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at,
+                output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at, cores=cores,
                 manifest={"job": "featurize", "inputs": args.input, "output": args.output,
                           "backbone_id": backbone_id, "record_spec": dataclasses.asdict(spec), "embedding": described,
+                          "cores": cores.plan().manifest(),
                           "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")}})
             _build(pipeline, args, staging, options, embedding, backbone_id, frame_options, listed, finish)
             result = pipeline.run()

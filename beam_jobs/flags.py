@@ -42,7 +42,8 @@ def validate_frame_args(args: argparse.Namespace) -> None:
 
 
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    """--engine, --precision, --calibration and --embed-threads: which engine runs DenseNet121 (model.engines)."""
+    """--engine, --precision, --calibration and --embed-threads: which engine runs DenseNet121 (model.engines);
+    --decoders and --worker-processes: how a worker process's cores are shared (beam_jobs.cores)."""
     from model.engines import ENGINES, PRECISIONS
 
     parser.add_argument("--engine", choices=ENGINES, default="auto",
@@ -56,8 +57,11 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="--precision int8 only: videos to calibrate on (a directory, glob, file or gs:// "
                              "pattern; repeatable); default: the job's own videos")
     parser.add_argument("--embed-threads", type=int, default=0, metavar="N",
-                        help="threads OpenVINO runs DenseNet121 on in each worker process; 0: every core the "
-                             "process may use (default: %(default)s)")
+                        help="threads OpenVINO runs DenseNet121 on in each worker process; 0: the process's share "
+                             "of the machine's cores (beam_jobs.cores) (default: %(default)s)")
+    from beam_jobs.cores import add_core_flags
+
+    add_core_flags(parser)
 
 
 def validate_engine_args(args: argparse.Namespace) -> None:

@@ -36,7 +36,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_jobs import outputs, report, review
 from beam_jobs import segments as seg
-from beam_jobs.classify import VideoClassifierHandler, record_model_input, video_model_input
+from beam_jobs.classify import DecodeRecordDoFn, VideoClassifierHandler, video_model_input
+from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.events import TRACKS_DIR
@@ -205,7 +206,7 @@ def run(argv: list[str] | None = None):
             previous = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
-                branch = _features_branch(pipeline, record_files, handler, fmt)
+                branch = _features_branch(pipeline, record_files, handler, fmt, spec)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
                 staging = output_run.staging(overwrite=args.overwrite, incremental=True)
@@ -299,6 +300,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         manifest={"job": "predict", "inputs": list(args.input or args.features), "model": args.model,
                   "model_id": model_id, "labels": list(labels), "record_spec": dataclasses.asdict(spec),
                   "embedding": embedding, "segments": windows.manifest() if windows else None,
+                  "cores": core_request(args, pipeline.options).plan().manifest(),
                   "options": {k: v for k, v in vars(args).items() if k != "output"}},
         segment_columns=segment_columns,
     )
@@ -328,8 +330,9 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
                                                            previous, carry, args.verify)
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
     todo = plan.todo | "SpreadVideos" >> beam.Reshuffle()
-    decode = (seg.DecodeSegments(frame_options, windows, job_id=staging) if windows
-              else DecodeFrames(frame_options, job_id=staging))
+    cores = core_request(args, pipeline.options)
+    decode = (seg.DecodeSegments(frame_options, windows, job_id=staging, cores=cores) if windows
+              else DecodeFrames(frame_options, job_id=staging, cores=cores))
     decoded = todo | "DecodeFrames" >> decode
     thumbnailed = decoded.videos | "MakeThumbnails" >> report.MakeThumbnails()
     split = thumbnailed.videos | "SplitKnownContent" >> beam.ParDo(SplitKnownContentDoFn()).with_outputs(
@@ -337,7 +340,8 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
     to_embed = split.new
     if windows:  # the windows' frames share the embedding step (and its batches) with the whole videos'
         to_embed = (split.new, decoded[seg.CHUNKS]) | "WithWindowFrames" >> beam.Flatten()
-    embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging)
+    embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging,
+                                                       cores=cores)
     if windows:
         embedded, window_frames = embedded | "SplitWindowFrames" >> beam.Partition(
             lambda video, _: int(seg.is_window_frames(video)), 2)
@@ -396,26 +400,27 @@ def _check_records(patterns, spec) -> list[str]:
     return files
 
 
-def _features_branch(pipeline, files, handler, fmt) -> Branch:
-    """Feature records -> rows; records hold no frames, so there are no thumbnails and no decode failures."""
-    decoded = (
+def _features_branch(pipeline, files, handler, fmt, spec) -> Branch:
+    """Feature records -> rows; records hold no frames, so there are no thumbnails. Every record is checked
+    against the model's `spec`: one that does not match it is a failure with its reason."""
+    serialized = (
         pipeline
         | "RecordFiles" >> beam.Create(files)
         | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
         | "SpreadRecords" >> beam.Reshuffle()
-        | "DecodeRecords" >> beam.Map(record_model_input)
     )
+    checked = serialized | "DecodeRecords" >> beam.ParDo(DecodeRecordDoFn(spec)).with_outputs(FAILURES, main="records")
+    decoded, refused = checked.records, checked[FAILURES]
     predictions = decoded | "KeyInputs" >> beam.Map(lambda t: t[2]) | "Classify" >> RunInference(handler)
     refs = decoded | "KeyRefs" >> beam.Map(lambda t: (t[0].video_id, t[0]))
     rows = (predictions, refs) | "FormatLabelRows" >> FormatLabelRows(fmt)
-    nothing = pipeline | "NoFailures" >> beam.Create([])
     zero = pipeline | "Zero" >> beam.Create([0])
     return Branch(
         rows=rows, rows_read=rows, rows_by_model=rows,
         index=decoded | "Index" >> beam.Map(lambda t: index_entry(t[0], t[1])),
-        failures=nothing, removed=pipeline | "NoneRemoved" >> beam.Create([]),
-        counts={"matched": _count(decoded, "CountRecords"), "by_model": _count(rows, "CountByModel"),
-                "reused_content": zero, "carried": zero, "failed": _count(nothing, "CountFailed")},
+        failures=refused, removed=pipeline | "NoneRemoved" >> beam.Create([]),
+        counts={"matched": _count(serialized, "CountRecords"), "by_model": _count(rows, "CountByModel"),
+                "reused_content": zero, "carried": zero, "failed": _count(refused, "CountFailed")},
     )
 
 

@@ -27,6 +27,7 @@ class Progress:
         self._stop = threading.Event()
         self._started = time.monotonic()
         self.failed = self.embedded = self.frames = 0
+        self.thread: threading.Thread | None = None  # the logging thread, once started by `of`
 
     @classmethod
     def of(cls, job_id: str, expected_videos: int = 0, interval_s: float = 10.0) -> "Progress":
@@ -35,7 +36,8 @@ class Progress:
             progress = cls._jobs.get(job_id)
             if progress is None:
                 progress = cls._jobs[job_id] = cls(job_id, expected_videos, interval_s)
-                threading.Thread(target=progress._log_every_interval, daemon=True, name="progress").start()
+                progress.thread = threading.Thread(target=progress._log_every_interval, daemon=True, name="progress")
+                progress.thread.start()
             progress._users += 1
             return progress
 

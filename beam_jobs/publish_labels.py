@@ -124,6 +124,9 @@ class FinishPredict:
             names.append(f"{PER_VIDEO_DIR}/**")
         if self.segment_columns:
             names += [SEGMENTS_FILE, EVENTS_FILE, f"{TRACKS_DIR}/**"]
+        from beam_jobs.review import REVIEW_DIR  # review.py builds on this module
+
+        names.append(f"{REVIEW_DIR}/**")  # predict --review's tasks; a run without it removes the previous ones
         return names
 
     def _published(self, staged_path: str) -> bool:

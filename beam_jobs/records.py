@@ -59,3 +59,49 @@ class WriteFeatureRecords(beam.PTransform):
         return records | "WriteShards" >> beam.io.WriteToTFRecord(
             fs.join(self._folder, SHARD_PREFIX), file_name_suffix=SHARD_SUFFIX, num_shards=self._num_shards,
             shard_name_template="-SSSSS-of-NNNNN")
+
+
+class CountSplits(beam.CombineFn):
+    """(video id, label) of every record written -> the manifest's `split_counts` (tfrecords_schema.split_counts:
+    records per label and per hundredth of the hash of the video id), so that training knows how many records
+    of each label any split at a whole percent holds without reading one. Ids are hashed `BATCH` at a time."""
+
+    BATCH = 4096
+
+    def create_accumulator(self):
+        return [], [], None  # ids and labels not hashed yet, the split counts of those that were
+
+    def add_input(self, accumulator, element):
+        ids, labels, counts = accumulator
+        ids.append(element[0])
+        labels.append(element[1])
+        return self._flushed(accumulator) if len(ids) >= self.BATCH else accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = None
+        for accumulator in accumulators:
+            counts = self._flushed(accumulator)[2]
+            merged = counts if merged is None else _add(merged, counts)
+        return [], [], merged
+
+    def extract_output(self, accumulator):
+        from tfrecords_schema.dataset import SPLIT_COUNT_BUCKETS
+
+        counts = self._flushed(accumulator)[2]
+        return counts if counts is not None else {"buckets": SPLIT_COUNT_BUCKETS, "split_by": "", "counts": {}}
+
+    @staticmethod
+    def _flushed(accumulator):
+        from tfrecords_schema.dataset import split_counts
+
+        ids, labels, counts = accumulator
+        if not ids:
+            return accumulator
+        part = split_counts(ids, labels)
+        return [], [], part if counts is None else _add(counts, part)
+
+
+def _add(first: dict | None, second: dict | None) -> dict | None:
+    from tfrecords_schema.dataset import add_split_counts
+
+    return second if first is None else first if second is None else add_split_counts(first, second)

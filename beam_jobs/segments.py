@@ -29,6 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 from beam_jobs import events as ev
 from beam_jobs import report
 from beam_jobs.classify import ModelInput
+from beam_jobs.cores import CoreRequest
 from beam_jobs.decode import FAILURES, DecodeFramesDoFn, FrameOptions, Video
 from beam_jobs.label_rows import RowFormat, format_label_row, probability_column, redecide
 from beam_jobs.matching import VideoRef
@@ -75,34 +76,39 @@ class DecodeSegmentsDoFn(DecodeFramesDoFn):
     Video with its whole-video sample (main), or its failure. A video whose content the previous run labelled
     (same fingerprint) has only its whole-video sample decoded: its segments are carried over."""
 
-    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0):
-        super().__init__(options, job_id, expected_videos)
+    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0,
+                 cores: CoreRequest = CoreRequest()):
+        super().__init__(options, job_id, expected_videos, cores)
         self._segments = segments
         self._windows = Metrics.counter("videos", "windows_decoded")
         self._window_frames = Metrics.counter("videos", "window_frames")
 
-    def _sample(self, path: str, ref: VideoRef, fingerprint: str, previous):
+    def _sample(self, decoder, path: str, ref: VideoRef, fingerprint: str, previous):
         o = self._options
         if previous and previous[0] == fingerprint:
-            return self._decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
+            return decoder.decode(path, o.max_seq_length, o.image_size, o.sampling)
         sampled = None
-        for part in self._decoder.decode_segments(path, o.max_seq_length, o.image_size, o.sampling,
-                                                  self._segments.window_s, self._segments.stride_s):
+        for part in decoder.decode_segments(path, o.max_seq_length, o.image_size, o.sampling,
+                                            self._segments.window_s, self._segments.stride_s):
             sampled = part
             if isinstance(part, WindowFrames):
-                self._windows.inc(len(part.windows))
-                self._window_frames.inc(len(part.frame_indices))
                 yield beam.pvalue.TaggedOutput(CHUNKS, Video(ref=ref, fingerprint=fingerprint, sampled=part))
         return sampled
+
+    def _count_partial(self, output) -> None:
+        chunk = output.value.sampled
+        self._windows.inc(len(chunk.windows))
+        self._window_frames.inc(len(chunk.frame_indices))
 
 
 class DecodeSegments(beam.PTransform):
     """PCollection[(VideoRef, previous)] -> tagged outputs: main `videos` PCollection[Video] (the whole-video
     sample), `window_frames` PCollection[Video] (chunks of windows), `failures` (id, uri, reason)."""
 
-    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0):
+    def __init__(self, options: FrameOptions, segments: SegmentOptions, job_id: str = "", expected_videos: int = 0,
+                 cores: CoreRequest = CoreRequest()):
         super().__init__()
-        self._dofn = DecodeSegmentsDoFn(options, segments, job_id, expected_videos)
+        self._dofn = DecodeSegmentsDoFn(options, segments, job_id, expected_videos, cores)
 
     def expand(self, refs):
         return refs | "Decode" >> beam.ParDo(self._dofn).with_outputs(CHUNKS, FAILURES, main="videos")

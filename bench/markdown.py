@@ -324,4 +324,8 @@ def write_markdown(results: dict) -> str:
         from bench.runners import markdown
 
         lines += markdown(results["runners"])
+    if "pipelining" in results:
+        from bench.pipelining import markdown
+
+        lines += markdown(results["pipelining"])
     return "\n".join(lines)

@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import accuracy, decoding, harness, labelling, runners, scale, segments, throughput, training
+from bench import (accuracy, decoding, harness, labelling, pipelining, runners, scale, segments, throughput,
+                   training)
 from bench.data import clip_set
 from bench.harness import REPO, load_average, log, machine, median
 from bench.markdown import write_markdown
@@ -382,6 +383,8 @@ def check_targets(results: dict) -> list[dict]:
         segments.check(results["segments"], add)
     if "runners" in results:
         runners.check(results["runners"], add)
+    if "pipelining" in results:
+        pipelining.check(results["pipelining"], add)
     return checks
 
 
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="rebuild the cached clips, records and accuracy runs")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing; rewrite RESULTS.md from results.json")
-    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments", "runners"],
+    parser.add_argument("--only", choices=["engines", "scale", "decoding", "segments", "runners", "pipelining"],
                         help="run only this benchmark and merge it into results.json (the rest is kept)")
     args = parser.parse_args(argv)
     if args.render:
@@ -487,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     results["decoding"] = decoding.measure()
     log("labels along a long video")
     results["segments"] = segments.measure()
+    log("decoding ahead of the embedder")
+    results["pipelining"] = pipelining.measure()
 
     results["load_end"] = load_average()
     loads = [r[job]["load_before"][0] for r in results["featurize"]["rounds"] for job in ("job_8n", "job_n")]
@@ -549,7 +554,8 @@ def only_scale() -> int:
     return 0
 
 
-ONLY_ONE = {"decoding": (decoding, "21"), "segments": (segments, "28"), "runners": (runners, "32")}
+ONLY_ONE = {"decoding": (decoding, "21"), "segments": (segments, "28"), "runners": (runners, "32"),
+            "pipelining": (pipelining, "36")}
 
 
 def only_one(name: str) -> int:

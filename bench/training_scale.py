@@ -1,22 +1,23 @@
-"""Training at scale (issue 24): `model.train`'s streaming input at 2,000, 20,000 and 200,000 videos.
+"""Training at scale (issues 24 and 38): `model.train` at 2,000, 20,000 and 200,000 videos of 1024-d features,
+with the cache `--cache auto` chooses at each, and the memory cache's cost at its budget.
 
-    python -m bench.training_scale                   # the three sizes, 2 epochs each (~15 min on 2 cores)
+    python -m bench.training_scale                   # the three sizes and the budget, 2 epochs each
     python -m bench.training_scale --sizes 2000      # a quick look
 
-The records are synthetic and in the schema: random float16 features of FRAMES x FEATURE_DIM (a smaller dim
-than DenseNet121's 1024, so that 2 epochs at 200,000 fit in minutes on 2 cores; the input pipeline's work per
-record shrinks with it, which makes the throughput target harder, not easier), 6 labels, 10..FRAMES valid
-frames, shards of SHARD_SIZE records, with labels.txt and the manifest.json featurize writes plus the
-`split_counts` it is asked to add (tfrecords_schema.split_counts). They are generated once under
+The records are synthetic and in the schema: random float16 features of FRAMES x FEATURE_DIM (DenseNet121's
+1024), 6 labels, 10..FRAMES valid frames, shards of SHARD_SIZE records, with labels.txt and the manifest.json
+featurize writes, `split_counts` included (tfrecords_schema.split_counts). They are generated once under
 bench/_work/training_scale/ and reused.
 
 Each training run is a child process (`--child`) that does what model.loop does up to the end of `fit`:
 counts the records (from the manifest), builds the datasets and the classifier, and fits 2 epochs with
 model.loop.fit at the product's defaults otherwise (batch 32, moving average, 8 heads), timing the steps with
 a callback; it reports its own peak RSS (VmHWM), and bench.harness.run_job samples its process tree's. The
-runs: streamed (`--cache none`) at every size, and cached in memory (`--cache memory`) at 20,000 (the way
-today's trainer ran: "today's cached rate"). For records whose manifest has no split counts (today's
-featurize), the counting pass over the records' contexts is timed at every size too.
+runs: `--cache auto` at every size, and at the budget (the most videos `auto` still caches in memory,
+model.datasets.memory_cache_bytes); beside each run that cached in memory, the bare run (`--cache none`) at
+the same size, so that the cache's cost is peak RSS minus the bare run's, against the decoded bytes it holds
+(issue 38's bound: at most 1.25x). `--counting` also times the counting pass a manifest without split counts
+needs.
 
 - time before the first step: from the child's start (TensorFlow imported) to the end of the first training
   step, which includes counting, building the model, the first batch's reading and the step's compilation;
@@ -36,13 +37,13 @@ from pathlib import Path
 from bench.harness import WORK_DIR, load_average, log, machine, python_module, run_job
 
 SIZES = (2_000, 20_000, 200_000)
-FEATURE_DIM, FRAMES = 256, 20
+FEATURE_DIM, FRAMES = 1024, 20
 LABELS = ("archery", "bowling", "diving", "fencing", "punch", "rowing")
 SHARD_SIZE = 1000
 EPOCHS, BATCH_SIZE = 2, 32
 CACHED_REFERENCE = 20_000
 WORK = WORK_DIR / "training_scale"
-TARGETS = {"rss_growth": 1.25, "rate_vs_cached": 0.9, "first_step_growth": 1.25}
+TARGETS = {"rss_growth": 1.25, "rate_vs_cached": 0.9, "first_step_growth": 1.25, "cache_cost": 1.25}
 
 
 # --- Records -------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def child(records: str, cache: str, epochs: int, output: str, max_steps: int = 0
     from model.classifier import ClassifierConfig, build_classifier, compile_classifier
     from model.config import TrainConfig
     from model.data import load_training_data
-    from model.datasets import cache_directory, model_datasets, record_errors
+    from model.datasets import cache_directory, decoded_bytes, model_datasets, record_errors, resolve_cache
 
     config = TrainConfig(train=(records,), output=output, epochs=epochs, patience=0, start_from_epoch=0,
                          batch_size=BATCH_SIZE, cache=cache)
@@ -127,6 +128,7 @@ def child(records: str, cache: str, epochs: int, output: str, max_steps: int = 0
     counted = time.monotonic() - imported
     loop.seed_everything(config.seed)
     timer = step_timer()
+    cache = resolve_cache(cache, data)
     with cache_directory(cache) as cache_dir, record_errors(data.train.spec):
         datasets = model_datasets(data, config.batch_size, config.seed, cache, 0, config.epochs, cache_dir)
         if max_steps:
@@ -146,9 +148,10 @@ def child(records: str, cache: str, epochs: int, output: str, max_steps: int = 0
     result = {
         "records": data.train.num_records, "train_examples": data.num_train, "val_examples": data.num_validation,
         "cache": datasets.cache, "counted_from": data.train.counted_from, "epochs": epochs,
+        "decoded_mb": round(data.train.num_records * decoded_bytes(data.train.spec) / 1e6, 1),
         "count_s": round(counted, 2), "datasets_ready_s": round(ready, 2),
         "first_step_done_s": round(timer.first_step_end - started, 2),
-        "examples_per_s": round(examples / (timer.train_seconds - timer.first_step), 1),
+        "examples_per_s": round(examples / max(timer.train_seconds - timer.first_step, 1e-9), 1) if steps > 1 else 0.0,
         "cores_used": round(timer.train_cpu_seconds / timer.train_seconds, 2),
         "first_step_s": round(timer.first_step, 2), "steps": steps, "keras": keras.__version__,
         "vm_hwm_mb": round(_vm_hwm_kb() / 1024, 1), "wall_s": round(time.monotonic() - started, 1),
@@ -212,24 +215,44 @@ def _run_child(name: str, *args: str) -> dict:
             "job_wall_s": round(job.wall_s, 1), "load_before": job.load_before}
 
 
-def run(sizes=SIZES, dim: int = FEATURE_DIM, frames: int = FRAMES, epochs: int = EPOCHS) -> dict:
+def budget_size(dim: int = FEATURE_DIM, frames: int = FRAMES) -> int:
+    """The most videos `--cache auto` still caches in memory (model.datasets.memory_cache_bytes)."""
+    from model.config import MEMORY_CACHE_BUDGET
+    from model.datasets import decoded_bytes, memory_cache_bytes
+    from tfrecords_schema import RecordSpec
+
+    spec = RecordSpec(dim, frames, "synthetic", 224, feature_encoding="float16")
+    size = MEMORY_CACHE_BUDGET // decoded_bytes(spec)
+    while memory_cache_bytes(size, spec) > MEMORY_CACHE_BUDGET:
+        size -= 1
+    return size
+
+
+def run(sizes=SIZES, dim: int = FEATURE_DIM, frames: int = FRAMES, epochs: int = EPOCHS, at_budget: bool = True,
+        counting: bool = False, steps: int = 0) -> dict:
+    """The runs (see the module docstring); with `steps`, each run is one epoch of at most that many steps and
+    its validation pass (peak RSS: the memory cache is filled before the first step, streaming is flat)."""
     started = time.monotonic()
-    result = {"feature_dim": dim, "frames": frames, "epochs": epochs, "batch_size": BATCH_SIZE,
+    result = {"feature_dim": dim, "frames": frames, "epochs": 1 if steps else epochs, "steps": steps,
+              "batch_size": BATCH_SIZE,
               "shard_size": SHARD_SIZE, "load_before": load_average(), "runs": [], "counting": []}
+    sizes = tuple(sizes) + ((budget_size(dim, frames),) if at_budget else ())
+    result["budget_size"] = sizes[-1] if at_budget else None
     for size in sizes:
         directory = make_records(size, dim, frames)
         result.setdefault("records_mb", {})[str(size)] = round(_size_mb(directory))
-    runs = [(size, "none") for size in sizes]
-    if CACHED_REFERENCE in sizes:
-        runs.insert(sizes.index(CACHED_REFERENCE), (CACHED_REFERENCE, "memory"))
-    for size, cache in runs:
-        log(f"training on {size} records, --cache {cache}")
-        output = WORK / "runs" / f"{size}-{cache}"
-        run_result = _run_child(f"training-scale-{size}-{cache}", "--child", str(records_dir(size, dim, frames)),
-                                "--cache", cache, "--epochs", str(epochs), "--output", str(output))
-        result["runs"].append({"size": size, **run_result})
-        log(json.dumps(result["runs"][-1]))
     for size in sizes:
+        for cache in ("auto", "none"):
+            log(f"training on {size} records, --cache {cache}")
+            output = WORK / "runs" / f"{size}-{cache}"
+            run_result = _run_child(f"training-scale-{size}-{cache}", "--child", str(records_dir(size, dim, frames)),
+                                    "--cache", cache, "--epochs", str(epochs), "--output", str(output),
+                                    "--max-steps", str(steps))
+            result["runs"].append({"size": size, "asked": cache, **run_result})
+            log(json.dumps(result["runs"][-1]))
+            if run_result["cache"] != "memory":
+                break  # auto streamed: that is the bare run
+    for size in sizes if counting else ():
         counting = _run_child(f"training-scale-count-{size}", "--count", str(records_dir(size, dim, frames)))
         result["counting"].append({"size": size, **counting})
     result["load_after"] = load_average()
@@ -259,15 +282,24 @@ def probe(sizes, dim: int, frames: int, steps: int) -> dict:
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets where the runs measured them, as bench.run's check_targets lists them."""
+    """The issues' targets where the runs measured them, as bench.run's check_targets lists them."""
     streamed = {r["size"]: r for r in result["runs"] if r["cache"] == "none"}
-    cached = next((r for r in result["runs"] if r["cache"] == "memory"), None)
+    cached = {r["size"]: r for r in result["runs"] if r["cache"] == "memory"}
     small, large = (streamed[min(streamed)], streamed[max(streamed)]) if streamed else (None, None)
     checks = []
 
     def add(name, goal, measured, passed, detail):
         checks.append({"target": name, "goal": goal, "measured": measured, "pass": bool(passed), "detail": detail})
 
+    for size, memory in sorted(cached.items()):
+        if (bare := streamed.get(size)) is None:
+            continue
+        cost = (memory["vm_hwm_mb"] - bare["vm_hwm_mb"]) / memory["decoded_mb"]
+        at = " (the budget)" if size == result.get("budget_size") else ""
+        add(f"38-7. memory cache's cost at {size:,} videos{at}: peak RSS minus the bare run's, per decoded byte",
+            f"<= {TARGETS['cache_cost']}x", f"{cost:.2f}x", cost <= TARGETS["cache_cost"],
+            f"{memory['vm_hwm_mb']:,.0f} MB cached vs {bare['vm_hwm_mb']:,.0f} MB bare; {memory['decoded_mb']:,.0f} "
+            f"MB decoded")
     if small and large and small is not large:
         ratio = large["vm_hwm_mb"] / small["vm_hwm_mb"]
         add(f"24a. training peak RSS at {large['size']:,} vs {small['size']:,} videos, streamed",
@@ -278,12 +310,13 @@ def targets(result: dict) -> list[dict]:
             f"<= {TARGETS['first_step_growth']}x (flat)", f"{growth:.2f}x", growth <= TARGETS["first_step_growth"],
             f"{large['first_step_done_s']:.1f} vs {small['first_step_done_s']:.1f} s (counting "
             f"{large['count_s']:.2f} vs {small['count_s']:.2f} s)")
-    if large and cached:
-        ratio = large["examples_per_s"] / cached["examples_per_s"]
-        add(f"24b. examples/s at {large['size']:,} streamed vs {cached['size']:,} cached in memory",
+    reference = cached.get(CACHED_REFERENCE)
+    if large and reference:
+        ratio = large["examples_per_s"] / reference["examples_per_s"]
+        add(f"24b. examples/s at {large['size']:,} streamed vs {reference['size']:,} cached in memory",
             f">= {TARGETS['rate_vs_cached']}x", f"{ratio:.2f}x", ratio >= TARGETS["rate_vs_cached"],
-            f"{large['examples_per_s']:,.0f} vs {cached['examples_per_s']:,.0f} examples/s; load before "
-            f"{large['load_before']} and {cached['load_before']}" + _per_core(large, cached))
+            f"{large['examples_per_s']:,.0f} vs {reference['examples_per_s']:,.0f} examples/s; load before "
+            f"{large['load_before']} and {reference['load_before']}" + _per_core(large, reference))
     return checks
 
 
@@ -297,17 +330,25 @@ def _per_core(large: dict, cached: dict) -> str:
 
 def markdown(result: dict) -> list[str]:
     """The Markdown section: one row per run, the counting passes, the targets."""
-    lines = ["## Training from sharded records (issue 24)", "",
-             f"Synthetic records of {result['frames']} x {result['feature_dim']} float16 features, 6 labels, "
-             f"{result['shard_size']:,} a shard, with featurize's manifest.json and split counts; {result['epochs']} "
-             f"epochs at batch {result['batch_size']}, 15% held out. Load average {result['load_before']} before, "
-             f"{result.get('load_after')} after.", "",
-             "| videos | --cache | peak RSS | examples/s | cores used | before the first step | of which counting | "
-             "records |", "|---|---|---|---|---|---|---|---|"]
+    machine_line = result.get("machine", {}).get("cpu_model", "")
+    lines = ["## Training from sharded records (issues 24 and 38)", "",
+             f"`python -m bench.training_scale`: synthetic records of {result['frames']} x {result['feature_dim']} "
+             f"float16 features, 6 labels, {result['shard_size']:,} a shard, with featurize's manifest.json and "
+             f"split counts; {result['epochs']} epoch(s)"
+             + (f" of at most {result['steps']} steps" if result.get("steps") else "")
+             + f" at batch {result['batch_size']} and a validation pass, 15% held out; "
+             f"{machine_line}. Load average {result['load_before']} before, {result.get('load_after')} after. "
+             f"`--cache auto` at each size"
+             + (f" and at the budget ({result['budget_size']:,} videos, the most it caches in memory)"
+                if result.get("budget_size") else "")
+             + "; beside each run that cached in memory, the bare run (`--cache none`).", "",
+             "| videos | asked | cache | peak RSS | decoded | examples/s | cores used | before the first step | "
+             "of which counting | records | load before |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        lines.append(f"| {r['size']:,} | {r['cache']} | {r['vm_hwm_mb']:,.0f} MB | {r['examples_per_s']:,.0f} | "
+        lines.append(f"| {r['size']:,} | {r.get('asked', r['cache'])} | {r['cache']} | {r['vm_hwm_mb']:,.0f} MB | "
+                     f"{r.get('decoded_mb', float('nan')):,.0f} MB | {r['examples_per_s']:,.0f} | "
                      f"{r.get('cores_used', float('nan')):.2f} | {r['first_step_done_s']:.1f} s | "
-                     f"{r['count_s']:.1f} s | {result['records_mb'][str(r['size'])]:,} MB |")
+                     f"{r['count_s']:.1f} s | {result['records_mb'][str(r['size'])]:,} MB | {r['load_before']} |")
     if result.get("counting"):
         lines += ["", "Without split counts in the manifest (today's featurize), the records are counted first: "
                   + ", ".join(f"{c['size']:,}: {c['count_s']:.1f} s" for c in result["counting"]) + "."]
@@ -324,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=FRAMES)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--out", default=str(WORK / "training_scale"), help="writes OUT.json and OUT.md")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="each run one epoch of at most STEPS steps (peak RSS, not throughput over epochs)")
+    parser.add_argument("--no-budget", action="store_true", help="skip the runs at the memory cache's budget")
+    parser.add_argument("--counting", action="store_true",
+                        help="also time the counting pass a manifest without split counts needs")
     parser.add_argument("--child", metavar="RECORDS", help=argparse.SUPPRESS)
     parser.add_argument("--count", metavar="RECORDS", help=argparse.SUPPRESS)
     parser.add_argument("--cache", default="none", help=argparse.SUPPRESS)
@@ -344,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.count:
         count_child(args.count)
         return 0
-    result = {"machine": machine(), **run(args.sizes, args.feature_dim, args.frames, args.epochs)}
+    result = {"machine": machine(), **run(args.sizes, args.feature_dim, args.frames, args.epochs,
+                                          not args.no_budget, args.counting, args.steps)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     Path(args.out + ".md").write_text("\n".join(markdown(result)) + "\n")

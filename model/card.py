@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from common import fs
 from common.publish import now_utc, write_atomically
 from model.export import TRAINING_CURVES_FILE
+from model.splits import describe_split
 
 if TYPE_CHECKING:
     from model.data import RecordSet, TrainingData
@@ -50,7 +51,8 @@ class TrainingRun:
     maps each set (`train`, `validation`, `test`) to `{label: videos}`; `sources` maps it to where its
     records came from; `history` is history.csv's rows; `optimizer` is `optimizer.get_config()` of the
     optimizer that trained; `test_report` is model.evaluate's `classification_report` on the test set;
-    `plot_problem` says why there is no model plot (None when there is one)."""
+    `plot_problem` says why there is no model plot (None when there is one); `embeddings` says which engine,
+    engine version and precision made the records' features (from featurize's manifest or the records)."""
 
     metrics: Mapping[str, Any]
     preprocessing: Mapping[str, Any]
@@ -62,6 +64,7 @@ class TrainingRun:
     num_trainable_params: int
     test_report: Mapping[str, Any] | None = None
     plot_problem: str | None = None
+    embeddings: Sequence[Mapping[str, str]] = ()  # what made the features (RecordSet.embeddings)
 
 
 # --- Formatting ----------------------------------------------------------------------------------------
@@ -94,11 +97,17 @@ def _picture(directory: str, name: str, alt: str) -> list[str]:
     return [f"![{alt}]({name})", ""] if fs.exists(fs.join(directory, name)) else []
 
 
-def engine_and_precision(preprocessing: Mapping[str, Any]) -> str:
-    """Which engine and precision made the features, as far as the records say ("not recorded" if not)."""
-    found = [f"{key.replace('_', ' ')} {value}" for key, value in sorted(preprocessing.items())
-             if key.endswith(("engine", "engine_version", "precision")) and value not in (None, "")]
-    return ", ".join(found) if found else "not recorded"
+def engine_and_precision(embeddings: Sequence[Mapping[str, str]]) -> str:
+    """Which engine (and version) and precision made the features, as far as the manifests and records say
+    ("not recorded" if they do not); records made several ways are listed each."""
+    found = []
+    for embedding in embeddings:
+        parts = [f"{embedding.get('engine')} {embedding.get('engine_version') or ''}".strip()
+                 if embedding.get("engine") else "",
+                 f"{embedding.get('precision')}" if embedding.get("precision") else ""]
+        if text := ", ".join(part for part in parts if part):
+            found.append(text)
+    return "; ".join(dict.fromkeys(found)) if found else "not recorded"
 
 
 def learning_rate_changes(history: Sequence[Mapping[str, float]]) -> list[tuple[int, float]]:
@@ -118,10 +127,12 @@ def record_sources(data: TrainingData) -> dict[str, str]:
 
     sources = {"train": described(data.train)}
     sources["validation"] = (described(data.validation) if data.validation is not None else
-                             f"{data.validation_split:.0%} of the training videos, held out by a hash of the "
-                             f"video id (`--validation-split {data.validation_split}`)")
+                             describe_split(data.validation_split, data.split_by))
     if data.test is not None:
         sources["test"] = described(data.test)
+    if len(data.record_sets) > 1:
+        what = f"group (`--split-by {data.split_by}`)" if data.split_by else "video id"
+        sources["disjoint"] = f"the sets given apart were checked to share no {what}"
     return sources
 
 
@@ -152,7 +163,7 @@ def _description(run: TrainingRun) -> list[str]:
             ["frames per video", f"{frames} ({spec.get('sampling')} sampling; shorter videos are padded "
                                  f"and masked)"],
             ["frame features", f"{feature_dim}-d, stored as {spec.get('feature_encoding')}"],
-            ["feature engine and precision", engine_and_precision(spec)],
+            ["feature engine and precision", engine_and_precision(run.embeddings)],
             ["parameters", f"{run.num_params:,} ({run.num_trainable_params:,} trainable)"],
             ["attention", f"{heads} head{'s' if heads != 1 else ''} of key_dim {feature_dim // heads}"],
             ["inputs", f"`features` [batch, {frames}, {feature_dim}] float32, `mask` [batch, {frames}] bool "
@@ -187,7 +198,8 @@ def _data(run: TrainingRun) -> list[str]:
         "## Training and evaluation data", "",
         "Videos per class in each set:", "",
         *_table(["class", *sets], rows), "",
-        *(f"- {name}: {run.sources[name]}" for name in sets if name in run.sources), "",
+        *(f"- {name}: {run.sources[name]}" for name in sets if name in run.sources),
+        *([f"- {run.sources['disjoint']}"] if "disjoint" in run.sources else []), "",
     ]
 
 

@@ -72,6 +72,11 @@ class TrainConfig:
     validation_split: float = _flag(
         0.15, help="share of training videos held out for validation, by video id hash", metavar="FRACTION",
         exclusive="held out")
+    split_by: str = _flag(
+        "", metavar="REGEX",
+        help="hold out by a hash of each video's group, the first group of REGEX in the video id (for UCF101 ids: "
+             "'_g(\\d+)_'), so that no group is in two sets; with --validation or --test, a group in two sets is "
+             "refused; default: by video id")
     test: tuple[str, ...] = _flag(
         (), help="test records, evaluated once with the final weights (repeatable, optional)", metavar="PATTERN")
     output: str = _flag(help="model directory to write (local or gs://)")
@@ -139,6 +144,8 @@ def _flag_options(field: dataclasses.Field, kind) -> dict:
         options.update({"action": "append", "required": True} if required else {"action": "append", "default": []})
     elif required:
         options.update(type=kind, required=True)
+    elif field.default == "":
+        options.update(type=kind, default="")
     else:
         options.update(type=kind, default=field.default, help=options["help"] + " (default: %(default)s)")
     return options

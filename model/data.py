@@ -5,16 +5,18 @@ vocabulary and the validation split. The tf.data pipelines that read them are mo
     data.num_train, data.num_validation, data.class_counts()
 
 Nothing here decodes a frame. Where featurize's `manifest.json` beside the shards says how many records of
-each label every split holds (its `split_counts`, see tfrecords_schema), the counts come from it and the only
-record read is a shard's first, to check the spec: the time before training does not grow with the records.
-Otherwise a counting pass reads the records' contexts (ids, labels, shapes), skipping the frames, and checks
-each against the first record. A manifest that disagrees with its shards (a shard missing or unlisted,
-another spec, labels or record count) is refused. Either way every set's size is known before training, so
-Keras knows the epoch length.
+each label every split holds (its `split_counts`, see tfrecords_schema), the counts and the spec come from it
+and no record is read before training (each is checked against the spec as training reads it): the time
+before training does not grow with the records. Otherwise a counting pass reads the records' contexts (ids,
+labels, shapes), skipping the frames, and checks each against the first record. A manifest that disagrees
+with its shards (a shard missing or unlisted, another spec, labels or record count) is refused. Either way
+every set's size is known before training, so Keras knows the epoch length.
 
-Without validation records, a share of the training videos is held out, chosen by a hash of the video id
-(`tfrecords_schema.split_buckets`): the same videos are held out whatever the file order, sharding or seed.
-Memory does not grow with the records: a set is its files and its counts per label.
+Without validation records, a share of the training videos is held out, chosen by a hash of the video id or,
+with `--split-by`, of the video's group (model.splits): the same videos are held out whatever the file
+order, sharding or seed. Sets given apart (`--validation`, `--test`) must not share a video id (a group with
+`--split-by`): their ids are read once to check it. Memory does not grow with the records: a set is its
+files and its counts per label.
 """
 
 from __future__ import annotations
@@ -32,31 +34,26 @@ import tensorflow as tf
 
 from common import fs
 from common.errors import UserError
+from model.vocabulary import check_labels, choose_vocabulary, find_vocabulary  # noqa: F401 (re-exported)
+from model.splits import (
+    check_disjoint,
+    check_split_rule,
+    in_validation_split,
+    unmatched,
+    validation_threshold,
+)
 from tfrecords_schema import VOCABULARY_FILE, RecordSpec, dataset_spec, match_record_files, read_vocabulary
 from tfrecords_schema.dataset import (
     MANIFEST_FILE,
     SPLIT_BUCKETS,
     SPLIT_COUNTS_KEY,
+    dataset_embedding,
     read_record_contexts,
-    split_buckets,
 )
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEYS = ("records_written", "labels", "shards", "record_spec")  # what a featurize manifest must have
-
-
-# --- The split -----------------------------------------------------------------------------------------
-
-
-def validation_threshold(fraction: float) -> int:
-    """The held-out buckets are those below this (of SPLIT_BUCKETS)."""
-    return int(round(fraction * SPLIT_BUCKETS))
-
-
-def in_validation_split(video_ids: tf.Tensor, fraction: float) -> tf.Tensor:
-    """Whether each video id falls in the held-out share `fraction`; depends on the id alone (FarmHash)."""
-    return split_buckets(video_ids) < validation_threshold(fraction)
 
 
 # --- Records -------------------------------------------------------------------------------------------
@@ -79,6 +76,10 @@ class RecordSet:
     held_out_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
     example_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
     counted_from: str = "a counting pass"  # or "manifest.json"
+    split_by: str = ""  # the --split-by rule the held-out share was chosen by ("": the video id)
+    # What made the features (engine, engine_version, precision), one entry per distinct answer of the set's
+    # directories: from their manifest.json, else from a shard's first record.
+    embeddings: tuple[Mapping[str, str], ...] = ()
 
     @property
     def num_records(self) -> int:
@@ -107,33 +108,44 @@ def tensorflow_cause(text: str) -> str:
 
 
 def scan_records(name: str, patterns: Sequence[str], spec: RecordSpec | None = None,
-                 held_out: float = 0.0) -> RecordSet:
+                 held_out: float = 0.0, split_by: str = "") -> RecordSet:
     """Match one set of records and count its videos per label (and, with `held_out`, per label in the
-    held-out share), from the manifests beside the shards where they say it, else by a counting pass over
-    the records' contexts. With `spec`, the set must match it."""
+    held-out share chosen by `split_by`), from the manifests beside the shards where they say it (then no
+    record is read: the spec is the manifest's, and every record is checked against it as training reads
+    it), else by a counting pass over the records' contexts. With `spec`, the set must match it."""
     files = match_record_files(list(patterns))
     started = time.monotonic()
     groups = []  # (directory, shards, manifest, spec of its first record)
+    embeddings = []
     for directory, shards in _by_directory(files).items():
         manifest = read_manifest(directory)
-        found = dataset_spec(shards, every_shard=manifest is None)
-        if manifest is not None:
-            check_manifest(manifest, directory, shards, found)
-        groups.append((directory, shards, manifest, found))
+        described = manifest is not None and _describes(manifest, shards)
+        counts = manifest_counts(manifest, held_out, split_by) if described else None
+        if counts is not None:
+            found = _manifest_spec(manifest)
+            check_manifest(manifest, directory, shards, None)
+        else:
+            found = dataset_spec(shards, every_shard=manifest is None)
+            if manifest is not None:
+                check_manifest(manifest, directory, shards, found)
+        said = (manifest or {}).get("embedding")
+        embedding = said if isinstance(said, dict) else dataset_embedding(shards) or {}
+        embedding = {key: str(embedding.get(key) or "") for key in ("engine", "engine_version", "precision")}
+        if embedding not in embeddings:
+            embeddings.append(embedding)
+        groups.append((directory, shards, manifest, found, counts))
     found = groups[0][3]
-    for _, shards, _, other in groups[1:]:
+    for _, shards, _, other, _ in groups[1:]:
         if problems := found.mismatches(other):
             raise UserError(f"{name} records: {shards[0]} does not match {groups[0][1][0]}: " + "; ".join(problems))
     if spec is not None and (problems := spec.mismatches(found)):
         raise UserError(f"{name} records ({', '.join(patterns)}) do not match the training records: "
                         + "; ".join(problems))
     counted, manifested = _Counts(), []
-    for directory, shards, manifest, this in groups:
-        described = manifest is not None and _describes(manifest, shards)
-        counts = manifest_counts(manifest, held_out) if described else None
+    for directory, shards, manifest, this, counts in groups:
         if counts is None:
-            counts = count_records(name, shards, this, held_out)
-            if described:
+            counts = count_records(name, shards, this, held_out, split_by)
+            if manifest is not None and _describes(manifest, shards):
                 check_manifest_total(manifest, directory, counts)
         else:
             manifested.append(directory)
@@ -142,7 +154,8 @@ def scan_records(name: str, patterns: Sequence[str], spec: RecordSpec | None = N
     logger.debug("%s records: %d in %d file(s), counted from %s in %.1f s", name, sum(counted.labels.values()),
                  len(files), source, time.monotonic() - started)
     return RecordSet(name, tuple(patterns), tuple(files), found, dict(counted.labels), held_out,
-                     dict(counted.held_out) if held_out else {}, dict(counted.examples), source)
+                     dict(counted.held_out) if held_out else {}, dict(counted.examples), source, split_by,
+                     tuple(embeddings))
 
 
 def _basename(path: str) -> str:
@@ -171,12 +184,14 @@ class _Counts:
             self.examples.setdefault(label, video_id)
 
 
-def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: float = 0.0) -> _Counts:
-    """Count the records of `files` per label (and per label in the `held_out` share) from their contexts,
-    refusing a record whose feature dim, frame count, backbone, image size or sampling differ from `spec`
-    (records of one sampling teach nothing about another's frames)."""
+def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: float = 0.0,
+                  split_by: str = "") -> _Counts:
+    """Count the records of `files` per label (and per label in the `held_out` share chosen by `split_by`)
+    from their contexts, refusing a record whose feature dim, frame count, backbone, image size or sampling
+    differ from `spec` (records of one sampling teach nothing about another's frames), and a `split_by` that
+    matches none of the ids."""
     counts = _Counts()
-    threshold = validation_threshold(held_out)
+    lone, example = 0, ""  # ids `split_by` does not match: each a group of its own
     try:
         for batch in read_record_contexts(files):
             ids, labels = batch["video_id"].numpy(), batch["label"].numpy()
@@ -193,7 +208,9 @@ def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: f
                         f"{spec.max_seq_length} frames, backbone {spec.backbone_id!r}, image size "
                         f"{spec.image_size}, {spec.sampling} sampling): video "
                         f"{ids[bad[0]].decode()!r} has {what} {value}")
-            held = split_buckets(batch["video_id"]).numpy() < threshold
+            held = in_validation_split(batch["video_id"], held_out, split_by).numpy()
+            if split_by and held_out and len(missed := unmatched(batch["video_id"], split_by)):
+                lone, example = lone + len(missed), example or ids[missed[0]].decode()
             for label, video_id in zip(*np.unique(labels, return_index=True)):
                 counts.examples.setdefault(label.decode(), ids[video_id].decode())
             counts.labels.update(_tally(labels))
@@ -202,6 +219,12 @@ def count_records(name: str, files: Sequence[str], spec: RecordSpec, held_out: f
         raise UserError(f"{name} records: {record_failure(exc, spec)}") from None
     except tf.errors.DataLossError as exc:
         raise UserError(f"{name} records: a file is not a readable TFRecord file: {exc.message}") from None
+    if lone:
+        total = sum(counts.labels.values())
+        if lone == total:
+            raise UserError(f"--split-by {split_by!r} matches none of the {total} {name} video ids, e.g. {example!r}")
+        logger.warning("--split-by %r does not match %d of %d %s video ids (e.g. %r): each of them is a group of "
+                       "its own", split_by, lone, total, name, example)
     return counts
 
 
@@ -235,9 +258,10 @@ def _describes(manifest: dict, shards: Sequence[str]) -> bool:
     return {_basename(path) for path in shards} == set(manifest["shards"])
 
 
-def check_manifest(manifest: dict, directory: str, shards: Sequence[str], found: RecordSpec) -> None:
+def check_manifest(manifest: dict, directory: str, shards: Sequence[str], found: RecordSpec | None) -> None:
     """Refuse a manifest that disagrees with the shards beside it: a shard it lists is missing, a matched shard
-    is not listed, or the first record's spec, the vocabulary or its own counts say otherwise."""
+    is not listed, or the first record's spec (`found`; None: not read, every record is checked against the
+    manifest's as it is read), the vocabulary or its own counts say otherwise."""
     path = manifest["path"]
     listed, names = set(manifest["shards"]), {_basename(shard) for shard in shards}
     if unlisted := sorted(names - listed):
@@ -247,10 +271,10 @@ def check_manifest(manifest: dict, directory: str, shards: Sequence[str], found:
         if missing := sorted(listed - present):
             raise UserError(f"{path} does not describe its shards: {missing[0]} is listed but missing "
                             f"({len(missing)} of {len(listed)} shards missing)")
-    said = _manifest_spec(manifest)
-    if problems := [f"{key} {getattr(found, key)!r} in the records, {getattr(said, key)!r} in the manifest"
+    said = _manifest_spec(manifest) if found is not None else None
+    if said is not None and (problems := [f"{key} {getattr(found, key)!r} in the records, {getattr(said, key)!r} in the manifest"
                     for key in ("feature_dim", "max_seq_length", "backbone_id", "image_size", "sampling")
-                    if getattr(found, key) != getattr(said, key)]:
+                    if getattr(found, key) != getattr(said, key)]):
         raise UserError(f"{path} does not describe its shards: " + "; ".join(problems))
     vocabulary = fs.join(directory, VOCABULARY_FILE)
     if tf.io.gfile.exists(vocabulary) and sorted(read_vocabulary(vocabulary)) != sorted(manifest["labels"]):
@@ -270,11 +294,18 @@ def _manifest_spec(manifest: dict) -> RecordSpec:
     return RecordSpec(**{k: v for k, v in manifest["record_spec"].items() if k in fields})
 
 
-def manifest_counts(manifest: dict, held_out: float) -> _Counts | None:
-    """Videos per label, and per label in the `held_out` share, from a manifest's `split_counts`; None when it
-    has none or the share does not fall on its buckets' bounds (then the records are counted)."""
+def manifest_counts(manifest: dict, held_out: float, split_by: str = "") -> _Counts | None:
+    """Videos per label, and per label in the `held_out` share chosen by `split_by`, from a manifest's
+    `split_counts`; None when it has none, they were made by another rule (featurize counts by the video id:
+    a `--split-by` share is counted from the records' contexts) or the share does not fall on its buckets'
+    bounds (then the records are counted)."""
     split = manifest.get(SPLIT_COUNTS_KEY)
     if split is None:
+        return None
+    if held_out and (split.get("split_by") or "") != split_by:
+        logger.info("%s: its %s are by %s, the split is by --split-by %r; counting the records", manifest["path"],
+                    SPLIT_COUNTS_KEY, f"--split-by {split['split_by']!r}" if split.get("split_by") else "video id",
+                    split_by)
         return None
     width, threshold = SPLIT_BUCKETS // int(split["buckets"]), validation_threshold(held_out)
     if threshold % width:
@@ -299,54 +330,6 @@ def check_manifest_total(manifest: dict, directory: str, counted: _Counts) -> No
                         f"{unknown[0]!r}, which the manifest does not list")
 
 
-# --- Vocabulary ----------------------------------------------------------------------------------------
-
-
-def find_vocabulary(files: Sequence[str]) -> tuple[list[str], str] | None:
-    """The vocabulary file next to the record files and its path, or None if there is none.
-
-    Records from several directories must not come with different vocabularies.
-    """
-    found: dict[tuple[str, ...], str] = {}
-    for directory in sorted({fs.dirname(f) for f in files}):
-        path = fs.join(directory, VOCABULARY_FILE) if directory else VOCABULARY_FILE
-        if tf.io.gfile.exists(path):  # beside the records, so through TensorFlow's filesystems as they are
-            found.setdefault(tuple(read_vocabulary(path)), path)
-    if len(found) > 1:
-        raise UserError("the training records come with different vocabularies: " + ", ".join(found.values()))
-    if not found:
-        return None
-    (labels, path), = found.items()
-    return list(labels), path
-
-
-def choose_vocabulary(train: RecordSet) -> list[str]:
-    """Sorted label vocabulary: the records' labels.txt if present, else the labels in the records."""
-    if unlabelled := train.label_counts.get("", 0):
-        example = f", e.g. video {train.example_ids['']!r}" if "" in train.example_ids else ""
-        raise UserError(f"{unlabelled} training record(s) have no label{example}")
-    if (found := find_vocabulary(train.files)) is not None:
-        labels, path = found
-        logger.info("vocabulary: %d labels from %s", len(labels), path)
-    else:
-        labels = sorted(label for label, count in train.label_counts.items() if count)
-        logger.info("vocabulary: %d labels found in the training records", len(labels))
-    if len(set(labels)) < 2:
-        raise UserError(f"a classifier needs at least two labels, got {sorted(set(labels))}")
-    return sorted(set(labels))
-
-
-def check_labels(records: RecordSet, vocabulary: Sequence[str]) -> None:
-    """Refuse a set with a label that is not in `vocabulary`."""
-    known = set(vocabulary)
-    for label, count in sorted(records.label_counts.items()):
-        if count and label not in known:
-            which = (f"record {records.example_ids[label]!r} has" if label in records.example_ids else
-                     f"{count} record(s) have")
-            raise UserError(f"{records.name} {which} label {label!r}, which is not in the vocabulary "
-                            f"({', '.join(vocabulary)})")
-
-
 # --- The sets of one run -------------------------------------------------------------------------------
 
 
@@ -361,6 +344,7 @@ class TrainingData:
     validation_split: float  # 0.0 when there are validation records
     num_train: int
     num_validation: int
+    split_by: str = ""  # the --split-by rule of the held-out share and of the sets' disjointness ("": video id)
 
     @property
     def num_test(self) -> int:
@@ -383,20 +367,25 @@ class TrainingData:
 
 
 def load_training_data(train: Sequence[str], validation: Sequence[str] = (), test: Sequence[str] = (),
-                       validation_split: float = 0.15) -> TrainingData:
+                       validation_split: float = 0.15, split_by: str = "") -> TrainingData:
     """Scan and check the record sets of a run (file patterns or directories) and choose the vocabulary.
 
-    Refuses records that do not match the first training record, a file given for two sets, labels outside
-    the vocabulary and a split that leaves a set empty.
+    Refuses records that do not match the first training record, a file or a video id (with `split_by`, a
+    group) in two sets, labels outside the vocabulary and a split that leaves a set empty. With validation or
+    test records, every set's ids are read (the records' contexts, model.splits.check_disjoint).
     """
+    check_split_rule(split_by)
     fraction = 0.0 if validation else validation_split
     started = time.monotonic()
-    train_set = scan_records("training", train, held_out=fraction)
+    train_set = scan_records("training", train, held_out=fraction, split_by=split_by if fraction else "")
     validation_set = scan_records("validation", validation, train_set.spec) if validation else None
     test_set = scan_records("test", test, train_set.spec) if test else None
     for other in (validation_set, test_set):
         if other and (shared := sorted(set(train_set.files) & set(other.files))):
             raise UserError(f"{shared[0]} is both a training and a {other.name} file")
+    sets = {records.name: records.files for records in (train_set, validation_set, test_set) if records}
+    if len(sets) > 1:
+        check_disjoint(sets, split_by)
     vocabulary = choose_vocabulary(train_set)
     for records in (train_set, validation_set, test_set):
         if records is not None:
@@ -412,7 +401,7 @@ def load_training_data(train: Sequence[str], validation: Sequence[str] = (), tes
     else:
         num_train, num_validation = train_set.num_records, validation_set.num_records
     data = TrainingData(train_set, validation_set, test_set, tuple(vocabulary), fraction, num_train,
-                        num_validation)
+                        num_validation, split_by)
     _log_sizes(data, time.monotonic() - started)
     return data
 

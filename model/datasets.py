@@ -21,10 +21,12 @@ uninterrupted run would have read.
 - `disk`: the first epoch also writes each shard's share of the records to a local file (the serialized
   records, the frames still encoded), which later epochs read instead (for gs:// records: one download);
   the order is `none`'s, so is the model.
-- `memory`: the decoded share, read once before the first step, in memory; each epoch is a permutation of
-  all of it drawn from (seed, e).
-- `auto`: memory when the decoded sets (float32 features) fit `MEMORY_CACHE_BUDGET`, else disk when the
-  records are on gs:// and the local temp dir has room for twice their size, else none.
+- `memory`: the decoded sets, read once before the first step into NumPy arrays held once (TensorFlow never
+  copies them: each batch gathers its records from them); each epoch is a permutation of the training
+  share's indices drawn from (seed, e), never a shuffle buffer.
+- `auto`: memory when what it costs (`memory_cache_bytes`: the decoded sets, float32 features, and the
+  batches in flight while they are read) fits `MEMORY_CACHE_BUDGET`, else disk when the records are on gs://
+  and the local temp dir has room for twice their size, else none.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ from common import fs
 from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
 from model.classifier import FEATURES_INPUT, MASK_INPUT
 from model.config import CACHE_MODES, MEMORY_CACHE_BUDGET
-from model.data import RecordSet, TrainingData, in_validation_split, record_failure, tensorflow_cause
+from model.data import RecordSet, TrainingData, record_failure, tensorflow_cause
+from model.splits import in_validation_split
 from tfrecords_schema import RecordSpec, label_lookup, parse_video_record, to_model_inputs
 from tfrecords_schema.dataset import READ_CYCLE, parse_video_ids
 
@@ -57,6 +60,8 @@ MIN_SHUFFLE_BLOCK = 256
 # block / FIT_CYCLE consecutive records from that many places.
 FIT_CYCLE = 16
 _ID_BATCH = 256  # records whose ids are parsed together to split them
+# The memory cache is filled FILL_BATCH decoded records at a time, FILL_PREFETCH batches decoded ahead.
+FILL_BATCH, FILL_PREFETCH = 256, 2
 
 
 def decoded_bytes(spec: RecordSpec) -> int:
@@ -75,6 +80,13 @@ def shuffle_block(spec: RecordSpec) -> int:
     return max(MIN_SHUFFLE_BLOCK, SHUFFLE_BLOCK_BYTES // serialized_bytes(spec))
 
 
+def memory_cache_bytes(videos: int, spec: RecordSpec) -> int:
+    """What `--cache memory` adds to a run's memory for `videos` records: their decoded arrays, held once,
+    and the decoded batches in flight while they are read (`FILL_BATCH` records, `FILL_PREFETCH` batches
+    ahead, one being copied and one being decoded)."""
+    return (videos + FILL_BATCH * (FILL_PREFETCH + 2)) * decoded_bytes(spec)
+
+
 def resolve_cache(mode: str, data: TrainingData) -> str:
     """The cache `mode` (`auto` resolved for this data: see the module docstring)."""
     if mode not in CACHE_MODES:
@@ -82,7 +94,7 @@ def resolve_cache(mode: str, data: TrainingData) -> str:
     if mode != "auto":
         return mode
     videos = data.num_train + data.num_validation + data.num_test
-    if videos * decoded_bytes(data.train.spec) <= MEMORY_CACHE_BUDGET:
+    if memory_cache_bytes(videos, data.train.spec) <= MEMORY_CACHE_BUDGET:
         return "memory"
     remote = any(fs.is_remote(path) for records in data.record_sets for path in records.files)
     free = shutil.disk_usage(tempfile.gettempdir()).free
@@ -106,7 +118,9 @@ class Share:
         if self.held_out is None:
             return raw
         fraction = self.records.held_out
-        tagged = raw.batch(_ID_BATCH).map(lambda r: (r, in_validation_split(parse_video_ids(r), fraction))).unbatch()
+        split_by = self.records.split_by
+        tagged = raw.batch(_ID_BATCH).map(
+            lambda r: (r, in_validation_split(parse_video_ids(r), fraction, split_by))).unbatch()
         return tagged.filter(lambda _, held: tf.equal(held, self.held_out)).map(lambda r, _: r)
 
 
@@ -181,6 +195,7 @@ def model_datasets(data: TrainingData, batch_size: int, seed: int, cache: str = 
         arrays = InMemory.read(train, decode)
         fit = epoch_range.flat_map(lambda e: arrays.epoch(seed, e, batch_size))
         scored_train = arrays.in_order(batch_size)
+        held = {share.name: InMemory.read(share, decode) for share in (validation, test) if share is not None}
     else:
         caches = _cache_paths(train, cache_dir) if mode == "disk" else None
         block = shuffle_block(spec)
@@ -190,7 +205,7 @@ def model_datasets(data: TrainingData, batch_size: int, seed: int, cache: str = 
 
     def scored(share: Share) -> tf.data.Dataset:
         if mode == "memory":
-            return _in_order(share, decode).cache()
+            return held[share.name].in_order(batch_size)
         cache_path = os.path.join(cache_dir, share.name) if mode == "disk" else None
         return _in_order(share, decode, cache_path)
 
@@ -248,11 +263,12 @@ def _in_order(share: Share, decode, cache_path: str | None = None) -> tf.data.Da
 
 @dataclasses.dataclass(frozen=True)
 class InMemory:
-    """A share decoded into memory, in the order `_in_order` reads it."""
+    """A share decoded into memory once, in the order `_in_order` reads it: NumPy arrays that every epoch's
+    batches gather from (a `tf.numpy_function`, so TensorFlow never holds a second copy of them)."""
 
-    features: tf.Tensor  # [N, T, D] float32
-    mask: tf.Tensor  # [N, T] bool
-    labels: tf.Tensor  # [N] int32
+    features: np.ndarray  # [N, T, D] float32
+    mask: np.ndarray  # [N, T] bool
+    labels: np.ndarray  # [N] int32
 
     @classmethod
     def read(cls, share: Share, decode) -> "InMemory":
@@ -264,7 +280,7 @@ class InMemory:
         records = _interleave(tf.data.Dataset.from_tensor_slices(list(share.records.files)),
                               len(share.records.files), share.of_file)
         decoded = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        for inputs, label in decoded.batch(1024).prefetch(2).as_numpy_iterator():
+        for inputs, label in decoded.batch(FILL_BATCH).prefetch(FILL_PREFETCH).as_numpy_iterator():
             end = filled + len(label)
             if end > share.size:
                 raise _changed(share, f"more than {share.size}")
@@ -274,18 +290,23 @@ class InMemory:
         if filled != share.size:
             raise _changed(share, str(filled))
         logger.info("%d %s records in memory (%.0f MB)", share.size, share.name, features.nbytes / 1e6)
-        return cls(tf.convert_to_tensor(features), tf.convert_to_tensor(mask), tf.convert_to_tensor(labels))
+        return cls(features, mask, labels)
 
     @property
     def size(self) -> int:
         return int(self.labels.shape[0])
 
-    def _gather(self, indices):
-        return ({FEATURES_INPUT: tf.gather(self.features, indices), MASK_INPUT: tf.gather(self.mask, indices)},
-                tf.gather(self.labels, indices))
+    def _gather(self, indices: tf.Tensor):
+        """The records at `indices` ([B] int64): a copy of B records, never of the set."""
+        features, mask, labels = tf.numpy_function(
+            lambda i: (self.features[i], self.mask[i], self.labels[i]), [indices],
+            (tf.float32, tf.bool, tf.int32), stateful=False)
+        _, frames, dim = self.features.shape
+        return ({FEATURES_INPUT: tf.ensure_shape(features, [None, frames, dim]),
+                 MASK_INPUT: tf.ensure_shape(mask, [None, frames])}, tf.ensure_shape(labels, [None]))
 
     def epoch(self, seed: int, epoch: tf.Tensor, batch_size: int) -> tf.data.Dataset:
-        """One epoch's batches: a permutation of every record drawn from (seed, epoch)."""
+        """One epoch's batches: a permutation of the indices of every record, drawn from (seed, epoch)."""
         fold = tf.random.experimental.stateless_fold_in(_epoch_key(seed, epoch), 3)
         order = tf.argsort(tf.random.stateless_uniform([self.size], seed=fold))
         return tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64)).batch(batch_size).map(self._gather)

@@ -5,7 +5,8 @@
       labels.txt           the label vocabulary; line i is the label of output i
       preprocessing.json   the RecordSpec of the training records (frames, feature dim, backbone id, image
                            size, sampling, ...): what the labelling job must reproduce to make its inputs
-      saved_model/         the same model as a TF Serving SavedModel (inputs `features`, `mask`)
+      saved_model/         the same model as a TF Serving SavedModel (inputs `features`, `mask`; output
+                           `label_probabilities`)
       history.csv, training_curves.png, logs/, metrics.json    written by model.train (metrics.json last)
 
     loaded = load_model_dir("gs://bucket/models/run-7")
@@ -31,7 +32,7 @@ from common import fs
 from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
 
 # Importing model.classifier registers its custom layers, so model.keras files load.
-from model.classifier import FEATURES_INPUT, MASK_INPUT
+from model.classifier import FEATURES_INPUT, MASK_INPUT, OUTPUT_NAME
 from tfrecords_schema import VOCABULARY_FILE, RecordError, RecordSpec, parse_vocabulary, vocabulary_text
 
 MODEL_FILE = "model.keras"
@@ -106,10 +107,29 @@ def export_model_dir(
             target = fs.join(path, SAVED_MODEL_DIR)
             fs.remove_tree(target)
             local_saved = target if not fs.is_remote(path) else os.path.join(scratch, SAVED_MODEL_DIR)
-            model.export(local_saved, format="tf_saved_model", verbose=False)
+            write_saved_model(model, local_saved)
             if fs.is_remote(path):
                 for file in fs.files_under(local_saved):
                     fs.copy_file(file, fs.join(target, fs.relative(file, local_saved)))
+
+
+def write_saved_model(model: keras.Model, path: str) -> None:
+    """The TF Serving SavedModel of `model` in the local folder `path`: its `serving_default` signature takes
+    `features` [batch, T, D] float32 and `mask` [batch, T] bool and returns `label_probabilities`
+    [batch, classes] float32, the names model.keras and the model card use."""
+    import tensorflow as tf
+
+    _, frames, dim = model.input[FEATURES_INPUT].shape
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(features, mask):
+        return {OUTPUT_NAME: model({FEATURES_INPUT: features, MASK_INPUT: mask}, training=False)}
+
+    archive.add_endpoint("serve", serve, input_signature=[
+        tf.TensorSpec([None, frames, dim], tf.float32, name=FEATURES_INPUT),
+        tf.TensorSpec([None, frames], tf.bool, name=MASK_INPUT)])
+    archive.write_out(path, verbose=False)
 
 
 def model_id(path: str) -> str:

@@ -54,6 +54,7 @@ def fingerprint(config: TrainConfig, data: TrainingData) -> dict:
         "train_files": list(data.train.files),
         "validation_files": list(data.validation.files) if data.validation else [],
         "validation_split": None if data.validation else config.validation_split,
+        "split_by": data.split_by,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "lr_patience": config.lr_patience,
@@ -147,6 +148,8 @@ def train_model(config: TrainConfig, data: TrainingData, staging: str, fingerpri
         num_params=final.count_params(),
         num_trainable_params=sum(int(np.prod(w.shape)) for w in final.trainable_weights),
         test_report=test_report, plot_problem=plot_problem,
+        embeddings=[dict(items) for items in dict.fromkeys(
+            tuple(sorted(e.items())) for records in data.record_sets for e in records.embeddings)],
     ), config.output)
     return metrics
 

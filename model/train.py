@@ -163,7 +163,7 @@ def _train(config, fence) -> dict:
     from model import loop
     from model.data import load_training_data
 
-    data = load_training_data(config.train, config.validation, config.test, config.validation_split)
+    data = load_training_data(config.train, config.validation, config.test, config.validation_split, config.split_by)
     check_heads(config.num_heads, data.train.spec.feature_dim)
     staging = staging_dir(config.output)
     fingerprint = loop.fingerprint(config, data)

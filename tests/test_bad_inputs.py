@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
-import threading
 import wave
 
 import av
@@ -30,6 +30,7 @@ from video.frames import DecodeError
 from video.probe import describe_unopenable
 from beam_jobs.matching import match_videos
 from tools.sample_videos import render_clip, write_clip
+from beam_jobs.cores import CoreRequest
 from beam_jobs.decode import FAILURES, DecodeFrames, DecodeFramesDoFn, FrameOptions
 from conftest import read_csv, read_records
 
@@ -354,37 +355,48 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     dofn = DecodeFramesDoFn(FrameOptions(FRAMES, IMAGE_SIZE))
     dofn.setup()
     try:
-        (out,) = list(dofn.process(ref))
+        (out,) = [*dofn.process(ref), *dofn.finish_bundle()]
     finally:
         dofn.teardown()
-    assert out.tag == FAILURES and out.value == ("locked.avi", ref.uri, "cannot read the file: permission denied")
+    assert out.tag == FAILURES and out.value.value == ("locked.avi", ref.uri, "cannot read the file: permission denied")
 
 
-def test_a_slow_file_times_out_and_the_rest_still_decode(tmp_path):
-    """Through DecodeFrames: the slow file is a failure row, the next file gets a fresh decoder."""
+def test_a_slow_file_times_out_and_the_rest_still_decode(tmp_path, monkeypatch):
+    """Through DecodeFrames: the slow file is a failure row, the next file gets a fresh decoder. The clock is
+    the test's: the decoder's wait for slow.mp4 runs out (its child is frozen, so it could not answer), the
+    other files get the real wait, so load can make neither come out otherwise."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    slow, quick = tmp_path / "slow.mp4", tmp_path / "quick.avi"
-    noise = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), np.uint8)
-    with av.open(str(slow), "w") as container:  # one keyframe: every frame must be decoded to reach the last
-        stream = container.add_stream("mpeg4", rate=25, options={"g": "1000"})
-        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 1280, 720, "yuv420p", 100_000_000
-        for i in range(200):  # about 0.5 s to decode here
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(noise, 3 * i, axis=1), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    import video.isolated
+
+    class SlowOnSlowFiles(IsolatedDecoder):
+        def _exchange(self, request):
+            self.slow = isinstance(request, tuple) and request[0].endswith("slow.mp4")
+            return super()._exchange(request)
+
+        def _answered(self, timeout_s):
+            if self.slow:
+                os.kill(self._process.pid, signal.SIGSTOP)  # frozen: killed, as a late child is
+                return False
+            return super()._answered(timeout_s)
+
+    monkeypatch.setattr(video.isolated, "IsolatedDecoder", SlowOnSlowFiles)
+    # Listed first, so that the files after it need the decoder that replaced the late one.
+    slow, quick, other = tmp_path / "a_slow.mp4", tmp_path / "quick.avi", tmp_path / "other.avi"
+    write_clip(str(slow), clip_frames(12), "mp4v")
     write_clip(str(quick), clip_frames(12), "MJPG")
+    write_clip(str(other), clip_frames(9), "MJPG")
     refs = match_videos([str(tmp_path)])
+    assert refs[0].video_id == "a_slow.mp4"
     with TestPipeline() as pipeline:
         decoded = (pipeline | beam.Create(refs)
-                   | DecodeFrames(FrameOptions(FRAMES, IMAGE_SIZE, decode_timeout_s=0.15)))
+                   | DecodeFrames(FrameOptions(FRAMES, IMAGE_SIZE, decode_timeout_s=60), cores=CoreRequest(decoders=1)))
         assert_that(decoded[FAILURES], equal_to([
-            ("slow.mp4", str(slow), "decoding timed out after 0.15s (--decode-timeout)")]), label="Failures")
+            ("a_slow.mp4", str(slow), "decoding timed out after 60s (--decode-timeout)")]), label="Failures")
         assert_that(decoded.videos | beam.Map(lambda v: (v.ref.video_id, v.sampled.decoded_frame_count)),
-                    equal_to([("quick.avi", 12)]), label="Videos")
+                    equal_to([("other.avi", 9), ("quick.avi", 12)]), label="Videos")
 
 
 def test_a_file_that_blocks_the_decoder_cannot_hang_it(tmp_path):
@@ -402,17 +414,56 @@ def test_a_file_that_blocks_the_decoder_cannot_hang_it(tmp_path):
 
 
 def test_a_decoder_that_dies_is_a_crash_failure_and_is_replaced(corpus):
-    decoder = IsolatedDecoder(timeout_s=60)
+    """The child dies (SIGKILL, as the kernel's OOM killer sends) once it has been started for a file and
+    before it answers: an event, not a timer, so load cannot make it die before or after."""
+
+    class DiesOnLongFiles(IsolatedDecoder):
+        def _exchange(self, request):
+            if isinstance(request, tuple) and request[0].endswith("long.avi") and not getattr(self, "died", False):
+                self.died = True
+                self._process.kill()
+                self._process.join()
+            return super()._exchange(request)
+
+    decoder = DiesOnLongFiles(timeout_s=60)
     long = str(corpus / "edge" / "long.avi")
     try:
         decoder.decode(str(corpus / "good" / "clip.avi"), FRAMES, IMAGE_SIZE, "uniform")  # child started
-        child = decoder._process.pid
-        threading.Timer(0.05, os.kill, (child, 9)).start()
+        first = decoder._process.pid
         with pytest.raises(DecodeError, match=r"^the decoder crashed on this file \(signal 9\)$"):
             decoder.decode(long, FRAMES, IMAGE_SIZE, "uniform")
         assert decoder.decode(long, FRAMES, IMAGE_SIZE, "uniform").decoded_frame_count == LONG_CLIP_FRAMES
+        assert decoder._process.pid != first
     finally:
         decoder.close()
+
+
+def test_a_bug_in_the_decoder_fails_the_job_and_a_bad_file_stays_a_failure(corpus, tmp_path):
+    """A programming error in video/ (here: a sampling no flag allows reaches the child) is not a file's fault:
+    DecoderBug, with the child's traceback, through DecodeFrames too; a file that is not a video is still a
+    DecodeError (a failures.csv row), and the child goes on answering."""
+    from video.isolated import DecoderBug
+
+    text = tmp_path / "notes.avi"
+    text.write_text("not a video\n" * 20)
+    good = str(corpus / "good" / "clip.avi")
+    decoder = IsolatedDecoder(timeout_s=60)
+    try:
+        with pytest.raises(DecoderBug, match=r"(?s)a bug, not a bad file.*Traceback.*ValueError: sampling must be"):
+            decoder.decode(good, FRAMES, IMAGE_SIZE, "sideways")
+        with pytest.raises(DecodeError, match="^cannot open as a video"):
+            decoder.decode(str(text), FRAMES, IMAGE_SIZE, "uniform")
+        assert len(decoder.decode(good, FRAMES, IMAGE_SIZE, "uniform").frame_indices) == FRAMES
+    finally:
+        decoder.close()
+    (ref,) = match_videos([good])
+    dofn = DecodeFramesDoFn(FrameOptions(FRAMES, IMAGE_SIZE, "sideways"))
+    dofn.setup()
+    try:
+        with pytest.raises(DecoderBug):
+            [*dofn.process(ref), *dofn.finish_bundle()]
+    finally:
+        dofn.teardown()
 
 
 MEASURE_PEAK_RSS = """

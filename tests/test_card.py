@@ -150,9 +150,10 @@ def test_without_graphviz_the_card_says_how_to_get_the_plot(trained, tmp_path, m
     assert "No model plot: `keras.utils.plot_model` needs pydot" in text and "apt-get install graphviz" in text
     assert IMAGE.findall(text) == []
     # Records that say which engine made their features get it on the card.
-    shown = card.training_card(dataclasses.replace(run, preprocessing={**preprocessing, "engine": "openvino",
-                                                                       "precision": "bf16"}), output, output)
-    assert "| feature engine and precision | engine openvino, precision bf16 |" in shown
+    shown = card.training_card(dataclasses.replace(run, embeddings=[
+        {"engine": "openvino", "engine_version": "2026.4.1", "precision": "bf16"},
+        {"engine": "tensorflow", "engine_version": "", "precision": "f32"}]), output, output)
+    assert "| feature engine and precision | openvino 2026.4.1, bf16; tensorflow, f32 |" in shown
 
 
 def test_evaluate_adds_its_section_once(trained):
@@ -185,3 +186,26 @@ def test_evaluate_adds_its_section_once(trained):
     section = text[text.index(card.EVALUATION_BEGIN):]
     assert IMAGE.findall(section) == [] and f"Confusion matrix: `{elsewhere / 'confusion_matrix.png'}`" in section
     split_front_matter(text)  # still opens with valid front matter
+
+
+def test_the_card_says_how_the_split_was_made(tmp_path):
+    """By video id, or by group (--split-by), and whether the sets given apart were checked to share none."""
+    from model.data import load_training_data
+
+    make_records(str(tmp_path / "train"), per_class=20, seed=1)
+    make_records(str(tmp_path / "test"), per_class=3, seed=2)
+    by_id = card.record_sources(load_training_data([str(tmp_path / "train")], test=[str(tmp_path / "test")]))
+    assert by_id["validation"] == ("15% of the training videos, held out by a hash of the video id "
+                                   "(`--validation-split 0.15`)")
+    assert by_id["disjoint"] == "the sets given apart were checked to share no video id"
+    rule = r"-(\d+)$"  # make_records' ids end in -<clip number>: clip i of every class is one group
+    by_group = card.record_sources(load_training_data([str(tmp_path / "train")], validation_split=0.3,
+                                                      split_by=rule))
+    assert by_group["validation"] == (
+        "30% of the training videos, held out by a hash of each video's group (`--split-by -(\\d+)$`: the first "
+        "group of that expression in the video id), so that no group is in two sets (`--validation-split 0.3`)")
+    assert "disjoint" not in by_group
+    run = card.TrainingRun(metrics={"labels": ["down", "up"]}, preprocessing={},
+                           class_counts={"train": {"down": 14, "up": 14}, "validation": {"down": 6, "up": 6}},
+                           sources=by_group, history=[], optimizer={}, num_params=1, num_trainable_params=1)
+    assert f"- validation: {by_group['validation']}" in card._data(run)

@@ -94,6 +94,31 @@ def test_record_model_input_on_an_encoded_record():
     assert np.array_equal(model_input.mask, expected.mask)
 
 
+def test_every_record_is_checked_against_the_model_and_a_mismatch_is_a_failure_with_its_reason():
+    """predict --features: a shard whose first record fits the model may hold others that do not."""
+    from beam_jobs.classify import DecodeRecordDoFn
+    from beam_jobs.decode import FAILURES
+    from tfrecords_schema import RecordSpec
+
+    options = FrameOptions(max_seq_length=4, image_size=32)
+    features = np.ones((2, 6), np.float32)
+    fits = encode_video(embedded("a/fits.avi", features), options, "densenet121/random-seed1", "float32")
+    other_backbone = encode_video(embedded("a/net.avi", features), options, "densenet121/imagenet", "float32")
+    keyframes = encode_video(embedded("a/kf.avi", features), FrameOptions(4, 32, "keyframes"),
+                             "densenet121/random-seed1", "float32")
+    spec = RecordSpec(6, 4, "densenet121/random-seed1", 32)
+    with TestPipeline() as pipeline:
+        checked = (pipeline | beam.Create([fits, other_backbone, keyframes])
+                   | beam.ParDo(DecodeRecordDoFn(spec)).with_outputs(FAILURES, main="records"))
+        assert_that(checked.records | "Ids" >> beam.Map(lambda t: t[0].video_id), equal_to(["a/fits.avi"]),
+                    label="Kept")
+        assert_that(checked[FAILURES], equal_to([
+            ("a/net.avi", "/v/a/net.avi", "the record does not match the model: backbone_id 'densenet121/imagenet' "
+                                       "(expected 'densenet121/random-seed1')"),
+            ("a/kf.avi", "/v/a/kf.avi", "the record does not match the model: sampling 'keyframes' (expected "
+                                     "'uniform')")]), label="Refused")
+
+
 class StandInHandler(VideoClassifierHandler):
     """The real handler with the model load replaced: the stand-in is built on the worker, like Keras would be."""
 

@@ -211,7 +211,8 @@ def without_counts(manifest):
      r"\(1 of 3 shards missing\)$"),
     (lambda d, m: write_manifest(d, [], shards=m["shards"][:2]),
      r"manifest.json does not describe its shards: it does not list features-00002-of-00003.tfrecord$"),
-    (lambda d, m: write_manifest(d, [], **{**m, "record_spec": {**m["record_spec"], "feature_dim": 1024}}),
+    (lambda d, m: write_manifest(d, [], **{**without_counts(m), "record_spec": {**m["record_spec"],
+                                                                                 "feature_dim": 1024}}),
      r"manifest.json does not describe its shards: feature_dim 16 in the records, 1024 in the manifest$"),
     (lambda d, m: write_manifest(d, [], **{**m, "records_written": 61}),
      r"manifest.json does not add up: its split_counts count 60 records, its records_written 61$"),
@@ -243,3 +244,115 @@ def test_the_manifest_is_the_one_featurize_writes():
     from beam_jobs import outputs
 
     assert MANIFEST_FILE == outputs.MANIFEST_FILE
+
+
+def test_with_split_counts_the_manifest_spec_is_checked_on_every_record_as_training_reads_it(described):
+    """No record is read before training; a manifest whose spec differs from its records (only the backbone
+    here) is refused when the first record is read, in one line."""
+    from model.datasets import model_datasets, record_errors
+
+    directory, _ = described
+    with open(directory / MANIFEST_FILE) as f:
+        manifest = json.load(f)
+    write_manifest(directory, [], **{**manifest, "record_spec": {**manifest["record_spec"], "backbone_id": "other"}})
+    data = load_training_data([str(directory)], validation_split=0.15)
+    assert data.train.counted_from == MANIFEST_FILE and data.train.spec.backbone_id == "other"
+    with pytest.raises(UserError, match=r"backbone.*'other'.*test-net") as raised:
+        with record_errors(data.train.spec):
+            next(iter(model_datasets(data, batch_size=8, seed=0, cache="none", epochs=1).fit))
+    assert "\n" not in str(raised.value)
+
+
+# --- Groups --------------------------------------------------------------------------------------------
+
+UCF_GROUP = r"_g(\d+)_"
+
+
+def ucf_records(directory, groups, clips=4, seed=0):
+    """UCF101-named records: `v_<Label>_g<NN>_c<MM>`, `clips` of each of `groups` per label."""
+    import dataclasses
+
+    made = make_records(str(directory), per_class=len(groups) * clips, seed=seed, shards=2)
+    renamed = []
+    for record in made:
+        index = int(record.video_id.rsplit("-", 1)[1])
+        group, clip = groups[index // clips], index % clips + 1
+        renamed.append(dataclasses.replace(record, video_id=f"{record.label}/v_{record.label}_g{group:02d}_c{clip:02d}"))
+    write_records(str(directory), renamed, 2)
+    return renamed
+
+
+def test_split_by_keeps_every_group_on_one_side(tmp_path):
+    records = ucf_records(tmp_path / "train", groups=list(range(1, 26)))
+    by_group = load_training_data([str(tmp_path / "train")], validation_split=0.3, split_by=UCF_GROUP)
+    by_id = load_training_data([str(tmp_path / "train")], validation_split=0.3)
+    ids = tf.constant([r.video_id for r in records])
+    groups = [r.video_id.split("_g")[1][:2] for r in records]
+    for held in (in_validation_split(ids, 0.3, UCF_GROUP).numpy(), in_validation_split(ids, 0.3).numpy()):
+        assert 0 < held.sum() < len(records)
+    held = in_validation_split(ids, 0.3, UCF_GROUP).numpy()
+    # Expected independently: a group is held out when FarmHash64 of its number falls below 30% of the buckets.
+    group_held = {g: tf.strings.to_hash_bucket_fast(g, 10_000).numpy() < 3000 for g in set(groups)}
+    assert [group_held[g] for g in groups] == held.tolist()
+    assert by_group.num_validation == int(held.sum()) and by_group.train.split_by == UCF_GROUP
+    by_id_held = in_validation_split(ids, 0.3).numpy()
+    assert any(len({h for g2, h in zip(groups, by_id_held) if g2 == g}) == 2 for g in set(groups))  # by id: mixed
+    assert by_id.num_validation == int(by_id_held.sum())
+
+
+def test_the_streamed_held_out_share_is_the_group_split(tmp_path):
+    """What training reads as its validation share is the counted one, group by group."""
+    from model.datasets import model_datasets
+
+    records = ucf_records(tmp_path / "train", groups=list(range(1, 26)), clips=2)
+    data = load_training_data([str(tmp_path / "train")], validation_split=0.3, split_by=UCF_GROUP)
+    datasets = model_datasets(data, batch_size=8, seed=0, cache="none", epochs=1)
+    # Expected independently: the clips whose group number's FarmHash64 falls below 30% of the buckets.
+    held = [tf.strings.to_hash_bucket_fast(r.video_id.split("_g")[1][:2], 10_000).numpy() < 3000 for r in records]
+    assert sum(1 for _ in datasets.validation) == sum(held) == data.num_validation
+    assert sum(1 for _ in datasets.train) == len(records) - sum(held)
+
+
+def test_split_counts_by_video_id_are_not_used_for_a_group_split(tmp_path):
+    records = ucf_records(tmp_path / "train", groups=list(range(1, 11)), clips=2)
+    write_manifest(str(tmp_path / "train"), records)
+    by_id = load_training_data([str(tmp_path / "train")], validation_split=0.3)
+    by_group = load_training_data([str(tmp_path / "train")], validation_split=0.3, split_by=UCF_GROUP)
+    assert by_id.train.counted_from == MANIFEST_FILE and by_group.train.counted_from == "a counting pass"
+    write_manifest(str(tmp_path / "train"), records,
+                   split_counts=split_counts([r.video_id for r in records], [r.label for r in records],
+                                             split_by=UCF_GROUP))
+    again = load_training_data([str(tmp_path / "train")], validation_split=0.3, split_by=UCF_GROUP)
+    assert again.train.counted_from == MANIFEST_FILE and again.class_counts() == by_group.class_counts()
+
+
+@pytest.mark.parametrize("split_by, message", [
+    ("_g\\d+_", r"--split-by '_g\\\\d\+_' has no group"),
+    ("_g(\\d+_", r"--split-by '_g\(\\\\d\+_' is not a regular expression"),
+    ("_x(\\d+)_", r"--split-by '_x\(\\\\d\+\)_' matches none of the \d+ training video ids"),
+])
+def test_a_split_rule_that_cannot_split_is_refused(tmp_path, split_by, message):
+    ucf_records(tmp_path / "train", groups=[1, 2, 3])
+    with pytest.raises(UserError, match=message):
+        load_training_data([str(tmp_path / "train")], split_by=split_by)
+
+
+def test_sets_sharing_a_video_id_or_a_group_are_refused(tmp_path):
+    import dataclasses
+
+    ucf_records(tmp_path / "train", groups=[1, 2, 3, 4, 5, 6])
+    ucf_records(tmp_path / "test", groups=[6, 7], seed=5)
+    # Another file, the same video ids (v_up_g06_c01 ...): refused whatever the rule.
+    with pytest.raises(UserError, match=r"the (training and test|test and training) sets share video id "
+                                        r"'(up|down)/v_\w+_g06_c0\d'; a video must be in one set only$"):
+        load_training_data([str(tmp_path / "train")], test=[str(tmp_path / "test")])
+    ucf_records(tmp_path / "test", groups=[7, 8], seed=5)
+    load_training_data([str(tmp_path / "train")], test=[str(tmp_path / "test")])  # apart: fine
+    # Other clips of group 06: other ids, so fine by id; by group, refused.
+    clips = ucf_records(tmp_path / "scratch", groups=[6], seed=6)
+    write_records(str(tmp_path / "validation"),
+                  [dataclasses.replace(r, video_id=r.video_id.replace("_c0", "_c1")) for r in clips], 1)
+    load_training_data([str(tmp_path / "train")], [str(tmp_path / "validation")])
+    with pytest.raises(UserError, match=r"the (training and validation|validation and training) sets share group "
+                                        r"'06' \(--split-by _g\(\\d\+\)_\): .*; a group must be in one set only$"):
+        load_training_data([str(tmp_path / "train")], [str(tmp_path / "validation")], split_by=UCF_GROUP)

@@ -172,7 +172,7 @@ def test_reads_that_gave_up_seeking_are_counted(tmp_path, monkeypatch):
     methods = {"a.avi": "seek", "b.avi": "fallback", "c.avi": "through", "d.avi": "fallback"}
 
     class Decoder:
-        def __init__(self, timeout_s):
+        def __init__(self, timeout_s, decoder_threads=0):
             pass
 
         def decode(self, path, max_seq_length, image_size, sampling):

@@ -98,8 +98,19 @@ def test_saved_model_serves_the_same_probabilities(model_dir):
     serving = tf.saved_model.load(os.path.join(path, SAVED_MODEL_DIR)).signatures["serving_default"]
     features, mask = inputs()
     outputs = serving(features=tf.constant(features), mask=tf.constant(mask))
-    (probabilities,) = outputs.values()
-    np.testing.assert_allclose(probabilities.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["label_probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_model_signature_names_its_inputs_and_output_as_the_card_does(model_dir):
+    """What a TF Serving client sees: `features` and `mask` in, `label_probabilities` out (not `output_0`)."""
+    path, expected = model_dir
+    serving = tf.saved_model.load(os.path.join(path, SAVED_MODEL_DIR)).signatures["serving_default"]
+    _, inputs_spec = serving.structured_input_signature
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs_spec.items()} == {
+        "features": (tf.float32, [None, SPEC.max_seq_length, SPEC.feature_dim]),
+        "mask": (tf.bool, [None, SPEC.max_seq_length])}
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in serving.structured_outputs.items()} == {
+        "label_probabilities": (tf.float32, [None, expected.shape[1]])}
 
 
 def test_model_id_follows_the_content(model_dir, tmp_path):

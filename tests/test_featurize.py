@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
     manifest = json.loads((featurized / "manifest.json").read_text())
     assert (manifest["videos_matched"], manifest["records_written"], manifest["failures"]) == (18, 18, 0)
     assert manifest["backbone_id"] == "densenet121/random-seed1337"
+    cores = len(os.sched_getaffinity(0))  # one worker process: every core is its share (beam_jobs.cores)
+    assert manifest["cores"] == {"cores": cores, "worker_processes": 1, "decoders": cores, "decoder_threads": 1,
+                                 "embed_threads": cores, "max_in_flight": 2 * cores}
     assert failures(featurized) == []
     assert not list(featurized.glob(".staging-*"))
     for record in records.values():
@@ -39,6 +43,33 @@ def test_every_clip_becomes_a_labelled_record(clip_set, featurized):
         assert record.decoded_frame_count >= 12 and record.frame_indices[0] == 0
         assert record.frame_indices[-1] >= record.decoded_frame_count - record.decoded_frame_count // TEST_FRAMES
         assert len(record.fingerprint) == 64 and np.isfinite(record.features).all()
+
+
+def test_the_manifest_counts_the_records_per_label_and_hundredth_of_the_id_hash(featurized):
+    """split_counts (a Beam combiner): training knows every split at a whole percent without reading a record."""
+    import tensorflow as tf
+
+    manifest = json.loads((featurized / "manifest.json").read_text())
+    expected = {}
+    for video_id, record in read_records(featurized).items():  # FarmHash64 of the id, in 100 buckets
+        bucket = int(tf.strings.to_hash_bucket_fast(video_id, 10_000).numpy()) // 100
+        expected.setdefault(record.label, [0] * 100)[bucket] += 1
+    assert manifest["split_counts"] == {"buckets": 100, "split_by": "", "counts": expected}
+    assert sum(map(sum, expected.values())) == manifest["records_written"] == 18
+
+
+def test_split_counts_combine_in_any_grouping():
+    """The combiner's accumulators merge as Beam may split the work: the same counts however it is cut."""
+    from beam_jobs.records import CountSplits
+
+    pairs = [(f"class{i % 3}/clip{i}.avi", f"class{i % 3}") for i in range(50)]
+    combiner = CountSplits()
+    combiner.BATCH = 7  # hash in small batches, as a long bundle would
+    whole = combiner.extract_output(combiner.add_inputs(combiner.create_accumulator(), pairs))
+    parts = [combiner.add_inputs(combiner.create_accumulator(), pairs[i::4]) for i in range(4)]
+    merged = combiner.extract_output(combiner.merge_accumulators(parts + [combiner.create_accumulator()]))
+    assert merged == whole and sum(map(sum, whole["counts"].values())) == 50 and len(whole["counts"]) == 3
+    assert combiner.extract_output(combiner.create_accumulator())["counts"] == {}
 
 
 def test_make_dataset_reads_the_shards(featurized):

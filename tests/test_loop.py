@@ -34,9 +34,9 @@ def test_the_fingerprint_holds_what_a_resumed_run_must_share(data):
     found = loop.fingerprint(config, data)
     assert set(found) == {"train_files", "validation_files", "validation_split", "batch_size", "learning_rate",
                           "lr_patience", "ema_momentum", "start_from_epoch", "num_heads", "seed", "labels",
-                          "record_spec"}
+                          "record_spec", "split_by"}
     assert found["train_files"] == list(data.train.files) and found["validation_files"] == list(data.validation.files)
-    assert found["validation_split"] is None and found["labels"] == ["down", "up"]
+    assert found["validation_split"] is None and found["labels"] == ["down", "up"] and found["split_by"] == ""
     assert found["record_spec"]["feature_dim"] == 16 and found["num_heads"] == 8
     # What may change on --resume: the epoch budget, patience, caching (it never changes the order) and where
     # the model goes.

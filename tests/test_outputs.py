@@ -160,20 +160,30 @@ def test_publish_outputs_without_patterns_keeps_old_files(tmp_path):
     assert fs.read_json(fs.join(output, MANIFEST_FILE))["job"] == "featurize"
 
 
-def test_a_listing_that_fails_while_publishing_stops_it_and_leaves_the_previous_output(bucket, monkeypatch):
+def test_a_listing_that_fails_while_publishing_stops_it_and_a_retry_completes(bucket, monkeypatch):
+    """A storage error while listing what to replace is an error, not an empty listing (which would leave the old
+    per-video files under a new manifest): the publish stops with one line, nothing looks finished with stale
+    files in it, and a retry once storage answers again ends with the new output complete."""
     from common.errors import OperationalError
 
     output = f"{bucket}/out"
     _old_run(output)
     staging = prepare_output(output, overwrite=True)
-    before = {path: fs.read_text(path) for path in fs.files_under(output)}
     monkeypatch.setattr(memfs.MemoryFileSystem, "_list", memfs.listing_fails(memfs.StorageError(503)))
-    with pytest.raises(OperationalError, match=r"^cannot list .*/out/per_video/\*\*: 503 from storage$"):
+    with pytest.raises(OperationalError, match=r"^cannot list .*/out/.*: 503 from storage$"):
         publish_outputs(output, staging, [], {"labels.csv": "video_id\nnew\n"}, {"job": "predict"},
                         replace_patterns=PATTERNS)
     monkeypatch.undo()
-    after = {path: fs.read_text(path) for path in fs.files_under(output) if "/.staging-" not in path}
-    assert after == before  # the old manifest, labels and per-video files are all there
+    manifest = fs.join(output, MANIFEST_FILE)
+    assert not fs.exists(manifest) or fs.read_json(manifest) == {"job": "predict", "old": True}
+    assert fs.read_text(fs.join(output, "per_video/gone.csv")) == "old per_video/gone.csv"  # nothing removed blind
+    publish_outputs(output, staging, [], {"labels.csv": "video_id\nnew\n"}, {"job": "predict"},
+                    replace_patterns=PATTERNS)  # the retry
+    assert fs.read_json(manifest)["job"] == "predict" and "old" not in fs.read_json(manifest)
+    assert fs.read_text(fs.join(output, "labels.csv")) == "video_id\nnew\n"
+    assert not fs.exists(fs.join(output, "per_video/gone.csv"))
+    assert not fs.exists(fs.join(output, "per_video/sub/gone.csv"))
+    assert fs.read_text(fs.join(output, "notes.txt")) == "old notes.txt"  # not the product's: kept
 
 
 class Finish:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 import types
 import uuid
 
@@ -92,17 +92,22 @@ def test_finished_once_every_expected_video_is_done(job_id):
 
 def test_the_logging_thread_logs_lines_until_released(job_id, caplog):
     caplog.set_level(logging.INFO, logger="beam_jobs.progress")
+    logged = threading.Event()
+
+    class Signal(logging.Handler):
+        def emit(self, record):
+            logged.set()
+
+    signal = Signal(level=logging.INFO)
+    logging.getLogger("beam_jobs.progress").addHandler(signal)
     progress = Progress.of(job_id, expected_videos=4, interval_s=0.02)
     try:
         progress.count(embedded=1, frames=8)
-        deadline = time.monotonic() + 5
-        while not caplog.records and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert logged.wait(60), "no progress line"
     finally:
         progress.release()
+        logging.getLogger("beam_jobs.progress").removeHandler(signal)
+    progress.thread.join(60)
+    assert not progress.thread.is_alive()  # stopped: no line can follow
     lines = [r.getMessage() for r in caplog.records if r.name == "beam_jobs.progress"]
     assert lines and lines[0].startswith("progress: 1/4 videos done (1 embedded, 0 failed so far); 8 frames at ")
-    time.sleep(0.1)  # the thread has stopped: no more lines
-    count = len([r for r in caplog.records if r.name == "beam_jobs.progress"])
-    time.sleep(0.1)
-    assert len([r for r in caplog.records if r.name == "beam_jobs.progress"]) == count

@@ -201,6 +201,7 @@ def predict_step(output: str, staging: str, run_id: str | None):
     rows = [["a.mp4", "/in/a.mp4", "a", "0.9", "a:0.90", "0.9", "0.1", "m1"],
             ["b.mp4", "/in/b.mp4", "b", "0.8", "b:0.80", "0.2", "0.8", "m1"]]
     fs.write_text(fs.join(parts, "labels-00000-of-00016.txt"), "".join(",".join(r) + "\n" for r in rows))
+    fs.write_text(fs.join(parts, "failures-00000-of-00016.txt"), "c.mp4,/in/c.mp4,empty file (0 bytes)\n")
     # JSON lines: an id may hold a line break
     fs.write_text(fs.join(parts, "removed-00000-of-00001"), json.dumps("gone.mp4") + "\n")
     for name in ("index-00000-of-00002.jsonl", "index-00001-of-00002.jsonl", "thumbnails/b.mp4.jpg",

@@ -203,6 +203,23 @@ def test_a_record_of_another_feature_dim_inside_a_float16_shard_fails_in_the_gra
         list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
 
 
+@pytest.mark.parametrize("change, what", [
+    ({"backbone_id": "densenet121/imagenet"}, "backbone"),
+    ({"image_size": 128}, "image size"),
+    ({"sampling": "keyframes"}, "sampling"),
+])
+def test_a_record_inside_a_shard_that_differs_only_in_backbone_image_size_or_sampling_fails(tmp_path, change, what):
+    """The same shape as the first record (so no shape check can notice): only the per-record check does."""
+    import dataclasses
+
+    other = dataclasses.replace(make_record("b/x.avi", seed=1), **change)
+    write_records(tmp_path / "s.tfrecord", [make_record(), other])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"record {what} differs from the dataset.*b/x.avi"):
+        list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))
+    write_records(tmp_path / "s.tfrecord", [make_record(), make_record("b/x.avi", seed=1)])
+    assert len(list(make_decoded_dataset(str(tmp_path / "s.tfrecord")))) == 2
+
+
 def test_no_match_and_corrupt_shard_are_record_errors(tmp_path):
     with pytest.raises(RecordError, match="no feature records match"):
         make_dataset(str(tmp_path / "none-*.tfrecord"))

@@ -14,7 +14,7 @@ import video.segments
 from h264_clips import decode_every_frame, write_h264
 from video.frames import DecodeError, SampledFrames, decode_and_sample, sample_frame_indices
 from video.isolated import IsolatedDecoder
-from video.reader import VideoReader
+from video.reader import PROGRESS_FRAMES, VideoReader
 from video.segments import WindowFrames, chunk_windows, iter_segments, plan_windows, video_end_s
 
 SIZE = 32
@@ -133,8 +133,8 @@ def test_frames_shared_by_overlapping_windows_are_decoded_once(h264_clip, monkey
     square_rgb, read = video.segments.square_rgb, VideoReader.read
     monkeypatch.setattr(video.segments, "square_rgb", lambda frame, size: converted.append(frame.pts) or
                         square_rgb(frame, size))
-    monkeypatch.setattr(VideoReader, "read", lambda self, positions, convert, to_end=False:
-                        asked.append(list(positions)) or read(self, positions, convert, to_end))
+    monkeypatch.setattr(VideoReader, "read", lambda self, positions, convert, to_end=False, resume=False:
+                        asked.append(list(positions)) or read(self, positions, convert, to_end, resume))
     # 2 s windows (50 frames, sampled every 7th) every 0.56 s (14 frames): a window's samples are its
     # predecessor's moved by two, six of eight shared; chunks of at most 12 frames.
     parts = list(iter_segments(str(h264_clip), 8, SIZE, "uniform", 2.0, 0.56, chunk_frames=12))
@@ -173,13 +173,13 @@ def test_after_a_read_that_fell_back_the_rest_is_read_in_one_pass(h264_clip, mon
     expected = list(iter_segments(str(h264_clip), 8, SIZE, "uniform", 1.0, 1.0, chunk_frames=16))
     read, calls = VideoReader.read, []
 
-    def falls_back_once(self, positions, convert, to_end=False):
+    def falls_back_once(self, positions, convert, to_end=False, resume=False):
         calls.append(positions)
         if len(calls) == 2:
             result = self.read_through(positions, convert, to_end, "fallback")
             result.reason = "the test's seek failed"
             return result
-        return read(self, positions, convert, to_end)
+        return read(self, positions, convert, to_end, resume)
 
     monkeypatch.setattr(VideoReader, "read", falls_back_once)
     parts = list(iter_segments(str(h264_clip), 8, SIZE, "uniform", 1.0, 1.0, chunk_frames=16))
@@ -207,3 +207,25 @@ def test_the_isolated_child_sends_the_chunks_and_stays_in_step(h264_clip, tmp_pa
         assert decoder.decode(str(h264_clip), 8, SIZE, "uniform").frame_indices == direct[-1].frame_indices
     finally:
         decoder.close()
+
+
+def test_a_file_with_one_keyframe_is_decoded_once_and_reports_progress_as_it_goes(tmp_path):
+    """An intra-refresh or infinite-GOP file: every chunk's frames lie after its only keyframe. Each chunk goes
+    on from where the previous one left the decoder, so no frame is decoded twice (12 chunks decoded from the
+    start each would be ~3,900 frames), and `on_progress` hears of the decoding at least every PROGRESS_FRAMES
+    frames, also while one read decodes most of the file."""
+    path = tmp_path / "one_keyframe.mp4"
+    write_h264(path, 600, 1000)
+    with VideoReader(str(path)) as reader:
+        assert len(reader.index.keyframe_pts) == 1 and reader.index.frame_count == 600
+    _, reference = decode_every_frame(path, SIZE, lambda count: range(count))
+    for chunk_frames in (16, video.segments.CHUNK_FRAMES):  # 12 chunks; one chunk for the whole file
+        reports = []
+        parts = list(iter_segments(str(path), 8, SIZE, "uniform", 1.0, 1.0, chunk_frames=chunk_frames,
+                                   on_progress=reports.append))
+        assert len(parts) - 1 == (12 if chunk_frames == 16 else 1)
+        assert sum(reports) <= 600  # frames that came out of the decoder (unwanted B-frames are skipped)
+        assert 0 < max(reports) <= PROGRESS_FRAMES and len(reports) >= 600 // 2 // PROGRESS_FRAMES
+        assert parts[-1].read_method == "seek" and len(windows_of(parts)) == 24
+        for position, frame in frames_by_position(parts).items():
+            np.testing.assert_array_equal(frame, reference[position])

@@ -281,3 +281,89 @@ def test_a_run_shorter_than_the_warm_up_keeps_its_last_averaged_weights(data, tm
     assert metrics["val_loss"] == pytest.approx(read_history(output)[-1]["val_loss"], rel=1e-4)
 
 
+
+
+# --- Training on featurize's output ----------------------------------------------------------------------
+
+
+class ShardOpens:
+    """The opens of `*.tfrecord` files in a folder, as the kernel reports them (inotify): whoever opens them,
+    TensorFlow's readers included."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, directory):
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or self._libc.inotify_add_watch(self.fd, os.fsencode(directory), self.IN_OPEN) < 0:
+            pytest.skip(f"inotify is not available here (errno {ctypes.get_errno()})")
+
+    def drain(self) -> list[str]:
+        """The shard names opened since the last drain."""
+        import struct
+
+        names = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return names
+            offset = 0
+            while offset < len(chunk):
+                _, mask, _, length = struct.unpack_from("iIII", chunk, offset)
+                name = chunk[offset + 16: offset + 16 + length].rstrip(b"\0").decode()
+                if mask & self.IN_OPEN and name.endswith(".tfrecord"):
+                    names.append(name)
+                offset += 16 + length
+
+    def close(self):
+        os.close(self.fd)
+
+
+@pytest.fixture(scope="module")
+def trained_on_featurize_output(featurized, tmp_path_factory):
+    """A short run on the session's featurize output (real records, with their manifest), streamed, noting
+    which shards were opened before its first step and after."""
+    from model import loop
+
+    opens = ShardOpens(featurized)
+    seen = {}
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.setdefault("before", opens.drain())
+
+    fit = loop.fit
+    loop.fit = lambda *args, **kwargs: fit(*args, **kwargs, extra_callbacks=(FirstStep(),))
+    try:
+        output = str(tmp_path_factory.mktemp("featurized-model") / "model")
+        metrics = train.run(["--train", str(featurized), "--output", output, "--cache", "none", "--epochs", "1",
+                             "--validation-split", "0.3", "--start-from-epoch", "0", "--batch-size", "8"])
+        seen["after"] = opens.drain()
+    finally:
+        loop.fit = fit
+        opens.close()
+    return output, metrics, seen
+
+
+def test_with_featurize_split_counts_training_reads_no_record_before_its_first_step(trained_on_featurize_output):
+    _, metrics, seen = trained_on_featurize_output
+    assert seen["before"] == []  # no counting pass, no first record for the spec
+    assert set(seen["after"]) == {"features-00000-of-00002.tfrecord", "features-00001-of-00002.tfrecord"}
+    assert metrics["num_train_examples"] + metrics["num_val_examples"] == 18
+
+
+def test_the_card_names_the_engine_and_precision_of_featurize_records(featurized, trained_on_featurize_output):
+    from conftest import read_records
+
+    output, _, _ = trained_on_featurize_output
+    made = {(r.engine, r.engine_version, r.precision) for r in read_records(featurized).values()}
+    assert len(made) == 1 and all(made.pop())  # one engine made them, and the records say which
+    (engine, version, precision), = {(r.engine, r.engine_version, r.precision)
+                                     for r in read_records(featurized).values()}
+    with open(os.path.join(output, "README.md"), encoding="utf-8") as f:
+        card_text = f.read()
+    assert f"| feature engine and precision | {engine} {version}, {precision} |" in card_text
+    assert "not recorded" not in card_text

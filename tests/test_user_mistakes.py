@@ -84,6 +84,7 @@ def workspace(tmp_path_factory):
         (incomplete / name).write_bytes((root / "model" / name).read_bytes())
     (root / "records").mkdir()
     record_file(root / "records" / "other_run.tfrecord", 6, "densenet121/imagenet")
+    (root / "other.weights.h5").write_bytes(b"the weights of another DenseNet121")
 
     finished = root / "finished"
     finished.mkdir()
@@ -121,6 +122,11 @@ CASES = {
                    "--output", "{root}/out"],
         r"error: the feature records do not match the model: max_seq_length 6 \(expected 4\); "
         r"backbone_id 'densenet121/imagenet' \(expected '{backbone}'\)"),
+    "weights of another backbone than the model's": (
+        PREDICT + ["--input", "{root}/videos", "--model", "{root}/model", "--weights", "{root}/other.weights.h5",
+                   "--output", "{root}/out"],
+        r"error: --weights {root}/other\.weights\.h5 gives backbone densenet121/file-[0-9a-f]+, the model needs "
+        r"{backbone}"),
 }
 
 

@@ -9,8 +9,9 @@
 Paths may be local or gs:// (TensorFlow reads GCS natively).
 
 A featurize run writes `MANIFEST_FILE` beside its shards (what they hold: `records_written`, `labels`,
-`shards`, `record_spec`); readers that trust it skip a pass over the records. A split of a record set
-(training against validation) is by `split_buckets`, a hash of the video id alone.
+`shards`, `record_spec`, `split_counts`); readers that trust it skip a pass over the records. A split of a
+record set (training against validation) is by `split_buckets`, a hash of the video id alone, or of the
+video's group (`split_keys` with a `--split-by` rule), so that no group is on both sides.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tfrecords_schema.schema import (
     RecordError,
     RecordSpec,
     parse_video_record,
+    read_record_embedding,
     read_record_spec,
 )
 
@@ -138,6 +140,14 @@ def dataset_spec(files: Sequence[str], every_shard: bool = True) -> RecordSpec:
     return spec
 
 
+def dataset_embedding(files: Sequence[str]) -> dict[str, str] | None:
+    """What made the features of the first record in `files` (`read_record_embedding`); None without one."""
+    for path in files:
+        if (first := _first_record(path)) is not None:
+            return read_record_embedding(first)
+    return None
+
+
 def make_decoded_dataset(
     file_patterns: str | Sequence[str],
     spec: RecordSpec | None = None,
@@ -170,6 +180,24 @@ def interleave_records(files: tf.data.Dataset, num_files: int, deterministic: bo
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+
+
+def split_keys(video_ids: tf.Tensor, split_by: str = "") -> tf.Tensor:
+    """What a split hashes for each video id: the id itself, or with `split_by` (a regular expression, RE2
+    syntax, whose first group names a video's group, e.g. `_g(\\d+)_` for UCF101's ids) the text of that group
+    where the id matches it (an id that does not match is a group of its own)."""
+    import tensorflow as tf
+
+    if not split_by:
+        return video_ids
+    return tf.strings.regex_replace(video_ids, f"(?s)^.*?(?:{split_by}).*$", r"\1")
+
+
+def split_matches(video_ids: tf.Tensor, split_by: str) -> tf.Tensor:
+    """Whether each video id matches `split_by` (bool, the shape of `video_ids`)."""
+    import tensorflow as tf
+
+    return tf.strings.regex_full_match(video_ids, f"(?s).*?(?:{split_by}).*")
 
 
 def split_buckets(video_ids: tf.Tensor) -> tf.Tensor:
@@ -285,27 +313,31 @@ SPLIT_COUNTS_KEY = "split_counts"  # in MANIFEST_FILE, optional: records per lab
 SPLIT_COUNT_BUCKETS = 100  # so any split at a whole percent is known exactly
 
 
-def split_counts(video_ids: Sequence[str], labels: Sequence[str], buckets: int = SPLIT_COUNT_BUCKETS) -> dict:
-    """A manifest's `split_counts` for records of these ids and labels: `{"buckets": N, "counts": {label:
-    [N ints]}}`, where `counts[label][b]` is how many records of that label have `split_buckets(id) // (
-    SPLIT_BUCKETS // N) == b`. A reader then knows how many records of each label any split at a multiple of
-    1 / N holds without reading one. Counts of disjoint record sets add up (`add_split_counts`)."""
+def split_counts(video_ids: Sequence[str], labels: Sequence[str], buckets: int = SPLIT_COUNT_BUCKETS,
+                 split_by: str = "") -> dict:
+    """A manifest's `split_counts` for records of these ids and labels: `{"buckets": N, "split_by": RULE,
+    "counts": {label: [N ints]}}`, where `counts[label][b]` is how many records of that label have
+    `split_buckets(split_keys(id, RULE)) // (SPLIT_BUCKETS // N) == b` (RULE "": the id itself). A reader that
+    splits by the same rule then knows how many records of each label any split at a multiple of 1 / N holds
+    without reading one. Counts of disjoint record sets add up (`add_split_counts`)."""
     import numpy as np
     import tensorflow as tf
 
     if SPLIT_BUCKETS % buckets:
         raise ValueError(f"buckets must divide {SPLIT_BUCKETS}, got {buckets}")
-    coarse = split_buckets(tf.constant(list(video_ids), tf.string)).numpy() // (SPLIT_BUCKETS // buckets)
+    keys = split_keys(tf.constant(list(video_ids), tf.string), split_by)
+    coarse = split_buckets(keys).numpy() // (SPLIT_BUCKETS // buckets)
     labels = np.asarray(list(labels), dtype=object)
-    return {"buckets": buckets, "counts": {
+    return {"buckets": buckets, "split_by": split_by, "counts": {
         str(label): np.bincount(coarse[labels == label], minlength=buckets).tolist() for label in sorted(set(labels))}}
 
 
 def add_split_counts(first: dict, second: dict) -> dict:
-    """The `split_counts` of two disjoint record sets together (the same `buckets`)."""
-    if first["buckets"] != second["buckets"]:
-        raise ValueError(f"split counts of {first['buckets']} and {second['buckets']} buckets do not add up")
+    """The `split_counts` of two disjoint record sets together (the same `buckets` and rule)."""
+    if first["buckets"] != second["buckets"] or first.get("split_by", "") != second.get("split_by", ""):
+        raise ValueError(f"split counts of {first['buckets']} and {second['buckets']} buckets (split by "
+                         f"{first.get('split_by')!r} and {second.get('split_by')!r}) do not add up")
     counts = {label: list(values) for label, values in first["counts"].items()}
     for label, values in second["counts"].items():
         counts[label] = [a + b for a, b in zip(counts.get(label, [0] * len(values)), values)]
-    return {"buckets": first["buckets"], "counts": dict(sorted(counts.items()))}
+    return {"buckets": first["buckets"], "split_by": first.get("split_by", ""), "counts": dict(sorted(counts.items()))}

@@ -266,6 +266,20 @@ def read_record_spec(serialized: bytes) -> RecordSpec:
     )
 
 
+EMBEDDING_KEYS = {"engine": ENGINE_KEY, "engine_version": ENGINE_VERSION_KEY, "precision": PRECISION_KEY,
+                  "calibration": CALIBRATION_KEY}
+
+
+def read_record_embedding(serialized: bytes) -> dict[str, str]:
+    """What made one serialized record's features: `engine`, `engine_version`, `precision`, `calibration`
+    ("" where the record does not say: records written before engines were recorded)."""
+    import tensorflow as tf
+
+    context = tf.train.SequenceExample.FromString(serialized).context
+    found = {name: _context_value(context, key, "bytes_list", required=False) for name, key in EMBEDDING_KEYS.items()}
+    return {name: values[0].decode() if values else "" for name, values in found.items()}
+
+
 def decode_video_record(serialized: bytes) -> VideoRecord:
     """Parse one record into NumPy form (the inverse of `encode_video_record`)."""
     import tensorflow as tf
@@ -318,7 +332,8 @@ def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.
 
     Returns a dict: `features` `[T, D]` float32, `mask` `[T]` bool (True = real frame), `num_valid_frames`
     int64 scalar, `video_id`, `uri`, `label`, `fingerprint` string scalars, `backbone_id` string scalar.
-    A record whose shape or backbone differs from `spec` fails with InvalidArgumentError naming it.
+    A record whose shape, backbone, image size or sampling differs from `spec` fails with InvalidArgumentError
+    naming it: every record is checked, not only a shard's first.
     """
     import tensorflow as tf
 
@@ -331,6 +346,8 @@ def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.
         FEATURE_DIM_KEY: tf.io.FixedLenFeature([], tf.int64),
         MAX_SEQ_LENGTH_KEY: tf.io.FixedLenFeature([], tf.int64),
         BACKBONE_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_SIZE_KEY: tf.io.FixedLenFeature([], tf.int64),
+        SAMPLING_KEY: tf.io.FixedLenFeature([], tf.string),
     }
     if spec.feature_encoding == "float32":
         frames_key = FRAME_FEATURES_KEY
@@ -347,6 +364,8 @@ def parse_video_record(serialized: tf.Tensor, spec: RecordSpec) -> dict[str, tf.
         _assert_context_equal(video_id, context[FEATURE_DIM_KEY], spec.feature_dim, "feature dim"),
         _assert_context_equal(video_id, context[MAX_SEQ_LENGTH_KEY], spec.max_seq_length, "frame count"),
         _assert_context_equal(video_id, context[BACKBONE_ID_KEY], spec.backbone_id, "backbone"),
+        _assert_context_equal(video_id, context[IMAGE_SIZE_KEY], spec.image_size, "image size"),
+        _assert_context_equal(video_id, context[SAMPLING_KEY], spec.sampling, "sampling"),
     ]
     with tf.control_dependencies(checks):
         if spec.feature_encoding == "float32":

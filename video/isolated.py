@@ -28,7 +28,10 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from typing import Iterator
+
+import av.error
 
 from video.frames import DecodeError, SampledFrames, decode_and_sample
 from video.segments import WindowFrames, iter_segments
@@ -39,6 +42,11 @@ READY = "ready"
 START_TIMEOUT_S = 120.0
 HEARTBEAT_S = 1.0  # while decoding windows, the child says it is alive at least this often
 _LOG_LIMIT = 1 << 16
+FILE_FAULTS = (av.error.FFmpegError, MemoryError)  # exceptions in the child that a bad file causes
+
+
+class DecoderBug(RuntimeError):
+    """A programming error in the decoder child (not a bad file): the message holds the child's traceback."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +78,7 @@ def _send_segments(connection, request: SegmentRequest, decoder_log) -> None:
     ("ok", SampledFrames) last."""
     last_sent = [time.monotonic()]
 
-    def alive() -> None:
+    def alive(frames: int) -> None:
         if time.monotonic() - last_sent[0] >= HEARTBEAT_S:
             connection.send(("alive", None))
             last_sent[0] = time.monotonic()
@@ -81,14 +89,18 @@ def _send_segments(connection, request: SegmentRequest, decoder_log) -> None:
         last_sent[0] = time.monotonic()
 
 
-def _serve(connection) -> None:
+def _serve(connection, decoder_threads: int = 0) -> None:
     """Child loop: (path, max_seq_length, image_size, sampling) -> ("ok", SampledFrames) | ("error", reason);
     a SegmentRequest -> its windows' chunks, then ("ok", SampledFrames) (see `_send_segments`), or an error
-    after some chunks.
+    after some chunks. An exception that is not the file's fault (a programming error) -> ("bug", traceback).
 
-    Sends READY first, once its imports are done."""
+    Sends READY first, once its imports are done. `decoder_threads` (0: every core) caps FFmpeg's threads."""
     import av.logging
 
+    from video import reader
+
+    if decoder_threads:
+        reader.DECODER_THREADS = decoder_threads
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_fd = _stderr_to_scratch_file()
     av.logging.restore_default_callback()
@@ -113,9 +125,11 @@ def _serve(connection) -> None:
                 connection.send(("ok", decode_and_sample(*request, decoder_log=decoder_log)))
         except DecodeError as exc:
             connection.send(("error", str(exc)))
-        except Exception as exc:  # a decoder error on a damaged file is the file's fault, not ours
+        except FILE_FAULTS as exc:  # FFmpeg's word on a damaged file (or one too big to decode): the file's fault
             first_line = (str(exc).strip().splitlines() or [""])[0]
             connection.send(("error", f"decoder error: {type(exc).__name__}: {first_line}"))
+        except Exception:  # anything else is a bug in video/: the job must stop and show it
+            connection.send(("bug", traceback.format_exc()))
 
 
 @contextlib.contextmanager
@@ -138,18 +152,20 @@ def _main_module_hidden():
 
 
 class IsolatedDecoder:
-    """Decode files in a child process with a per-file time limit. Not thread-safe; one per DoFn."""
+    """Decode files in a child process with a per-file time limit. Not thread-safe: one per thread (video.ahead
+    gives each of its decoder threads its own); only `kill` may be called from another thread."""
 
-    def __init__(self, timeout_s: float = 120.0, start_timeout_s: float = START_TIMEOUT_S):
+    def __init__(self, timeout_s: float = 120.0, start_timeout_s: float = START_TIMEOUT_S, decoder_threads: int = 0):
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
+        self.decoder_threads = decoder_threads
         self._context = multiprocessing.get_context("spawn")
         self._process = None
         self._connection = None
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child,), daemon=True, name="frame-decoder")
+        self._process = self._context.Process(target=_serve, args=(child, self.decoder_threads), daemon=True, name="frame-decoder")
         with _main_module_hidden():
             self._process.start()
         child.close()
@@ -184,11 +200,13 @@ class IsolatedDecoder:
         self._process = self._connection = None
 
     def decode(self, path: str, max_seq_length: int, image_size: int, sampling: str) -> SampledFrames:
-        """Sample frames from the local file `path`; raise DecodeError with the reason on any failure."""
+        """Sample frames from the local file `path`; raise DecodeError with the reason when the file is at
+        fault, DecoderBug when the decoder is."""
         self._ensure_started()
         status, value = self._exchange((path, max_seq_length, image_size, sampling))
         if status == "error":
             raise DecodeError(value)
+        _raise_bug(status, value)
         return value
 
     def decode_segments(self, path: str, max_seq_length: int, image_size: int, sampling: str, window_s: float,
@@ -207,6 +225,7 @@ class IsolatedDecoder:
                 if status == "error":
                     finished = True
                     raise DecodeError(value)
+                _raise_bug(status, value)
                 if status == "chunk":
                     yield value
                 elif status == "ok":
@@ -229,7 +248,7 @@ class IsolatedDecoder:
         try:
             if request is not None:
                 self._connection.send(request)
-            if not self._connection.poll(self.timeout_s):
+            if not self._answered(self.timeout_s):
                 self._stop(kill=True)
                 raise DecodeError(f"decoding timed out after {self.timeout_s:g}s (--decode-timeout)")
             return self._connection.recv()
@@ -242,5 +261,20 @@ class IsolatedDecoder:
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             raise DecodeError(f"the decoder crashed on this file ({how})") from None
 
+    def _answered(self, timeout_s: float) -> bool:
+        """Whether the child's next message came within `timeout_s` (a test may stand in for the clock)."""
+        return self._connection.poll(timeout_s)
+
+    def kill(self) -> None:
+        """Kill the child now, from any thread: the file it decodes fails as a crash."""
+        process = self._process
+        if process is not None:
+            process.kill()
+
     def close(self) -> None:
         self._stop(kill=False)
+
+
+def _raise_bug(status: str, value) -> None:
+    if status == "bug":
+        raise DecoderBug(f"the frame decoder failed (a bug, not a bad file); its traceback:\n{value}")

@@ -30,6 +30,7 @@ import av
 from video.index import IndexTimeout, PacketIndex, read_index
 from video.probe import describe_unopenable, ffmpeg_messages
 
+PROGRESS_FRAMES = 256  # frames decoded between two calls of a reader's `on_progress` (at most)
 SEEK_COST = 4  # frames' worth of decoding that one seek costs (flush, thread refill, the keyframe itself)
 # A stream whose packets come to no more than this is kept in memory by the index pass, so that decoding it
 # through reads the file once, as decoding every frame without an index does (short clips, where opening
@@ -96,10 +97,12 @@ class VideoReader:
     (time.monotonic()). `decoder_log`, when given, returns what FFmpeg has printed so far for this file."""
 
     def __init__(self, path: str, deadline: float | None = None, timeout_s: float | None = None,
-                 decoder_log: Callable[[], str] | None = None):
+                 decoder_log: Callable[[], str] | None = None, on_progress: Callable[[int], None] | None = None):
         self.path = path
         self._deadline, self._timeout_s = deadline, timeout_s
         self._decoder_log = decoder_log
+        self._on_progress, self._unreported = on_progress, 0
+        self._cursor: _Cursor | None = None  # where a resumable read left the decoder
         self._container, self._stream = _open(path)
         self.fps = float(self._stream.average_rate or self._stream.guessed_rate or 0.0)
         self.width, self.height = self._stream.codec_context.width, self._stream.codec_context.height
@@ -142,28 +145,49 @@ class VideoReader:
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise DecodeError(f"decoding timed out after {self._timeout_s:g}s ({decoded} frames decoded)")
 
-    def read(self, positions: list[int], convert: Callable[[av.VideoFrame], Any], to_end: bool = False) -> ReadResult:
+    def _count_decoded(self, frames: int = 1) -> None:
+        """Tell `on_progress` about decoded frames, every PROGRESS_FRAMES of them (see `report_progress`)."""
+        self._unreported += frames
+        if self._unreported >= PROGRESS_FRAMES:
+            self.report_progress()
+
+    def report_progress(self) -> None:
+        """Call `on_progress` with the frames decoded since its last call, if any."""
+        if self._on_progress is not None and self._unreported:
+            self._on_progress(self._unreported)
+        self._unreported = 0
+
+    def read(self, positions: list[int], convert: Callable[[av.VideoFrame], Any], to_end: bool = False,
+             resume: bool = False) -> ReadResult:
         """The frames at `positions` (sorted, distinct). `to_end` decodes through to the end of the stream
-        (to count its frames) when it decodes through at all."""
+        (to count its frames) when it decodes through at all. `resume`: the decoder is left where this read
+        ends, and a read of later positions goes on from there where that decodes fewer frames than seeking
+        (reads of consecutive stretches of a file with few keyframes then decode it once)."""
         seekable = self.index.trusted and positions and positions[-1] < self.index.frame_count
-        plan = plan_reads(self.index, positions) if seekable else None
-        if plan is None or sum(cost for _, _, cost in plan) >= positions[-1] + 1:
+        cursor = self._cursor if resume else None
+        plan = plan_reads(self.index, positions, cursor.position if cursor else -1) if seekable else None
+        if plan is None or (not resume and sum(cost for _, _, cost in plan) >= positions[-1] + 1):
             return self.read_through(positions, convert, to_end, "through")
         try:
-            return self._read_seeking(plan, convert)
+            return self._read_seeking(plan, convert, resume)
         except _SeekFailed as exc:
             result = self.read_through(positions, convert, to_end, "fallback")
             result.reason = str(exc)
             return result
 
-    def _read_seeking(self, plan: list[tuple[int, bool, int]], convert) -> ReadResult:
+    def _read_seeking(self, plan: list[tuple[int, bool, int]], convert, resume: bool = False) -> ReadResult:
         container, stream, codec = self._container, self._stream, self._stream.codec_context
         set_decoder_threads(codec, seeking=True)
         taken: dict[int, tuple[Any, int | None]] = {}
-        pending: collections.deque = collections.deque()
-        packets, drained, decoded = None, False, 0
+        cursor, self._cursor = self._cursor if resume else None, None
+        if cursor is not None:
+            pending, packets, drained = cursor.pending, cursor.packets, cursor.drained
+        else:
+            pending, packets, drained = collections.deque(), None, False
+        decoded = 0
         errors_before = len(self.log_errors())
         wanted = {int(self.index.pts[position]) for position, _, _ in plan}
+        final_pts = int(self.index.pts[plan[-1][0]])
         for step, (position, seek, _) in enumerate(plan):
             target = int(self.index.pts[position])
             if seek or packets is None:  # the index was read to the end: the first step seeks in any case
@@ -173,12 +197,15 @@ class VideoReader:
                 pending.clear()
                 packets, drained = container.demux(stream), False
             # Drain the decoder once the wanted frame's packet is in when the next step seeks anyway: the
-            # frames the decoder holds back for reordering come out without decoding more packets.
-            drain = step + 1 == len(plan) or plan[step + 1][1]
+            # frames the decoder holds back for reordering come out without decoding more packets. A
+            # resumable read does not drain after its last frame: the next read may go on decoding.
+            last = step + 1 == len(plan)
+            drain = plan[step + 1][1] if not last else not resume
             while True:
                 frame = pending.popleft() if pending else None
                 if frame is not None:
                     decoded += 1
+                    self._count_decoded()
                     if frame.pts is None:
                         raise _SeekFailed("a decoded frame has no timestamp")
                     if frame.pts == target:
@@ -197,8 +224,10 @@ class VideoReader:
                         drained = True
                         continue
                     # Frames no other frame refers to are needed only when wanted: the decoder skips the
-                    # others on the way (their pixels cannot change those of the frames wanted).
-                    codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                    # others on the way (their pixels cannot change those of the frames wanted). Past the last
+                    # wanted frame of a resumable read (in presentation order), the next read may want any of them.
+                    later = resume and packet.pts is not None and packet.pts > final_pts
+                    codec.skip_frame = "DEFAULT" if packet.pts in wanted or later else "NONREF"
                     pending.extend(codec.decode(packet))
                     if drain and packet.pts == target:
                         pending.extend(codec.decode(None))
@@ -208,10 +237,14 @@ class VideoReader:
             if len(self.log_errors()) > errors_before:
                 raise _SeekFailed("FFmpeg reported errors while seeking")
         codec.skip_frame = "DEFAULT"
+        if resume and not drained:
+            self._cursor = _Cursor(plan[-1][0], packets, pending, drained)
+        self.report_progress()
         return ReadResult(taken, "seek", decoded, None)
 
     def read_through(self, positions: list[int], convert, to_end: bool, method: str = "through") -> ReadResult:
         """Decode from the start, counting frames; take those at `positions`."""
+        self._cursor = None
         if self._packets is not None:  # kept by the index pass
             codec = self._stream.codec_context
             codec.flush_buffers()
@@ -239,16 +272,30 @@ class VideoReader:
                 if count in wanted:
                     taken[count] = (convert(frame), frame.pts)
                 count += 1
+                self._count_decoded()
             if not to_end and count > last:
+                self.report_progress()
                 return ReadResult(taken, method, count, None, errors=errors)
+        self.report_progress()
         return ReadResult(taken, method, count, count, errors=errors)
 
 
-def plan_reads(index: PacketIndex, positions: list[int]) -> list[tuple[int, bool, int]]:
+@dataclasses.dataclass
+class _Cursor:
+    """Where a resumable read left the decoder: the last position it took, the packets still to decode and the
+    frames decoded but not yet looked at."""
+
+    position: int
+    packets: Any
+    pending: collections.deque
+    drained: bool
+
+
+def plan_reads(index: PacketIndex, positions: list[int], current: int = -1) -> list[tuple[int, bool, int]]:
     """For each wanted position, in order: (position, whether to seek to its keyframe first, frames decoded
     for it including SEEK_COST). A seek is planned where it decodes fewer frames than going on from the
-    previous wanted frame (or from the start)."""
-    plan, current = [], -1
+    previous wanted frame (or from `current`, where the decoder stands: -1 is the start)."""
+    plan = []
     for position in positions:
         _, key_position = index.keyframe_before(position)
         forward = position - current

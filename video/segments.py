@@ -11,8 +11,10 @@ starts (a frame shown for longer than the window) takes the frame on screen at i
 
 `iter_segments` reads the union of every window's positions and of the whole-video sample with the reader
 of video.reader, in increasing order, in one pass: each sampled frame is decoded and converted once, however
-many windows share it (a chunk's read starts with a seek, so the frames between the keyframe before it and
-its first frame may be decoded a second time, unconverted). It yields the windows a chunk at a time
+many windows share it, and each frame of the file is decoded at most once, whatever its keyframes: a chunk's
+read goes on from where the previous chunk's left the decoder, unless seeking to a keyframe decodes fewer
+frames (a file with one keyframe is decoded once from its start, not from its start for every chunk). The
+reader tells `on_progress` how many frames it decoded, every `PROGRESS_FRAMES` frames. It yields the windows a chunk at a time
 (`WindowFrames`: whole windows, at most `CHUNK_FRAMES` distinct frames), then the whole-video sample
 (`SampledFrames`, the frames `decode_and_sample` takes). Memory holds one chunk, the frames later chunks share
 with it and the whole-video sample, never all of a video's frames: a 10-hour video in 10 s windows of 20
@@ -42,10 +44,9 @@ from video.frames import (
     sample_frame_indices,
     square_rgb,
 )
-from video.reader import DecodeError, VideoReader, set_decoder_threads
+from video.reader import PROGRESS_FRAMES, DecodeError, VideoReader, set_decoder_threads
 
 CHUNK_FRAMES = 256  # distinct frames a chunk of windows holds at most (a window more when one alone is more)
-PROGRESS_FRAMES = 256  # frames decoded through between two calls of `on_progress`
 _EPSILON_S = 1e-6  # timestamps are pts * time_base in floats: 9.9999999 s is a frame at 10 s
 
 
@@ -156,10 +157,11 @@ class _ReadThrough:
     """One pass that decodes the file from its start: `read(positions)`, with positions past those of the
     previous call, takes the frames at them as the pass reaches them (converted with `convert`)."""
 
-    def __init__(self, path: str, convert: Callable | None, on_progress: Callable[[], None] | None = None):
+    def __init__(self, path: str, convert: Callable | None, on_progress: Callable[[int], None] | None = None):
         self._convert, self._on_progress = convert, on_progress
         self._frames = self._decode(path)
         self.position = 0  # the next frame's presentation position
+        self._unreported = 0  # frames decoded and not yet told to `on_progress`
         self.errors: list[str] = []
         self.method, self.reason = "through", ""
 
@@ -183,9 +185,16 @@ class _ReadThrough:
         frame = next(self._frames, None)
         if frame is not None:
             self.position += 1
-            if self._on_progress is not None and self.position % PROGRESS_FRAMES == 0:
-                self._on_progress()
+            self._unreported += 1
+            if self._unreported >= PROGRESS_FRAMES:
+                self.report_progress()
         return frame
+
+    def report_progress(self) -> None:
+        """Call `on_progress` with the frames decoded since its last call, if any."""
+        if self._on_progress is not None and self._unreported:
+            self._on_progress(self._unreported)
+        self._unreported = 0
 
     def read(self, positions: list[int]) -> dict[int, tuple[Any, int | None]]:
         wanted, taken = set(positions), {}
@@ -196,6 +205,7 @@ class _ReadThrough:
                 break
             if position in wanted:
                 taken[position] = (self._convert(frame), frame.pts)
+        self.report_progress()
         return taken
 
     def every_pts(self) -> list[int | None]:
@@ -203,12 +213,14 @@ class _ReadThrough:
         found = []
         while (frame := self._next()) is not None:
             found.append(frame.pts)
+        self.report_progress()
         return found
 
     def count_to_end(self) -> int:
         """The frames of the whole stream, decoding the rest of it."""
         while self._next() is not None:
             pass
+        self.report_progress()
         return self.position
 
     def frame_count(self, counted: int) -> int:
@@ -223,7 +235,7 @@ class _ReadSeeking:
     """Reads of increasing positions with `VideoReader.read`, seeking where that decodes fewer frames; after a
     read that had to fall back to decoding through, the rest in one pass from the start (`_ReadThrough`)."""
 
-    def __init__(self, reader: VideoReader, convert: Callable, on_progress: Callable[[], None] | None = None):
+    def __init__(self, reader: VideoReader, convert: Callable, on_progress: Callable[[int], None] | None = None):
         self._reader, self._convert, self._on_progress = reader, convert, on_progress
         self._through: _ReadThrough | None = None
         self._errors: list[str] = []
@@ -236,15 +248,13 @@ class _ReadSeeking:
     def read(self, positions: list[int]) -> dict[int, tuple[Any, int | None]]:
         if self._through is not None:
             return self._through.read(positions)
-        result = self._reader.read(positions, self._convert)
+        result = self._reader.read(positions, self._convert, resume=True)  # the reader reports progress
         self._errors += result.errors
         if result.method == "fallback":
             self.method, self.reason = "fallback", result.reason
             self._through = _ReadThrough(self._reader.path, self._convert, self._on_progress)
         elif result.method == "seek":
             self.method = "seek"
-        if self._on_progress is not None:
-            self._on_progress()
         return result.frames
 
     def frame_count(self, listed: int) -> int:
@@ -258,21 +268,21 @@ class _ReadSeeking:
 
 def iter_segments(path: str, max_seq_length: int, image_size: int, sampling: str, window_s: float, stride_s: float,
                   decoder_log: Callable[[], str] | None = None, chunk_frames: int = CHUNK_FRAMES,
-                  on_progress: Callable[[], None] | None = None) -> Iterator[WindowFrames | SampledFrames]:
+                  on_progress: Callable[[int], None] | None = None) -> Iterator[WindowFrames | SampledFrames]:
     """Decode the local video `path` once for all its windows: yield the windows a chunk at a time
     (`WindowFrames`, frames at `image_size`), then, last, the whole-video sample (`SampledFrames`).
 
     Raises DecodeError with the reason, as `decode_and_sample` does, when the file is not a decodable video or
     is damaged (judged after the last chunk: a caller must drop the chunks of a video that then fails).
-    `on_progress` is called while decoding goes on (at least every `PROGRESS_FRAMES` frames), for a caller
-    that watches for a decoder that hangs."""
+    `on_progress(frames)` is told the frames decoded since its previous call, at least every `PROGRESS_FRAMES`
+    of them, for a caller that watches for a decoder that hangs (their sum is every frame decoded)."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
 
     def convert(frame):
         return square_rgb(frame, image_size)
 
-    with VideoReader(path, decoder_log=decoder_log) as reader:
+    with VideoReader(path, decoder_log=decoder_log, on_progress=on_progress) as reader:
         index = reader.index
         if index.trusted:
             pts, keyframes = [int(p) for p in index.pts], index.positions_of_keyframes
