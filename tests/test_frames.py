@@ -197,6 +197,7 @@ def test_frames_that_do_not_decode(tmp_path):
     # The last frame does not decode: 19 frames, 1 short of the index (tolerated), sampled over those 19.
     sampled = decode_and_sample(str(with_frames_blanked(clip, [19], tmp_path / "last.avi")), 8, 32)
     assert sampled.decoded_frame_count == 19 and sampled.frame_indices == sample_frame_indices(19, 8)
+    assert sampled.read_method == "through"
     np.testing.assert_allclose(sampled.frames.mean(axis=(1, 2, 3)), np.array(sampled.frame_indices) * 3, atol=4)
     # Two short, the most tolerated (tolerated_frame_shortfall(20) == 2): still taken.
     two_short = decode_and_sample(str(with_frames_blanked(clip, [18, 19], tmp_path / "two.avi")), 8, 32)
