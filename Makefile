@@ -133,7 +133,7 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
-test: $(STAMP) browser iproute2 labelstudio prism
+test: $(STAMP) browser graphviz iproute2 labelstudio prism
 	$(PY) -m pytest -q tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results
