@@ -17,7 +17,7 @@ from tools.sample_videos import write_sample_set
 from conftest import read_csv, read_records
 
 FRAMES, IMAGE_SIZE = 4, 32
-RUN_SPECIFIC = {"finished_at", "output", "seconds"}  # manifest fields that name the run rather than describe the data
+RUN_SPECIFIC = {"finished_at", "output", "seconds", "run_id"}  # manifest fields that name the run, not the data
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,15 @@ def test_a_review_round_trip_through_label_studio(colour_model, tmp_path):  # no
     featurize.run(["--input", str(clips), "--labels", str(tmp_path / "reviewed.csv"), "--output", str(features),
                    "--weights", "random", "--image-size", "32", "--max-seq-length", "4", "--runner", "DirectRunner"])
     assert {r.video_id: r.label for r in read_records(features).values()} == {"red.avi": "red", "blue.avi": "green"}
-    shutil.copytree(features, tmp_path / "validation")  # the same two videos: training's check, not a test
+    # Training's validation set: the same two clips under other ids (sets given apart may not share an id).
+    validation_clips = tmp_path / "validation_clips"
+    validation_clips.mkdir()
+    for name in ("red.avi", "blue.avi"):
+        shutil.copy(clips / name, validation_clips / f"again_{name}")
+    (tmp_path / "validation.csv").write_text("video_name,tag\nagain_red.avi,red\nagain_blue.avi,green\n")
+    featurize.run(["--input", str(validation_clips), "--labels", str(tmp_path / "validation.csv"), "--output",
+                   str(tmp_path / "validation"), "--weights", "random", "--image-size", "32", "--max-seq-length", "4",
+                   "--runner", "DirectRunner"])
     train.run(["--train", str(features), "--validation", str(tmp_path / "validation"), "--output", str(retrained),
                "--epochs", "30", "--patience", "0", "--start-from-epoch", "0", "--learning-rate", "0.01",
                "--ema-momentum", "0", "--batch-size", "2", "--seed", "1"])

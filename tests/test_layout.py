@@ -17,7 +17,8 @@ ALLOWED = {
     "tfrecords_schema": set(),
     "model": {"common", "video", "tfrecords_schema"},
     "beam_jobs": {"common", "video", "tfrecords_schema", "model"},
-    "tools": {"common", "video"},
+    # tools/ sits above the product, as bench/ does: the review screenshot runs the labelling job to show it.
+    "tools": {"common", "video", "tfrecords_schema", "model", "beam_jobs"},
 }
 
 

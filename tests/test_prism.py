@@ -59,7 +59,10 @@ def _require_prism() -> Path:
 
 @pytest.fixture(scope="module")
 def prism_args() -> list[str]:
-    return ["--runner", "PrismRunner", "--prism_location", str(_require_prism())]
+    # Without Beam's process-wide Prism server (PrismRunner.shared_handle): left running after these tests, it
+    # would take every later in-process `--runner DirectRunner` pipeline of the suite onto Prism.
+    return ["--runner", "PrismRunner", "--prism_location", str(_require_prism()),
+            "--experiments", "disable_prism_server_singleton"]
 
 
 # The in-process runner, named: `--runner DirectRunner` would itself run on Prism where Beam finds it.
