@@ -335,7 +335,7 @@ def test_direct_runner_runs_on_prism_from_beams_cache_and_a_second_run_is_refuse
     """As on a user's machine where Beam has downloaded Prism: `--runner DirectRunner` runs the job on it. While
     that job runs (held there), a second run on Prism on the same output exits 75; the first then publishes."""
     home = tmp_path / "home"
-    cached_binary = beam_cache_layout(home, Path(prism_args[-1]))
+    cached_binary = beam_cache_layout(home, _require_prism())
     output = tmp_path / "labels"
     first = LoggedRun(predict_command(clips, model_dir, output, ["--runner", "DirectRunner"]), job_env(HOME=str(home)))
     first.wait_for_line("Job state changed to RUNNING")  # a portable job: it holds the lease and runs on Prism
