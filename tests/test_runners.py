@@ -212,16 +212,30 @@ def test_portable_runner_with_an_external_worker_pool_matches_in_process(clips, 
     assert_same_labels(labels, in_process["labels"])
 
 
+def _job(module: str, args: list[str], cwd: Path) -> None:
+    """`python -m module args` to its end, within JOB_TIMEOUT_S. The multi-processing runner waits forever on
+    SDK worker processes that are gone (seen twice in full runs, cause unknown): a hang fails this test with the
+    job's output instead of stalling the suite."""
+    try:
+        done = subprocess.run([sys.executable, "-m", module, *args], env=_worker_env(), cwd=cwd,
+                              capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{module} did not finish within {JOB_TIMEOUT_S}s: {str(exc.stderr or '')[-3000:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_multi_processing_direct_runner_matches_in_process(clips, in_process, tmp_path):
-    features = _featurize(clips, tmp_path / "features", MULTI_PROCESS_ARGS)
+    features = tmp_path / "features"
+    _job("beam_jobs.featurize", ["--input", str(clips), "--output", str(features), "--weights", "random",
+                                 "--image-size", str(IMAGE_SIZE), "--max-seq-length", str(FRAMES), "--num-shards",
+                                 "2", "--batch-size", "6", *MULTI_PROCESS_ARGS], tmp_path)
     assert_same_records(features, in_process["features"])
     # Label the records just written (no second DenseNet per worker), with one classifier per machine
     # shared by both worker processes; the rows must equal those labelled from the videos in process.
-    from beam_jobs import predict
-
     labels = tmp_path / "labels"
-    predict.run(["--features", str(features), "--model", str(in_process["model"]), "--output", str(labels),
-                 "--per-video", "--classifier-batch-size", "3", "--large-model", *MULTI_PROCESS_ARGS])
+    _job("beam_jobs.predict", ["--features", str(features), "--model", str(in_process["model"]), "--output",
+                               str(labels), "--per-video", "--classifier-batch-size", "3", "--large-model",
+                               *MULTI_PROCESS_ARGS], tmp_path)
     assert_same_labels(labels, in_process["labels"])
 
 
