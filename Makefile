@@ -133,8 +133,11 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
+# Two worker processes, each test file whole on one of them (its module fixtures made once): many tests wait
+# on child processes, servers and namespaced hosts, so two keep both cores busy. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser graphviz iproute2 labelstudio prism
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results
 # and runs that module's own tests against every mutant (tools/mutants.py lists them); CPU-heavy, minutes a

@@ -28,6 +28,8 @@ REQUIRED = [
 EXTRAS = {
     "test": [
         "pytest==9.2.0",
+        # `make test` runs the suite's files on two worker processes (a file stays on one worker).
+        "pytest-xdist==3.8.0",
         # A local Cloud Storage server for the gs:// tests (tests/test_gcs.py).
         "gcp-storage-emulator==2026.7.19",
         # Mutation testing (`make mutants`, tools/mutants.py); not needed by `make test`.

@@ -4,6 +4,8 @@ variable frame rates, and the isolated child process."""
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -219,9 +221,13 @@ def test_isolated_decoder_matches_in_process_decoding_and_times_out(tmp_path):
         assert isolated.frame_indices == direct.frame_indices
         with pytest.raises(DecodeError, match="cannot open"):
             decoder.decode(str(tmp_path / "missing.avi"), 8, 32, "uniform")
-        decoder.timeout_s = 0.001
+        # A child that cannot finish: opening a FIFO nobody writes blocks it, however quiet the machine is
+        # (a 1 ms limit on a real decode passed when the parent was descheduled until the answer was there).
+        stuck = tmp_path / "stuck.avi"
+        os.mkfifo(stuck)
+        decoder.timeout_s = 0.5
         with pytest.raises(DecodeError, match="timed out"):
-            decoder.decode(path, 8, 32, "uniform")
+            decoder.decode(str(stuck), 8, 32, "uniform")
         decoder.timeout_s = 60
         assert decoder.decode(path, 8, 32, "uniform").frame_indices == direct.frame_indices  # a fresh child
     finally:
