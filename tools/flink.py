@@ -48,5 +48,9 @@ def missing() -> str | None:
     if not (flink_home() / "bin" / "jobmanager.sh").is_file():
         return f"Flink {FLINK_VERSION} is not installed at {flink_home()}: run `make flink`"
     if not job_server_jar().is_file():
+        tried = Path(f"{cache()}.maven.log")
+        if tried.is_file():  # make flink asked Maven and was refused
+            return (f"Maven did not serve Beam's Flink job server {job_server_jar().name} when `make flink` asked "
+                    f"(its answer: {tried})")
         return f"Beam's Flink job server is not at {job_server_jar()}: run `make flink` (it fetches it with Maven)"
     return None
