@@ -298,6 +298,10 @@ def flink_conf(jobmanager: Host, host: Host, slots: int) -> dict[str, str]:
         "taskmanager.host": host.address, "taskmanager.bind-host": "0.0.0.0",
         "taskmanager.numberOfTaskSlots": str(slots), "taskmanager.memory.process.size": FLINK_MEMORY,
         "taskmanager.memory.managed.fraction": "0.05",
+        # Beam's batch jobs run every stage at once, each blocking shuffle asking for sort-shuffle buffers
+        # (512 by default): more network memory, fewer buffers a shuffle.
+        "taskmanager.memory.network.min": "128m", "taskmanager.memory.network.max": "128m",
+        "taskmanager.network.sort-shuffle.min-buffers": "64",
         "cluster.evenly-spread-out-slots": "true",  # parallel subtasks on different TaskManagers
         "heartbeat.interval": "2000", "heartbeat.timeout": "10000",
         "parallelism.default": "2",
