@@ -268,7 +268,8 @@ def premise_failure(host: Host, env: dict[str, str]) -> str | None:
 # Flink -------------------------------------------------------------------------------------------------------------
 # A standalone Flink session cluster on test hosts, from the distribution `make flink` installs (tools/flink.py).
 FLINK_REST_PORT, FLINK_RPC_PORT = 8081, 6123
-FLINK_MEMORY = "1024m"  # each JobManager's and TaskManager's whole process: small, on a machine of 2 cores
+FLINK_MEMORY = "1024m"  # the JobManager's whole process: small, on a machine of 2 cores
+FLINK_TASKMANAGER_MEMORY = "1280m"  # a TaskManager's: its sorters' managed memory and the network buffers
 
 
 def java_engine_env(host: Host, conf: dict[str, str], name: str) -> dict[str, str]:
@@ -296,8 +297,8 @@ def flink_conf(jobmanager: Host, host: Host, slots: int) -> dict[str, str]:
         "jobmanager.bind-host": "0.0.0.0", "jobmanager.memory.process.size": FLINK_MEMORY,
         "rest.address": jobmanager.address, "rest.bind-address": "0.0.0.0", "rest.port": str(FLINK_REST_PORT),
         "taskmanager.host": host.address, "taskmanager.bind-host": "0.0.0.0",
-        "taskmanager.numberOfTaskSlots": str(slots), "taskmanager.memory.process.size": FLINK_MEMORY,
-        "taskmanager.memory.managed.fraction": "0.05",
+        "taskmanager.numberOfTaskSlots": str(slots), "taskmanager.memory.process.size": FLINK_TASKMANAGER_MEMORY,
+        "taskmanager.memory.managed.fraction": "0.2",  # the batch sorters' (GroupByKey); 0.05 was too little
         # Beam's batch jobs run every stage at once, each blocking shuffle asking for sort-shuffle buffers
         # (512 by default): more network memory, fewer buffers a shuffle.
         "taskmanager.memory.network.min": "128m", "taskmanager.memory.network.max": "128m",
