@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 labelstudio prism demo images test bench clean mutants
+.PHONY: install browser graphviz iproute2 labelstudio prism flink demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,42 @@ prism:
 	  mv "$(PRISM).tmp/prism" "$(PRISM)" && rm -rf "$(PRISM).tmp"; \
 	else echo "Go is not installed: the Prism tests will skip (install Go 1.26 or later, then make prism)"; fi
 
+# Flink (tests/test_flink.py, `python -m bench.run --only flink`): Beam's Flink job server, the jar of the
+# apache-beam pin's version fetched with Maven, and the apache-flink wheels of FLINK_VERSION (pinned in
+# tools/flink.py) installed with --no-deps into a folder of their own (they pin an old apache-beam), both under
+# $(FLINK_CACHE), where tools/flink.py looks. Without Java or Maven, or when Maven does not serve the jar, the
+# make goes on and the Flink tests skip, saying why.
+FLINK_VERSION := $(shell sed -n 's/^FLINK_VERSION = "\([0-9][0-9.]*\)".*/\1/p' tools/flink.py)
+FLINK_MINOR := $(basename $(FLINK_VERSION))
+export FLINK_CACHE ?= $(HOME)/.cache/video-annotation/flink
+FLINK_DIST := $(FLINK_CACHE)/flink-$(FLINK_VERSION)
+FLINK_JOB_SERVER := beam-runners-flink-$(FLINK_MINOR)-job-server
+FLINK_JOB_SERVER_JAR := $(FLINK_CACHE)/$(FLINK_JOB_SERVER)-$(BEAM_VERSION).jar
+
+flink: | $(PY)
+	@test -n "$(BEAM_VERSION)" -a -n "$(FLINK_VERSION)" || { echo "no apache-beam pin in setup.py or FLINK_VERSION in tools/flink.py"; exit 1; }
+	@if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then \
+	  echo "Java or Maven is not installed: the Flink tests will skip (install a JDK 17 and Maven, then make flink)"; \
+	else \
+	  if [ ! -f "$(FLINK_JOB_SERVER_JAR)" ]; then \
+	    echo "fetching org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) with Maven into $(FLINK_CACHE)"; \
+	    rm -rf "$(FLINK_CACHE)/.jar.tmp"; \
+	    if mvn -q -B dependency:copy -Dartifact=org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) \
+	        -DoutputDirectory="$(FLINK_CACHE)/.jar.tmp" >"$(FLINK_CACHE).maven.log" 2>&1; then \
+	      mv "$(FLINK_CACHE)/.jar.tmp/$(FLINK_JOB_SERVER)-$(BEAM_VERSION).jar" "$(FLINK_JOB_SERVER_JAR)"; \
+	    else echo "Maven could not fetch org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) (see $(FLINK_CACHE).maven.log): the Flink tests will skip"; fi; \
+	    rm -rf "$(FLINK_CACHE)/.jar.tmp"; \
+	  fi; \
+	  if [ ! -f "$(FLINK_DIST)/.installed" ]; then \
+	    echo "installing apache-flink $(FLINK_VERSION) into $(FLINK_DIST)"; \
+	    rm -rf "$(FLINK_DIST)" && \
+	    $(PY) -m pip install --quiet --no-deps --target "$(FLINK_DIST)" \
+	      apache-flink==$(FLINK_VERSION) apache-flink-libraries==$(FLINK_VERSION) && \
+	    test -f "$(FLINK_DIST)/pyflink/bin/jobmanager.sh" && touch "$(FLINK_DIST)/.installed" || \
+	    { echo "apache-flink $(FLINK_VERSION) could not be installed: the Flink tests will skip"; rm -rf "$(FLINK_DIST)"; }; \
+	  fi; \
+	fi
+
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
 images: demo browser
@@ -136,7 +172,7 @@ images: demo browser
 # Two worker processes, each test file whole on one of them (its module fixtures made once): many tests wait
 # on child processes, servers and namespaced hosts, so two keep both cores busy. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser graphviz iproute2 labelstudio prism
+test: $(STAMP) browser graphviz iproute2 labelstudio prism flink
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results

@@ -27,6 +27,7 @@ from beam_jobs.calibration import calibrate
 from beam_jobs.cores import CoreRequest, core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
+from beam_jobs.flatten import FlattenApart
 from beam_jobs.flags import add_engine_flags, add_frame_flags, embedder_options, parse_extensions, validate_frame_args
 from beam_jobs.flags import pipeline_options
 from beam_jobs.matching import (
@@ -208,11 +209,11 @@ def _build(pipeline, args, staging, options, embedding, backbone_id, frame_optio
     labels = embedded | "Labels" >> beam.Map(lambda v: v.ref.label) | "DistinctLabels" >> beam.Distinct()
     unlabelled = (pipeline | "ReadUnlabelled" >> beam.io.ReadFromText(fs.join(staging, UNLABELLED_FILE))
                   | "ParseUnlabelled" >> beam.Map(lambda line: tuple(json.loads(line))))
-    failures = (decoded[FAILURES], unlabelled) | "AllFailures" >> beam.Flatten()
+    failures = (decoded[FAILURES], unlabelled) | "AllFailures" >> FlattenApart()
     failure_shards = (failures | "FailureLines" >> beam.Map(lambda f: (f[0], csv_line(f)))
                       | "WriteFailureShards" >> WriteSortedShards(fs.join(staging, "_parts", "failures")))
     counts = {
-        "matched": (videos, unlabelled) | "Matched" >> beam.Flatten() | "CountMatched" >> beam.combiners.Count.Globally(),
+        "matched": (videos, unlabelled) | "Matched" >> FlattenApart() | "CountMatched" >> beam.combiners.Count.Globally(),
         "written": records | "CountRecords" >> beam.combiners.Count.Globally(),
         "failed": failures | "CountFailed" >> beam.combiners.Count.Globally(),
         "frames": (embedded | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
@@ -221,7 +222,7 @@ def _build(pipeline, args, staging, options, embedding, backbone_id, frame_optio
     keyed = [pc | f"Name{name.title()}" >> beam.Map(lambda v, n=name: (n, v)) for name, pc in counts.items()]
     _ = pipeline | "PublishOutputs" >> outputs.PublishOutputs(
         finish,
-        counts=beam.pvalue.AsSingleton(keyed | "AllCounts" >> beam.Flatten() | "CountsDict" >> beam.combiners.ToDict()),
+        counts=beam.pvalue.AsSingleton(keyed | "AllCounts" >> FlattenApart() | "CountsDict" >> beam.combiners.ToDict()),
         shards=beam.pvalue.AsList(shards),
         labels=beam.pvalue.AsList(labels),
         failure_shards=beam.pvalue.AsList(failure_shards),

@@ -41,6 +41,7 @@ from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
 from beam_jobs.events import TRACKS_DIR
+from beam_jobs.flatten import FlattenApart
 from beam_jobs.calibration import calibrate
 from beam_jobs.flags import add_engine_flags, add_frame_flags, parse_extensions, validate_engine_args, validate_frame_args
 from beam_jobs.flags import pipeline_options
@@ -265,7 +266,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                    | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
                                                          shard_name_template="-SSSSS-of-NNNNN"))
     # Removed videos and videos that failed in this run lose the per-video files a previous run left.
-    stale = (branch.removed, branch.failures | "FailedIds" >> beam.Map(lambda f: f[0])) | "StaleIds" >> beam.Flatten()
+    stale = (branch.removed, branch.failures | "FailedIds" >> beam.Map(lambda f: f[0])) | "StaleIds" >> FlattenApart()
     removed_files = (stale | "StaleLines" >> beam.Map(json.dumps)
                      | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed")))
     counts = dict(branch.counts)
@@ -306,7 +307,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
     )
     _ = pipeline | "PublishOutputs" >> outputs.PublishOutputs(
         finish,
-        counts=beam.pvalue.AsSingleton(keyed_counts | "AllCounts" >> beam.Flatten()
+        counts=beam.pvalue.AsSingleton(keyed_counts | "AllCounts" >> FlattenApart()
                                        | "CountsDict" >> beam.combiners.ToDict()),
         summary=beam.pvalue.AsSingleton((branch.rows, branch.failures) | "Summarize" >> report.SummarizeForReport()),
         label_shards=beam.pvalue.AsList(label_shards),
@@ -339,7 +340,7 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
         SplitKnownContentDoFn.KNOWN, main="new")
     to_embed = split.new
     if windows:  # the windows' frames share the embedding step (and its batches) with the whole videos'
-        to_embed = (split.new, decoded[seg.CHUNKS]) | "WithWindowFrames" >> beam.Flatten()
+        to_embed = (split.new, decoded[seg.CHUNKS]) | "WithWindowFrames" >> FlattenApart()
     embedded = to_embed | "EmbedFrames" >> EmbedFrames(options, batch_size=args.batch_size, job_id=staging,
                                                        cores=cores)
     if windows:
@@ -364,24 +365,24 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
                     | "LabelSegments" >> seg.LabelSegments(handler, fmt, spec.max_seq_length, windows, redo))
         rows = segments.rows
     else:
-        rows = (new_rows, reused_rows, carried_rows) | "AllRows" >> beam.Flatten()
+        rows = (new_rows, reused_rows, carried_rows) | "AllRows" >> FlattenApart()
     return Branch(
         rows=rows,
-        rows_read=(new_rows, reused_rows) | "RowsRead" >> beam.Flatten(),
+        rows_read=(new_rows, reused_rows) | "RowsRead" >> FlattenApart(),
         index=((embedded | "IndexNew" >> beam.Map(lambda v: index_entry(v.ref, v.fingerprint)),
                 known | "IndexKnown" >> beam.Map(lambda pair: pair[1]),
-                carried | "IndexCarried" >> beam.Map(lambda pair: pair[1])) | "AllIndex" >> beam.Flatten()),
+                carried | "IndexCarried" >> beam.Map(lambda pair: pair[1])) | "AllIndex" >> FlattenApart()),
         failures=decoded[FAILURES],
         removed=plan[REMOVED],
         counts={
-            "matched": _count((plan.todo, carried) | "Listed" >> beam.Flatten(), "CountMatched"),
+            "matched": _count((plan.todo, carried) | "Listed" >> FlattenApart(), "CountMatched"),
             "by_model": _count(new_rows, "CountByModel"),
             "reused_content": _count(reused_rows, "CountReused"),
             "carried": _count(carried, "CountCarried"),
             "failed": _count(decoded[FAILURES], "CountFailed"),
             "frames_sampled": (thumbnailed.videos | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
                                | "SumFramesSampled" >> beam.CombineGlobally(sum)),
-            "thumbnails": _count((thumbnails, carried) | "ThumbnailsShown" >> beam.Flatten(), "CountThumbnails"),
+            "thumbnails": _count((thumbnails, carried) | "ThumbnailsShown" >> FlattenApart(), "CountThumbnails"),
             **(segments.counts if segments else {}),
         },
         segments=segments,

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from beam_jobs.flatten import FlattenApart
 from beam_jobs.report_timeline import (TIMELINE, escape as _e, label_colours, legend_html, percent as _percent,
                                        timeline_html)
 from common import fs
@@ -181,7 +182,7 @@ class SummarizeForReport(beam.PTransform):
         }
         keyed = [parts[name] | f"Key{name.title().replace('_', '')}" >> beam.Map(lambda v, n=name: (n, v))
                  for name in parts]
-        return (keyed | "AllParts" >> beam.Flatten() | "OneSummary" >> beam.combiners.ToDict())
+        return (keyed | "AllParts" >> FlattenApart() | "OneSummary" >> beam.combiners.ToDict())
 
 
 def totals_from_summary(summary: dict) -> ReportTotals:

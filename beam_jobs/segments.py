@@ -31,6 +31,7 @@ from beam_jobs import report
 from beam_jobs.classify import ModelInput
 from beam_jobs.cores import CoreRequest
 from beam_jobs.decode import FAILURES, DecodeFramesDoFn, FrameOptions, Video
+from beam_jobs.flatten import FlattenApart
 from beam_jobs.label_rows import RowFormat, format_label_row, probability_column, redecide
 from beam_jobs.matching import VideoRef
 from beam_jobs.sinks import csv_values
@@ -208,7 +209,7 @@ class LabelSegments(beam.PTransform):
         tagged = [rows | f"Source{name}" >> beam.Map(lambda r, s=source: (r["video_id"], (s, r)))
                   for name, source, rows in (("Model", FROM_MODEL, new_rows), ("Known", FROM_PREVIOUS, known_rows),
                                              ("Carried", FROM_PREVIOUS, carried_rows))]
-        parts = {"row": tagged | "AllSources" >> beam.Flatten(), "new": new_segments, "old": previous_segments}
+        parts = {"row": tagged | "AllSources" >> FlattenApart(), "new": new_segments, "old": previous_segments}
         join = JoinSegmentsDoFn(tuple(segment_columns(fmt.labels)), fmt, self._windows.window_s, self._redo)
         joined = (parts
                   | "JoinWithRows" >> beam.CoGroupByKey()

@@ -155,10 +155,10 @@ class Network:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
 
 
-def kept_paths(isolated: bool) -> list[str]:
-    """What a host sees at the same path as the launcher: the interpreter, and unless `isolated` the venv and the
-    checkout; outermost first, none inside another."""
-    wanted = [sys.base_prefix] if isolated else [sys.base_prefix, sys.prefix, str(REPO)]
+def kept_paths(isolated: bool, more: tuple[str, ...] = ()) -> list[str]:
+    """What a host sees at the same path as the launcher: the interpreter, unless `isolated` the venv and the
+    checkout, and `more`; outermost first, none inside another."""
+    wanted = [sys.base_prefix, *more] if isolated else [sys.base_prefix, sys.prefix, str(REPO), *more]
     paths = sorted({os.path.realpath(p) for p in wanted}, key=len)
     kept: list[str] = []
     for path in paths:
@@ -181,6 +181,7 @@ class Host:
     netns: str | None = None
     isolated: bool = False
     processes: list = dataclasses.field(default_factory=list)
+    keep: tuple[str, ...] = ()  # more paths seen as on the launcher (an engine's install folder)
 
     def path(self, name: str) -> str:
         """`name` in this host's folder, as the host sees it."""
@@ -192,7 +193,7 @@ class Host:
         hide, deps = (str(REPO), sysconfig.get_path("purelib")) if self.isolated else ("", "")
         return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--", "sh", "-c", _ENTER_HOST,
                 "enter-host", self.name, str(self.disk), os.path.expanduser("~"), hide, deps,
-                "\n".join(kept_paths(self.isolated)), *argv]
+                "\n".join(kept_paths(self.isolated, self.keep)), *argv]
 
     def start(self, argv: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
         """A long-running program on this host, its output in `log` in the host's folder."""
@@ -262,3 +263,86 @@ def premise_failure(host: Host, env: dict[str, str]) -> str | None:
     if seen != [sys.prefix, str(REPO)]:
         return f"{host.name} runs another interpreter or checkout than the launcher: {seen}"
     return None
+
+
+# Flink -------------------------------------------------------------------------------------------------------------
+# A standalone Flink session cluster on test hosts, from the distribution `make flink` installs (tools/flink.py).
+FLINK_REST_PORT, FLINK_RPC_PORT = 8081, 6123
+FLINK_MEMORY = "1024m"  # the JobManager's whole process: small, on a machine of 2 cores
+FLINK_TASKMANAGER_MEMORY = "1280m"  # a TaskManager's: its sorters' managed memory and the network buffers
+
+
+def java_engine_env(host: Host, conf: dict[str, str], name: str) -> dict[str, str]:
+    """Write `conf` (flattened keys) as `host`'s Flink configuration, beside the stock log4j files, under
+    `name`/ in its folder; the environment that runs Flink's scripts with it, logs in `name`/log."""
+    from tools.flink import flink_home
+
+    folder = host.disk / name
+    shutil.copytree(flink_home() / "conf", folder / "conf", dirs_exist_ok=True)
+    (folder / "conf" / "config.yaml").write_text("".join(f"{key}: {value}\n" for key, value in conf.items()))
+    (folder / "log").mkdir(exist_ok=True)
+    env = base_env()
+    env.update(FLINK_CONF_DIR=host.path(f"{name}/conf"), FLINK_LOG_DIR=host.path(f"{name}/log"),
+               FLINK_HOME=str(flink_home()))
+    if host.netns:
+        env["HOME"] = "/tmp/home"
+    return env
+
+
+def flink_conf(jobmanager: Host, host: Host, slots: int) -> dict[str, str]:
+    """A session cluster's configuration as `host` (the JobManager or a TaskManager) sees it: every service on
+    the host's own address, small memory, dead TaskManagers noticed within seconds."""
+    return {
+        "jobmanager.rpc.address": jobmanager.address, "jobmanager.rpc.port": str(FLINK_RPC_PORT),
+        "jobmanager.bind-host": "0.0.0.0", "jobmanager.memory.process.size": FLINK_MEMORY,
+        "rest.address": jobmanager.address, "rest.bind-address": "0.0.0.0", "rest.port": str(FLINK_REST_PORT),
+        "taskmanager.host": host.address, "taskmanager.bind-host": "0.0.0.0",
+        "taskmanager.numberOfTaskSlots": str(slots), "taskmanager.memory.process.size": FLINK_TASKMANAGER_MEMORY,
+        "taskmanager.memory.managed.fraction": "0.2",  # the batch sorters' (GroupByKey); 0.05 was too little
+        # Beam's batch jobs run every stage at once, each blocking shuffle asking for sort-shuffle buffers
+        # (512 by default): more network memory, fewer buffers a shuffle.
+        "taskmanager.memory.network.min": "128m", "taskmanager.memory.network.max": "128m",
+        "taskmanager.network.sort-shuffle.min-buffers": "64",
+        "cluster.evenly-spread-out-slots": "true",  # parallel subtasks on different TaskManagers
+        "heartbeat.interval": "2000", "heartbeat.timeout": "10000",
+        "parallelism.default": "2",
+    }
+
+
+def start_flink(host: Host, role: str, jobmanager: Host, slots: int = 2):
+    """Flink's `role` ("jobmanager" or "taskmanager") in the foreground on `host`, its output in
+    `flink-<role>.log` in the host's folder."""
+    from tools.flink import flink_home
+
+    env = java_engine_env(host, flink_conf(jobmanager, host, slots), f"flink-{role}")
+    return host.start([str(flink_home() / "bin" / f"{role}.sh"), "start-foreground"], env, f"flink-{role}.log")
+
+
+def flink_rest(jobmanager: Host, path: str):
+    """GET http://<jobmanager>:8081/<path> of Flink's REST API, decoded."""
+    import json
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{jobmanager.address}:{FLINK_REST_PORT}/{path.lstrip('/')}", timeout=10) as response:
+        return json.load(response)
+
+
+def wait_for_taskmanagers(jobmanager: Host, processes: list, count: int) -> list[dict]:
+    """Until `count` TaskManagers have registered with the JobManager on `jobmanager`; their REST entries. Fails
+    the test if one of `processes` (host, process, log) exits or it takes over START_S."""
+    deadline = time.monotonic() + START_S
+    while True:
+        for host, process, log in processes:
+            if process.poll() is not None:
+                pytest.fail(f"{log} on {host.name} exited with {process.returncode}: {host.log(log)[-3000:]}")
+        try:
+            found = flink_rest(jobmanager, "taskmanagers")["taskmanagers"]
+            if len(found) >= count:
+                return found
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{count} TaskManagers did not register within {START_S}s: "
+                        + "\n".join(f"{h.name} {log}: {h.log(log)[-2000:]}" for h, _, log in processes))
+        time.sleep(0.5)
