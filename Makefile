@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 labelstudio prism demo images test bench clean mutants
+.PHONY: install browser graphviz iproute2 labelstudio prism spark demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -124,6 +124,43 @@ prism:
 	  mv "$(PRISM).tmp/prism" "$(PRISM)" && rm -rf "$(PRISM).tmp"; \
 	else echo "Go is not installed: the Prism tests will skip (install Go 1.26 or later, then make prism)"; fi
 
+# A jar from Maven Central, fetched once into a cache: $(call maven_jar,GROUP:ARTIFACT:VERSION,DEST.jar). One line
+# instead when Java or Maven is missing or Central does not serve it; the make goes on (the tests that need the
+# jar skip and say why).
+define maven_jar
+	@if [ -f "$(2)" ]; then :; \
+	elif ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then \
+	  echo "Java or Maven is not installed: no $(1) (install a JDK 11+ and Maven, then make again)"; \
+	else \
+	  rm -rf "$(2).tmp" && mkdir -p "$(2).tmp" && \
+	  if mvn -q -B dependency:copy -Dartifact=$(1) -DoutputDirectory="$(2).tmp" >"$(2).tmp/maven.log" 2>&1; then \
+	    mv "$(2).tmp"/*.jar "$(2)" && rm -rf "$(2).tmp" && echo "fetched $(1) into $(2)"; \
+	  elif grep -q 'not found in\|Could not find artifact' "$(2).tmp/maven.log"; then \
+	    echo "Maven Central does not serve $(1): the tests that need it will skip"; \
+	  else echo "Maven could not fetch $(1) (see $(2).tmp/maven.log): the tests that need it will skip"; fi; \
+	fi
+endef
+
+# Spark: Beam's Spark 3 job server (a jar at the apache-beam pin's version) and Spark itself (the pyspark wheel's
+# jars and bin/spark-class, SPARK_VERSION in tools/spark.py), installed `--no-deps --target` into a folder of its
+# own, never the project venv: $(SPARK_CACHE)/spark-<version>/ and $(SPARK_CACHE)/v<beam version>/, where
+# tools/spark.py (tests/test_spark.py, the runners benchmark) looks. Without Java the Spark tests skip.
+export SPARK_CACHE ?= $(HOME)/.cache/video-annotation/spark
+SPARK_VERSION := $(shell sed -n 's/^SPARK_VERSION = "\([0-9.]*\)".*/\1/p' tools/spark.py)
+SPARK_HOME_DIR := $(SPARK_CACHE)/spark-$(SPARK_VERSION)
+SPARK_JOB_SERVER := $(SPARK_CACHE)/v$(BEAM_VERSION)/beam-runners-spark-3-job-server-$(BEAM_VERSION).jar
+
+spark: $(PY)
+	@test -n "$(BEAM_VERSION)" || { echo "no apache-beam[gcp]==VERSION pin found in setup.py"; exit 1; }
+	@if [ -f "$(SPARK_HOME_DIR)/.installed" ]; then :; \
+	elif ! command -v java >/dev/null 2>&1; then echo "Java is not installed: the Spark tests will skip"; \
+	else \
+	  echo "installing Spark $(SPARK_VERSION) (pyspark, --no-deps) into $(SPARK_HOME_DIR)"; \
+	  rm -rf "$(SPARK_HOME_DIR)" && $(PY) -m pip install --quiet --no-deps --target "$(SPARK_HOME_DIR)" \
+	    pyspark==$(SPARK_VERSION) && touch "$(SPARK_HOME_DIR)/.installed"; \
+	fi
+	$(call maven_jar,org.apache.beam:beam-runners-spark-3-job-server:$(BEAM_VERSION),$(SPARK_JOB_SERVER))
+
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
 images: demo browser
@@ -133,7 +170,7 @@ images: demo browser
 	$(PY) -m model.preview $$(ls $(DEMO)/clips/heldback/growing/growing_0002.*) --model $(DEMO)/model \
 	    --out docs/images/preview.gif
 
-test: $(STAMP) browser graphviz iproute2 labelstudio prism
+test: $(STAMP) browser graphviz iproute2 labelstudio prism spark
 	$(PY) -m pytest -q tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results
