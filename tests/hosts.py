@@ -155,10 +155,10 @@ class Network:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
 
 
-def kept_paths(isolated: bool) -> list[str]:
+def kept_paths(isolated: bool, extra: tuple[str, ...] = ()) -> list[str]:
     """What a host sees at the same path as the launcher: the interpreter, and unless `isolated` the venv and the
-    checkout; outermost first, none inside another."""
-    wanted = [sys.base_prefix] if isolated else [sys.base_prefix, sys.prefix, str(REPO)]
+    checkout, and the `extra` paths (a program's installation, say); outermost first, none inside another."""
+    wanted = [sys.base_prefix, *extra] if isolated else [sys.base_prefix, sys.prefix, str(REPO), *extra]
     paths = sorted({os.path.realpath(p) for p in wanted}, key=len)
     kept: list[str] = []
     for path in paths:
@@ -173,7 +173,8 @@ def kept_paths(isolated: bool) -> list[str]:
 @dataclasses.dataclass
 class Host:
     """One machine of the test. `netns` None is the machine's own namespace (the launcher), whose files are
-    the checkout and `disk`; a namespaced host sees `disk` as /tmp, and with `isolated` not the checkout."""
+    the checkout and `disk`; a namespaced host sees `disk` as /tmp, and with `isolated` not the checkout. `keep`:
+    more of the launcher's paths the host sees at their own paths (installed programs, read as they are)."""
 
     name: str
     address: str
@@ -181,6 +182,7 @@ class Host:
     netns: str | None = None
     isolated: bool = False
     processes: list = dataclasses.field(default_factory=list)
+    keep: tuple[str, ...] = ()
 
     def path(self, name: str) -> str:
         """`name` in this host's folder, as the host sees it."""
@@ -192,7 +194,7 @@ class Host:
         hide, deps = (str(REPO), sysconfig.get_path("purelib")) if self.isolated else ("", "")
         return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--", "sh", "-c", _ENTER_HOST,
                 "enter-host", self.name, str(self.disk), os.path.expanduser("~"), hide, deps,
-                "\n".join(kept_paths(self.isolated)), *argv]
+                "\n".join(kept_paths(self.isolated, self.keep)), *argv]
 
     def start(self, argv: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
         """A long-running program on this host, its output in `log` in the host's folder."""
@@ -262,3 +264,64 @@ def premise_failure(host: Host, env: dict[str, str]) -> str | None:
     if seen != [sys.prefix, str(REPO)]:
         return f"{host.name} runs another interpreter or checkout than the launcher: {seen}"
     return None
+
+
+# Spark: a standalone master and workers, Spark's own JVMs from the folder `make spark` installs (tools/spark.py),
+# each on a host of its own.
+
+SPARK_PORT, SPARK_UI_PORT, SPARK_WORKER_UI_PORT = 7077, 8080, 8081
+
+
+def spark_env(host: Host, env: dict[str, str]) -> dict[str, str]:
+    """`env` plus what Spark's JVMs run with on `host`: the host's address as theirs (what other hosts reach),
+    their files in the host's folder, small heaps."""
+    from tools.spark import spark_home
+
+    return dict(env, SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP=host.address, SPARK_LOCAL_HOSTNAME=host.address,
+                SPARK_NO_DAEMONIZE="1", SPARK_DAEMON_MEMORY="192m", SPARK_WORKER_DIR=host.path("spark-work"),
+                SPARK_LOCAL_DIRS=host.path("spark-local"), SPARK_LOG_DIR=host.path("spark-logs"))
+
+
+def _spark_class(*args: str) -> list[str]:
+    from tools.spark import spark_home
+
+    return [str(spark_home() / "bin" / "spark-class"), *args]
+
+
+def spark_state(host: Host, port: int = SPARK_UI_PORT) -> dict:
+    """What a Spark master (or, on SPARK_WORKER_UI_PORT, a worker) says of itself: its web UI's /json/."""
+    import json
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the hosts are reached directly
+    with opener.open(f"http://{host.address}:{port}/json/", timeout=10) as response:
+        return json.load(response)
+
+
+def start_spark(master: Host, workers: list[Host], env: dict[str, str], cores: int = 1,
+                memory: str = "640m") -> str:
+    """A master on `master` and a worker on each of `workers` (`cores` and `memory` each to give executors),
+    started and waited for until every worker has registered ALIVE; the master's URL."""
+    process = master.start(_spark_class("org.apache.spark.deploy.master.Master", "--host", master.address,
+                                        "--port", str(SPARK_PORT), "--webui-port", str(SPARK_UI_PORT)),
+                           spark_env(master, env), "spark-master.log")
+    wait_for_port(master.address, SPARK_UI_PORT, process, master, "spark-master.log")
+    url = f"spark://{master.address}:{SPARK_PORT}"
+    started = [(host, host.start(_spark_class("org.apache.spark.deploy.worker.Worker", "--host", host.address,
+                                              "--cores", str(cores), "--memory", memory,
+                                              "--webui-port", str(SPARK_WORKER_UI_PORT), url),
+                                 spark_env(host, env), "spark-worker.log"))
+               for host in workers]
+    deadline = time.monotonic() + START_S
+    while True:
+        for host, worker in [(master, process), *started]:
+            log = "spark-master.log" if host is master else "spark-worker.log"
+            if worker.poll() is not None:
+                pytest.fail(f"{log} on {host.name} exited with {worker.returncode}: {host.log(log)[-3000:]}")
+        alive = {w["host"] for w in spark_state(master)["workers"] if w["state"] == "ALIVE"}
+        if alive >= {h.address for h in workers}:
+            return url
+        if time.monotonic() > deadline:
+            pytest.fail(f"Spark workers {sorted(h.address for h in workers)} not all ALIVE at {url} within "
+                        f"{START_S}s (alive: {sorted(alive)}): {workers[0].log('spark-worker.log')[-3000:]}")
+        time.sleep(0.2)

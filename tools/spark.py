@@ -35,15 +35,16 @@ def job_server_jar() -> Path:
     return _cache() / f"v{__version__}" / f"beam-runners-spark-3-job-server-{__version__}.jar"
 
 
-def missing() -> list[str]:
-    """What a Spark cluster with Beam jobs on it still lacks here, one line each; [] when nothing."""
+def missing(job_server: bool = True) -> list[str]:
+    """What a Spark cluster (with Beam jobs on it, unless not `job_server`) still lacks here, one line each; []
+    when nothing."""
     reasons = []
     if shutil.which("java") is None:
         reasons.append("Java is not installed")
     if not (spark_home().parent / ".installed").exists():
         reasons.append(f"Spark {SPARK_VERSION} is not installed in {spark_home().parent} (make spark)")
     jar = job_server_jar()
-    if not jar.exists():
+    if job_server and not jar.exists():
         artifact = f"{JOB_SERVER_ARTIFACT}:{jar.parent.name[1:]}"
         reasons.append(f"Beam's Spark job server {jar.name} is not in {jar.parent} "
                        f"(make spark fetches {artifact} from Maven Central)")
