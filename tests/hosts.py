@@ -318,7 +318,10 @@ def start_spark(master: Host, workers: list[Host], env: dict[str, str], cores: i
             log = "spark-master.log" if host is master else "spark-worker.log"
             if worker.poll() is not None:
                 pytest.fail(f"{log} on {host.name} exited with {worker.returncode}: {host.log(log)[-3000:]}")
-        alive = {w["host"] for w in spark_state(master)["workers"] if w["state"] == "ALIVE"}
+        try:
+            alive = {w["host"] for w in spark_state(master)["workers"] if w["state"] == "ALIVE"}
+        except (OSError, ValueError):  # the UI listens before it serves /json/ (an HTML page until then)
+            alive = set()
         if alive >= {h.address for h in workers}:
             return url
         if time.monotonic() > deadline:
