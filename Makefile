@@ -125,12 +125,12 @@ prism:
 	else echo "Go is not installed: the Prism tests will skip (install Go 1.26 or later, then make prism)"; fi
 
 # A jar from Maven Central, fetched once into a cache: $(call maven_jar,GROUP:ARTIFACT:VERSION,DEST.jar). One line
-# instead when Java or Maven is missing or Central does not serve it; the make goes on (the tests that need the
-# jar skip and say why).
+# instead when Maven is missing or Central does not serve it (nothing without Java: the caller says that); the
+# make goes on, and the tests that need the jar skip and say why.
 define maven_jar
-	@if [ -f "$(2)" ]; then :; \
-	elif ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then \
-	  echo "Java or Maven is not installed: no $(1) (install a JDK 11+ and Maven, then make again)"; \
+	@if [ -f "$(2)" ] || ! command -v java >/dev/null 2>&1; then :; \
+	elif ! command -v mvn >/dev/null 2>&1; then \
+	  echo "Maven is not installed: no $(1) (install Maven, then make again)"; \
 	else \
 	  rm -rf "$(2).tmp" && mkdir -p "$(2).tmp" && \
 	  if mvn -q -B dependency:copy -Dartifact=$(1) -DoutputDirectory="$(2).tmp" >"$(2).tmp/maven.log" 2>&1; then \
@@ -153,7 +153,8 @@ SPARK_JOB_SERVER := $(SPARK_CACHE)/v$(BEAM_VERSION)/beam-runners-spark-3-job-ser
 spark: $(PY)
 	@test -n "$(BEAM_VERSION)" || { echo "no apache-beam[gcp]==VERSION pin found in setup.py"; exit 1; }
 	@if [ -f "$(SPARK_HOME_DIR)/.installed" ]; then :; \
-	elif ! command -v java >/dev/null 2>&1; then echo "Java is not installed: the Spark tests will skip"; \
+	elif ! command -v java >/dev/null 2>&1; then \
+	  echo "Java is not installed: the Spark tests will skip (install a JDK 17 and Maven, then make spark)"; \
 	else \
 	  echo "installing Spark $(SPARK_VERSION) (pyspark, --no-deps) into $(SPARK_HOME_DIR)"; \
 	  rm -rf "$(SPARK_HOME_DIR)" && $(PY) -m pip install --quiet --no-deps --target "$(SPARK_HOME_DIR)" \
