@@ -54,7 +54,7 @@ class SparkCluster(multihost.Cluster):
     """test_multihost's hosts with a Spark master host in place of the job service host and no second launcher;
     its storage, worker pools, launches and runs as there."""
 
-    def __init__(self, network: Network, work: Path):  # noqa: super().__init__ makes the other hosts
+    def __init__(self, network: Network, work: Path):  # not super().__init__(): it makes the other hosts
         self.network, self.work = network, work
         tag = network.tag
         network.add_switch()
