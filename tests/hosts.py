@@ -155,10 +155,10 @@ class Network:
             subprocess.run(["ip", "link", "del", link], capture_output=True)
 
 
-def kept_paths(isolated: bool, extra: tuple[str, ...] = ()) -> list[str]:
-    """What a host sees at the same path as the launcher: the interpreter, and unless `isolated` the venv and the
-    checkout, and the `extra` paths (a program's installation, say); outermost first, none inside another."""
-    wanted = [sys.base_prefix, *extra] if isolated else [sys.base_prefix, sys.prefix, str(REPO), *extra]
+def kept_paths(isolated: bool, more: tuple[str, ...] = ()) -> list[str]:
+    """What a host sees at the same path as the launcher: the interpreter, unless `isolated` the venv and the
+    checkout, and `more`; outermost first, none inside another."""
+    wanted = [sys.base_prefix, *more] if isolated else [sys.base_prefix, sys.prefix, str(REPO), *more]
     paths = sorted({os.path.realpath(p) for p in wanted}, key=len)
     kept: list[str] = []
     for path in paths:
@@ -173,8 +173,7 @@ def kept_paths(isolated: bool, extra: tuple[str, ...] = ()) -> list[str]:
 @dataclasses.dataclass
 class Host:
     """One machine of the test. `netns` None is the machine's own namespace (the launcher), whose files are
-    the checkout and `disk`; a namespaced host sees `disk` as /tmp, and with `isolated` not the checkout. `keep`:
-    more of the launcher's paths the host sees at their own paths (installed programs, read as they are)."""
+    the checkout and `disk`; a namespaced host sees `disk` as /tmp, and with `isolated` not the checkout."""
 
     name: str
     address: str
@@ -182,7 +181,7 @@ class Host:
     netns: str | None = None
     isolated: bool = False
     processes: list = dataclasses.field(default_factory=list)
-    keep: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()  # more paths seen as on the launcher (an engine's install folder)
 
     def path(self, name: str) -> str:
         """`name` in this host's folder, as the host sees it."""
