@@ -12,7 +12,7 @@ DEMO_TRAIN_FLAGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install browser graphviz iproute2 labelstudio prism flink demo images test bench clean mutants
+.PHONY: install browser graphviz iproute2 labelstudio prism flink spark demo images test bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -124,41 +124,64 @@ prism:
 	  mv "$(PRISM).tmp/prism" "$(PRISM)" && rm -rf "$(PRISM).tmp"; \
 	else echo "Go is not installed: the Prism tests will skip (install Go 1.26 or later, then make prism)"; fi
 
-# Flink (tests/test_flink.py, `python -m bench.run --only flink`): Beam's Flink job server, the jar of the
-# apache-beam pin's version fetched with Maven, and the apache-flink wheels of FLINK_VERSION (pinned in
-# tools/flink.py) installed with --no-deps into a folder of their own (they pin an old apache-beam), both under
-# $(FLINK_CACHE), where tools/flink.py looks. Without Java or Maven, or when Maven does not serve the jar, the
-# make goes on and the Flink tests skip, saying why.
+# A jar from Maven Central, fetched once into a cache: $(call maven_jar,GROUP:ARTIFACT:VERSION,DEST.jar). Without
+# Java, nothing; without Maven, or when Central does not serve it, one line, and Maven's answer kept in
+# DEST.jar.maven.log; the make goes on, and the tests that need the jar skip and say why.
+define maven_jar
+	@if [ -f "$(2)" ] || ! command -v java >/dev/null 2>&1; then :; \
+	elif ! command -v mvn >/dev/null 2>&1; then \
+	  echo "Maven is not installed: no $(1) (install Maven, then make again)"; \
+	else \
+	  rm -rf "$(2).tmp" && mkdir -p "$(2).tmp" && \
+	  if mvn -q -B dependency:copy -Dartifact=$(1) -DoutputDirectory="$(2).tmp" >"$(2).maven.log" 2>&1; then \
+	    mv "$(2).tmp"/*.jar "$(2)" && rm -rf "$(2).tmp" "$(2).maven.log" && echo "fetched $(1) into $(2)"; \
+	  elif grep -q 'not found in\|Could not find artifact' "$(2).maven.log"; then \
+	    rm -rf "$(2).tmp"; echo "Maven Central does not serve $(1): the tests that need it will skip"; \
+	  else rm -rf "$(2).tmp"; echo "Maven could not fetch $(1) (see $(2).maven.log): the tests that need it will skip"; fi; \
+	fi
+endef
+
+# An engine's wheels installed `--no-deps --target` into a folder of their own (never the project venv), once,
+# and only where its Beam job server jar is there (without it no job can run on the engine):
+# $(call engine_wheels,JOB SERVER JAR,FOLDER,REQUIREMENTS,FILE THE INSTALL MUST HOLD).
+define engine_wheels
+	@if [ -f "$(2)/.installed" ] || [ ! -f "$(1)" ]; then :; else \
+	  echo "installing $(3) (--no-deps) into $(2)"; \
+	  rm -rf "$(2)" && $(PY) -m pip install --quiet --no-deps --target "$(2)" $(3) && \
+	  test -f "$(2)/$(4)" && touch "$(2)/.installed" || \
+	  { echo "$(3) could not be installed: the tests that need it will skip"; rm -rf "$(2)"; }; \
+	fi
+endef
+
+# Flink (tests/test_flink.py): Beam's Flink job server, the jar of the apache-beam pin's version, and the
+# apache-flink wheels of FLINK_VERSION (pinned in tools/flink.py; they pin an old apache-beam), under
+# $(FLINK_CACHE), where tools/flink.py looks.
 FLINK_VERSION := $(shell sed -n 's/^FLINK_VERSION = "\([0-9][0-9.]*\)".*/\1/p' tools/flink.py)
 FLINK_MINOR := $(basename $(FLINK_VERSION))
 export FLINK_CACHE ?= $(HOME)/.cache/video-annotation/flink
-FLINK_DIST := $(FLINK_CACHE)/flink-$(FLINK_VERSION)
 FLINK_JOB_SERVER := beam-runners-flink-$(FLINK_MINOR)-job-server
 FLINK_JOB_SERVER_JAR := $(FLINK_CACHE)/$(FLINK_JOB_SERVER)-$(BEAM_VERSION).jar
 
 flink: | $(PY)
 	@test -n "$(BEAM_VERSION)" -a -n "$(FLINK_VERSION)" || { echo "no apache-beam pin in setup.py or FLINK_VERSION in tools/flink.py"; exit 1; }
-	@if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then \
-	  echo "Java or Maven is not installed: the Flink tests will skip (install a JDK 17 and Maven, then make flink)"; \
-	else \
-	  if [ ! -f "$(FLINK_JOB_SERVER_JAR)" ]; then \
-	    echo "fetching org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) with Maven into $(FLINK_CACHE)"; \
-	    rm -rf "$(FLINK_CACHE)/.jar.tmp"; \
-	    if mvn -q -B dependency:copy -Dartifact=org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) \
-	        -DoutputDirectory="$(FLINK_CACHE)/.jar.tmp" >"$(FLINK_CACHE).maven.log" 2>&1; then \
-	      mv "$(FLINK_CACHE)/.jar.tmp/$(FLINK_JOB_SERVER)-$(BEAM_VERSION).jar" "$(FLINK_JOB_SERVER_JAR)"; \
-	    else echo "Maven could not fetch org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION) (see $(FLINK_CACHE).maven.log): the Flink tests will skip"; fi; \
-	    rm -rf "$(FLINK_CACHE)/.jar.tmp"; \
-	  fi; \
-	  if [ ! -f "$(FLINK_DIST)/.installed" ]; then \
-	    echo "installing apache-flink $(FLINK_VERSION) into $(FLINK_DIST)"; \
-	    rm -rf "$(FLINK_DIST)" && \
-	    $(PY) -m pip install --quiet --no-deps --target "$(FLINK_DIST)" \
-	      apache-flink==$(FLINK_VERSION) apache-flink-libraries==$(FLINK_VERSION) && \
-	    test -f "$(FLINK_DIST)/pyflink/bin/jobmanager.sh" && touch "$(FLINK_DIST)/.installed" || \
-	    { echo "apache-flink $(FLINK_VERSION) could not be installed: the Flink tests will skip"; rm -rf "$(FLINK_DIST)"; }; \
-	  fi; \
-	fi
+	@command -v java >/dev/null 2>&1 || echo "Java is not installed: the Flink tests will skip (install a JDK 17 and Maven, then make flink)"
+	@mkdir -p "$(FLINK_CACHE)"
+	$(call maven_jar,org.apache.beam:$(FLINK_JOB_SERVER):$(BEAM_VERSION),$(FLINK_JOB_SERVER_JAR))
+	$(call engine_wheels,$(FLINK_JOB_SERVER_JAR),$(FLINK_CACHE)/flink-$(FLINK_VERSION),apache-flink==$(FLINK_VERSION) apache-flink-libraries==$(FLINK_VERSION),pyflink/bin/jobmanager.sh)
+
+# Spark (tests/test_spark.py): Beam's Spark 3 job server (the apache-beam pin's version) and Spark itself (the
+# pyspark wheel's jars and bin/spark-class, SPARK_VERSION in tools/spark.py), under $(SPARK_CACHE)/v<beam
+# version>/ and $(SPARK_CACHE)/spark-<version>/, where tools/spark.py looks.
+export SPARK_CACHE ?= $(HOME)/.cache/video-annotation/spark
+SPARK_VERSION := $(shell sed -n 's/^SPARK_VERSION = "\([0-9.]*\)".*/\1/p' tools/spark.py)
+SPARK_JOB_SERVER := $(SPARK_CACHE)/v$(BEAM_VERSION)/beam-runners-spark-3-job-server-$(BEAM_VERSION).jar
+
+spark: | $(PY)
+	@test -n "$(BEAM_VERSION)" || { echo "no apache-beam[gcp]==VERSION pin found in setup.py"; exit 1; }
+	@command -v java >/dev/null 2>&1 || echo "Java is not installed: the Spark tests will skip (install a JDK 17 and Maven, then make spark)"
+	@mkdir -p "$(dir $(SPARK_JOB_SERVER))"
+	$(call maven_jar,org.apache.beam:beam-runners-spark-3-job-server:$(BEAM_VERSION),$(SPARK_JOB_SERVER))
+	$(call engine_wheels,$(SPARK_JOB_SERVER),$(SPARK_CACHE)/spark-$(SPARK_VERSION),pyspark==$(SPARK_VERSION),pyspark/bin/spark-class)
 
 # The README's pictures (docs/images) from a fresh `make demo`: the demo's training curves and confusion
 # matrix, its report sorted by confidence (headless chromium) and the preview of one held-back clip.
@@ -172,7 +195,7 @@ images: demo browser
 # Two worker processes, each test file whole on one of them (its module fixtures made once): many tests wait
 # on child processes, servers and namespaced hosts, so two keep both cores busy. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser graphviz iproute2 labelstudio prism flink
+test: $(STAMP) browser graphviz iproute2 labelstudio prism flink spark
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results

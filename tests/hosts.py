@@ -1,5 +1,6 @@
 """Test hosts on one machine: Linux network namespaces wired to one bridge, each with its own address, hostname
-(a UTS namespace), /etc/hosts and disk. Shared by the tests that run the jobs across hosts (test_multihost.py).
+(a UTS namespace), /etc/hosts and disk. Shared by the tests that run the jobs across hosts (test_multihost.py)
+and on Flink and Spark clusters (test_flink.py, test_spark.py).
 
 A namespaced host runs in a private mount namespace: its own folder is mounted over /tmp and a tmpfs over the
 launcher's home (its caches and credentials), so no launcher-local path (pytest's folders, the jobs' scratch,
@@ -318,14 +319,19 @@ def start_flink(host: Host, role: str, jobmanager: Host, slots: int = 2):
     return host.start([str(flink_home() / "bin" / f"{role}.sh"), "start-foreground"], env, f"flink-{role}.log")
 
 
-def flink_rest(jobmanager: Host, path: str):
-    """GET http://<jobmanager>:8081/<path> of Flink's REST API, decoded."""
+def http_json(url: str):
+    """GET `url` straight (the hosts are reached directly, never through a proxy), its JSON decoded."""
     import json
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{jobmanager.address}:{FLINK_REST_PORT}/{path.lstrip('/')}", timeout=10) as response:
+    with opener.open(url, timeout=10) as response:
         return json.load(response)
+
+
+def flink_rest(jobmanager: Host, path: str):
+    """GET http://<jobmanager>:8081/<path> of Flink's REST API, decoded."""
+    return http_json(f"http://{jobmanager.address}:{FLINK_REST_PORT}/{path.lstrip('/')}")
 
 
 def wait_for_taskmanagers(jobmanager: Host, processes: list, count: int) -> list[dict]:
@@ -346,3 +352,62 @@ def wait_for_taskmanagers(jobmanager: Host, processes: list, count: int) -> list
             pytest.fail(f"{count} TaskManagers did not register within {START_S}s: "
                         + "\n".join(f"{h.name} {log}: {h.log(log)[-2000:]}" for h, _, log in processes))
         time.sleep(0.5)
+
+
+# Spark: a standalone master and workers, Spark's own JVMs from the folder `make spark` installs (tools/spark.py),
+# each on a host of its own.
+
+SPARK_PORT, SPARK_UI_PORT, SPARK_WORKER_UI_PORT = 7077, 8080, 8081
+
+
+def spark_env(host: Host, env: dict[str, str]) -> dict[str, str]:
+    """`env` plus what Spark's JVMs run with on `host`: the host's address as theirs (what other hosts reach),
+    their files in the host's folder, small heaps."""
+    from tools.spark import spark_home
+
+    return dict(env, SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP=host.address, SPARK_LOCAL_HOSTNAME=host.address,
+                SPARK_NO_DAEMONIZE="1", SPARK_DAEMON_MEMORY="192m", SPARK_WORKER_DIR=host.path("spark-work"),
+                SPARK_LOCAL_DIRS=host.path("spark-local"), SPARK_LOG_DIR=host.path("spark-logs"))
+
+
+def _spark_class(*args: str) -> list[str]:
+    from tools.spark import spark_home
+
+    return [str(spark_home() / "bin" / "spark-class"), *args]
+
+
+def spark_state(host: Host, port: int = SPARK_UI_PORT) -> dict:
+    """What a Spark master (or, on SPARK_WORKER_UI_PORT, a worker) says of itself: its web UI's /json/."""
+    return http_json(f"http://{host.address}:{port}/json/")
+
+
+def start_spark(master: Host, workers: list[Host], env: dict[str, str], cores: int = 1,
+                memory: str = "640m") -> str:
+    """A master on `master` and a worker on each of `workers` (`cores` and `memory` each to give executors),
+    started and waited for until every worker has registered ALIVE; the master's URL."""
+    process = master.start(_spark_class("org.apache.spark.deploy.master.Master", "--host", master.address,
+                                        "--port", str(SPARK_PORT), "--webui-port", str(SPARK_UI_PORT)),
+                           spark_env(master, env), "spark-master.log")
+    wait_for_port(master.address, SPARK_UI_PORT, process, master, "spark-master.log")
+    url = f"spark://{master.address}:{SPARK_PORT}"
+    started = [(host, host.start(_spark_class("org.apache.spark.deploy.worker.Worker", "--host", host.address,
+                                              "--cores", str(cores), "--memory", memory,
+                                              "--webui-port", str(SPARK_WORKER_UI_PORT), url),
+                                 spark_env(host, env), "spark-worker.log"))
+               for host in workers]
+    deadline = time.monotonic() + START_S
+    while True:
+        for host, worker in [(master, process), *started]:
+            log = "spark-master.log" if host is master else "spark-worker.log"
+            if worker.poll() is not None:
+                pytest.fail(f"{log} on {host.name} exited with {worker.returncode}: {host.log(log)[-3000:]}")
+        try:
+            alive = {w["host"] for w in spark_state(master)["workers"] if w["state"] == "ALIVE"}
+        except (OSError, ValueError):  # the UI listens before it serves /json/ (an HTML page until then)
+            alive = set()
+        if alive >= {h.address for h in workers}:
+            return url
+        if time.monotonic() > deadline:
+            pytest.fail(f"Spark workers {sorted(h.address for h in workers)} not all ALIVE at {url} within "
+                        f"{START_S}s (alive: {sorted(alive)}): {workers[0].log('spark-worker.log')[-3000:]}")
+        time.sleep(0.2)

@@ -42,15 +42,16 @@ def job_server_jar() -> Path:
 
 
 def missing() -> str | None:
-    """Why a Flink cluster cannot be run here, in one line, or None."""
+    """Why a Flink cluster cannot be run here, in one line, or None. `make flink` installs Flink only where the job
+    server jar is there (no job can run on Flink without it)."""
     if shutil.which("java") is None:
         return "Java is not installed: Flink and Beam's Flink job server need it (then run `make flink`)"
-    if not (flink_home() / "bin" / "jobmanager.sh").is_file():
-        return f"Flink {FLINK_VERSION} is not installed at {flink_home()}: run `make flink`"
     if not job_server_jar().is_file():
-        tried = Path(f"{cache()}.maven.log")
+        tried = Path(f"{job_server_jar()}.maven.log")
         if tried.is_file():  # make flink asked Maven and was refused
             return (f"Maven did not serve Beam's Flink job server {job_server_jar().name} when `make flink` asked "
                     f"(its answer: {tried})")
         return f"Beam's Flink job server is not at {job_server_jar()}: run `make flink` (it fetches it with Maven)"
+    if not (flink_home() / "bin" / "jobmanager.sh").is_file():
+        return f"Flink {FLINK_VERSION} is not installed at {flink_home()}: run `make flink`"
     return None
