@@ -11,7 +11,7 @@ import time
 import pytest
 
 from common.errors import EXIT_LEASE_HELD, LeaseHeld, LeaseLost
-from common.lease import LEASE_FILE, Lease, assert_held
+from common.lease import LEASE_FILE, Lease, assert_held, describe
 
 
 class FakeClock:
@@ -134,6 +134,136 @@ def test_outputs_without_a_lease_store_are_run_unguarded_with_a_warning(caplog):
         with Lease.acquire("mem://bucket/out", ttl_s=30) as lease:
             lease.check()
     assert "no lease on mem:// outputs" in caplog.text
+
+
+def test_the_holder_is_described_by_host_pid_start_and_run():
+    assert describe({"host": "h1", "pid": 7, "started_at": "2026-01-01T00:00:00+00:00", "run_id": "r1"}) == (
+        "host h1, pid 7, since 2026-01-01T00:00:00+00:00 (run r1)")
+    assert describe({}) == "host ?, pid ?, since ? (run ?)"
+
+
+def test_a_renewal_extends_the_lease_by_ttl_from_now_with_a_new_token(tmp_path):
+    clock = FakeClock()
+    with Lease.acquire(str(tmp_path), ttl_s=10, job="predict", renew_every_s=3600, clock=clock) as held:
+        before = lease_content(tmp_path)
+        assert before["renewed_at"] == clock.now and before["started_at"] == "2027-01-15T08:00:00+00:00"
+        clock.now += 5
+        assert held.renew() is True and held.renewals == 1
+        after = lease_content(tmp_path)
+        assert after["renewed_at"] == clock.now and after["expires_at"] == clock.now + 10
+        assert after["token"] != before["token"] and len(after["token"]) == 32
+        assert {k: v for k, v in after.items() if k not in ("renewed_at", "expires_at", "token")} == {
+            k: v for k, v in before.items() if k not in ("renewed_at", "expires_at", "token")}
+        clock.now += 5
+        assert held.renew() is True and held.renewals == 2  # the second renewal matched the first one's version
+        assert lease_content(tmp_path)["expires_at"] == clock.now + 10
+
+
+def test_a_lost_lease_names_its_new_holder_and_stays_lost(tmp_path, caplog):
+    clock = FakeClock()
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    clock.now += 11
+    taker = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    with caplog.at_level("ERROR", logger="common.lease"):
+        assert held.renew() is False
+    taken = describe(lease_content(tmp_path))
+    assert f"lost the lease on {tmp_path}: it is now held by {taken}" in caplog.text
+    with pytest.raises(LeaseLost) as lost:
+        held.check()
+    assert str(lost.value) == f"this run lost its lease on {tmp_path} to {taken}; it stops without publishing"
+    taker.release()  # the lease is free again, but a lost one is lost for good
+    assert held.renew() is False and held.renewals == 0 and not (tmp_path / LEASE_FILE).exists()
+    assert held.wait_for_renewals(1) is False  # at once: lost
+
+
+def test_a_lease_removed_under_its_holder_is_lost_to_nobody(tmp_path):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+    (tmp_path / LEASE_FILE).unlink()
+    assert held.renew() is False
+    with pytest.raises(LeaseLost, match=r"lost its lease on .* to nobody \(it was removed\);"):
+        held.check()
+    with pytest.raises(LeaseLost, match=rf"^run {held.run_id} no longer holds the lease on {tmp_path} \(held by "
+                                        r"nobody\); not publishing$"):
+        assert_held(str(tmp_path), held.run_id)
+    assert_held("mem://bucket/out", "any run")  # no lease store: nothing to check
+
+
+def test_the_renewal_thread_outlives_a_storage_error_and_stops_when_the_lease_is_lost(tmp_path, caplog):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=0.001)
+    store, real_replace, failures = held._store, held._store.replace, [OSError("network down")]
+
+    def flaky_replace(content, version):
+        if failures:
+            raise failures.pop()
+        return real_replace(content, version)
+
+    with caplog.at_level("WARNING", logger="common.lease"):
+        store.replace = flaky_replace
+        assert held.wait_for_renewals(held.renewals + 2), "no renewal after a storage error"
+    assert f"could not renew the lease on {tmp_path}: network down" in caplog.text
+    (tmp_path / LEASE_FILE).unlink()  # lost: the thread's next renewal fails, stops it and wakes the waiters
+    assert held.wait_for_renewals(held.renewals + 1000) is False
+    assert held._lost == "nobody (it was removed)"
+    held.release()
+
+
+def test_waiting_for_renewals_ends_at_release_or_timeout(tmp_path):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+    assert held.wait_for_renewals(0) is True
+    assert held.wait_for_renewals(1, timeout_s=0.01) is False
+    waiter = []
+    thread = threading.Thread(target=lambda: waiter.append(held.wait_for_renewals(1)))
+    thread.start()
+    held.release()
+    thread.join()
+    assert waiter == [False] and held.renewals == 0
+
+
+def test_a_release_that_cannot_delete_leaves_the_lease_to_expire(tmp_path, caplog):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+
+    def failing_delete(_version):
+        raise OSError("read-only")
+
+    held._store.delete = failing_delete
+    with caplog.at_level("WARNING", logger="common.lease"):
+        held.release()
+    assert f"could not release the lease on {tmp_path}: read-only" in caplog.text
+    assert lease_content(tmp_path)["run_id"] == held.run_id
+
+
+@pytest.mark.parametrize("content, taken", [
+    ("", True),  # empty
+    ("[1, 2]", True),  # JSON, not a lease
+    (json.dumps({"run_id": "old", "expires_at": "soon"}), True),  # an expiry that is no time
+    (json.dumps({"run_id": "old"}), True),  # no expiry
+    (json.dumps({"run_id": "old", "expires_at": 1_800_000_100.0}), False),  # live, written without a token
+])
+def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_come(content, taken, tmp_path):
+    (tmp_path / LEASE_FILE).write_text(content)
+    clock = FakeClock()
+    if not taken:
+        with pytest.raises(LeaseHeld, match=r"\(host \?, pid \?, since \? \(run old\)\)"):
+            Lease.acquire(str(tmp_path), ttl_s=10, clock=clock)
+        clock.now += 101  # expired: taken over, replacing exactly the version it read
+    with Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock) as lease:
+        assert lease.took_over and lease_content(tmp_path)["run_id"] == lease.run_id
+
+
+def test_a_lease_write_that_fails_leaves_no_temporary_file(tmp_path):
+    from common.lease import _LocalStore
+
+    store = _LocalStore(str(tmp_path / LEASE_FILE))
+    with pytest.raises(TypeError):
+        store.create({"token": "t", "run_id": object()})
+    assert list(tmp_path.iterdir()) == []
+    assert store.create({"token": "t1", "run_id": "a"}) == "t1" and store.read() == ({"token": "t1", "run_id": "a"}, "t1")
+    assert store.create({"token": "t2", "run_id": "b"}) is None  # there is one already
+    assert store.replace({"token": "t3", "run_id": "b"}, "t2") is None  # not the version it is
+    store.delete("t2")  # not the version it is: kept
+    assert store.read()[1] == "t1"
+    store.delete("t1")
+    assert store.read() is None and list(tmp_path.iterdir()) == []
 
 
 # Racing takers and renewers: at most one holder at any time.
