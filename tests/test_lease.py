@@ -133,7 +133,9 @@ def test_outputs_without_a_lease_store_are_run_unguarded_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         with Lease.acquire("mem://bucket/out", ttl_s=30) as lease:
             lease.check()
-    assert "no lease on mem:// outputs" in caplog.text
+            assert lease.output == "mem://bucket/out" and lease.took_over is False
+    assert [r.getMessage() for r in caplog.records] == [  # and nothing from its release
+        "no lease on mem:// outputs: overlapping runs on mem://bucket/out are not prevented"]
 
 
 def test_the_holder_is_described_by_host_pid_start_and_run():
@@ -239,15 +241,86 @@ def test_a_release_that_cannot_delete_leaves_the_lease_to_expire(tmp_path, caplo
     (json.dumps({"run_id": "old"}), True),  # no expiry
     (json.dumps({"run_id": "old", "expires_at": 1_800_000_100.0}), False),  # live, written without a token
 ])
-def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_come(content, taken, tmp_path):
+def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_come(content, taken, tmp_path, caplog):
     (tmp_path / LEASE_FILE).write_text(content)
     clock = FakeClock()
     if not taken:
-        with pytest.raises(LeaseHeld, match=r"\(host \?, pid \?, since \? \(run old\)\)"):
+        with pytest.raises(LeaseHeld) as refused:
             Lease.acquire(str(tmp_path), ttl_s=10, clock=clock)
-        clock.now += 101  # expired: taken over, replacing exactly the version it read
-    with Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock) as lease:
-        assert lease.took_over and lease_content(tmp_path)["run_id"] == lease.run_id
+        assert str(refused.value) == (f"{tmp_path} is being written by another run (host ?, pid ?, since ? (run "
+                                      "old)); this run is skipped, try again later")
+        clock.now += 100  # at its expiry it is over: taken over, replacing exactly the version it read
+    with caplog.at_level("WARNING", logger="common.lease"):
+        lease = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    with lease:
+        assert lease.took_over is True and lease.output == str(tmp_path) and lease._renew_every_s == 3600
+        written = lease_content(tmp_path)
+        assert written["run_id"] == lease.run_id and written["job"] == "" and len(lease.run_id) == 12
+        clock.now += 1
+        assert lease.renew() and lease_content(tmp_path)["renewed_at"] == clock.now  # the clock it was given
+    holder = "old" if "old" in content else "?"
+    assert f"taking over the lease of a run that stopped renewing it (host ?, pid ?, since ? (run {holder}))" in caplog.text
+
+
+def test_the_lease_is_renewed_every_quarter_of_its_ttl_by_a_daemon_thread(tmp_path):
+    before = set(threading.enumerate())
+    with Lease.acquire(str(tmp_path), ttl_s=40) as held:
+        (renewer,) = set(threading.enumerate()) - before
+        assert renewer.daemon  # a run that ends without releasing its lease is not kept alive by it
+        assert held._renew_every_s == 10 and held.took_over is False
+    with Lease.acquire(str(tmp_path), ttl_s=40, renew_every_s=3) as held:
+        assert held._renew_every_s == 3
+
+
+def test_a_lease_released_while_it_is_being_taken_is_taken_at_the_next_attempt(tmp_path, monkeypatch):
+    from common.lease import _LocalStore
+
+    real_create, calls = _LocalStore.create, []
+
+    def racing_create(self, content, replacing=None):
+        calls.append(replacing)
+        if len(calls) == 1:  # another run holds it ...
+            return None
+        if len(calls) == 2:  # ... and releases it just then
+            assert replacing is None
+        return real_create(self, content, replacing)
+
+    monkeypatch.setattr(_LocalStore, "create", racing_create)
+    with Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600) as lease:
+        assert lease.took_over is False and lease_content(tmp_path)["run_id"] == lease.run_id
+    assert calls == [None, None]
+
+
+def test_a_lease_that_keeps_changing_hands_is_given_up_after_ten_attempts(tmp_path, monkeypatch):
+    from common.lease import _LocalStore
+
+    (tmp_path / LEASE_FILE).write_text(json.dumps({"run_id": "old", "expires_at": 0, "token": "t"}))
+    calls = []
+    monkeypatch.setattr(_LocalStore, "create", lambda self, content, replacing=None: calls.append(replacing))
+    with pytest.raises(LeaseHeld) as refused:
+        Lease.acquire(str(tmp_path), ttl_s=10)
+    assert str(refused.value) == (f"{tmp_path} is being written by another run (its lease keeps changing hands); "
+                                  "this run is skipped, try again later")
+    assert calls == [None, "t"] * 10
+
+
+def test_a_lease_write_goes_through_a_hidden_file_beside_the_lease(tmp_path, monkeypatch):
+    from common import lease as lease_module
+    from common.publish import is_bookkeeping
+
+    renamed = []
+
+    def failing_replace(source, destination):
+        renamed.append((source, destination))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lease_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        lease_module._LocalStore(str(tmp_path / LEASE_FILE)).create({"token": "t", "run_id": "a"})
+    ((source, destination),) = renamed
+    assert os.path.dirname(source) == str(tmp_path) and destination == str(tmp_path / LEASE_FILE)  # one folder
+    assert os.path.basename(source).startswith(".lease-") and is_bookkeeping(os.path.basename(source))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_lease_write_that_fails_leaves_no_temporary_file(tmp_path):
@@ -351,6 +424,44 @@ def test_a_retried_upload_answering_412_is_not_a_lost_lease(monkeypatch):
         Lease.acquire("gs://bucket/out", ttl_s=30)
     held.release()
     assert bucket.objects == {}
+    assert bucket.content_types == {"application/json"} and bucket.names == {"bucket"}
+
+
+@pytest.mark.parametrize("races", [1, 2, 3])
+def test_a_gcs_read_racing_writes_reads_again_a_bounded_number_of_times(races, monkeypatch):
+    """The object's generation is listed, then its bytes read on the condition it is still that generation; a
+    write in between fails the condition, and the read starts again (three tries in all)."""
+    from common.lease import _GcsStore
+
+    bucket = FakeBucket()
+    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
+    bucket.objects["out/.lease.json"] = (b'{"token": "t2"}', 2)
+    real_get_blob, listed = bucket.get_blob, []
+
+    def get_blob(name):
+        blob = real_get_blob(name)
+        listed.append(name)
+        if len(listed) <= races:
+            blob.generation -= 1  # listed just before a write replaced it
+        return blob
+
+    bucket.get_blob = get_blob
+    found = _GcsStore("gs://bucket/out/.lease.json").read()
+    assert found == (None if races == 3 else ({"token": "t2"}, 2)) and len(listed) == min(races + 1, 3)
+
+
+def test_a_stalled_gcs_holder_releasing_does_not_remove_its_takers_lease(monkeypatch):
+    bucket = FakeBucket()
+    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
+    clock = FakeClock()
+    stalled = Lease.acquire("gs://bucket/out", ttl_s=10, renew_every_s=3600, clock=clock)
+    clock.now += 11
+    taker = Lease.acquire("gs://bucket/out", ttl_s=10, renew_every_s=3600, clock=clock)
+    assert taker.took_over
+    stalled.release()  # it does not know it lost the lease: its conditional delete must fail
+    assert json.loads(bucket.objects["out/.lease.json"][0])["run_id"] == taker.run_id
+    taker.release()
+    assert bucket.objects == {}
 
 
 class FakeBucket:
@@ -361,6 +472,7 @@ class FakeBucket:
     def __init__(self):
         self.objects: dict[str, tuple[bytes, int]] = {}
         self.lose_answers = 0
+        self.content_types, self.names = set(), set()  # of the uploads; the bucket names clients asked for
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -378,7 +490,8 @@ class FakeClient:
     def __init__(self, bucket: FakeBucket):
         self._bucket = bucket
 
-    def bucket(self, _name):
+    def bucket(self, name):
+        self._bucket.names.add(name)
         return self._bucket
 
 
@@ -395,6 +508,7 @@ class FakeBlob:
 
     def upload_from_string(self, data, content_type=None, if_generation_match=None):
         bucket = self._bucket
+        bucket.content_types.add(content_type)
         with bucket._lock:
             self._check(if_generation_match)
             bucket._generation += 1

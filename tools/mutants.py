@@ -3,6 +3,7 @@ module at a time, and runs that module's own tests against each mutant; a mutant
 
     python -m tools.mutants                      # every module of MODULES, one after the other
     python -m tools.mutants video/frames.py      # one module
+    python -m tools.mutants --survivors video/frames.py   # its last run's survivors, against the tests as they are now
 
 mutmut reads its settings from the `[mutmut]` section of setup.cfg in the folder it runs in, and mutates
 `mutants/` there. Each module therefore runs in a scratch copy of the checkout, build/mutants/<module>/, whose
@@ -96,12 +97,37 @@ def run_module(module: str, max_children: int, deselect: list[str]) -> dict:
     log = mutmut(folder, "run", "--max-children", str(max_children), log=folder / "run.log")
     if "failed to collect stats" in log or "Stopping early" in log:
         raise SystemExit(f"mutmut could not run {module}'s tests; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+    return results(module, folder)
+
+
+def rerun_survivors(module: str, max_children: int) -> dict:
+    """The mutants the last run of `module` did not kill, run again against the checkout's tests as they are now
+    (copied into its scratch copy; the product code stays as that run mutated it)."""
+    folder = SCRATCH / module.replace("/", "_").removesuffix(".py")
+    try:
+        names = list(json.loads((folder / "summary.json").read_text())["not_killed"])
+    except FileNotFoundError:
+        raise SystemExit(f"{module} has no earlier run to take the survivors of ({folder / 'summary.json'})")
+    shutil.copy2(folder / "summary.json", folder / "summary.before-survivors.json")
+    for test in (REPO / "tests").iterdir():
+        if test.is_file():
+            for where in (folder / "tests", folder / "mutants" / "tests"):
+                shutil.copy2(test, where / test.name)
+    print(f"== {module}: its {len(names)} survivors run again against {' '.join(MODULES[module])}", flush=True)
+    if names:
+        log = mutmut(folder, "run", "--max-children", str(max_children), *names, log=folder / "rerun.log")
+        if "failed to collect stats" in log or "Stopping early" in log:
+            raise SystemExit(f"mutmut could not run {module}'s tests; its log is {folder / 'rerun.log'}:\n{log[-3000:]}")
+    return results(module, folder)
+
+
+def results(module: str, folder: Path) -> dict:
     statuses = {}
     for line in mutmut(folder, "results", "--all", "true").splitlines():
         if match := re.fullmatch(r"\s*(\S+): (.+)", line):
             statuses[match.group(1)] = match.group(2).strip()
     if not statuses:
-        raise SystemExit(f"mutmut made no mutants of {module}; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+        raise SystemExit(f"mutmut made no mutants of {module}; its log is {folder / 'run.log'}")
     counts = {status: sum(s == status for s in statuses.values()) for status in STATUSES}
     survivors = {name: mutmut(folder, "show", name) for name, s in statuses.items() if s != "killed"}
     summary = {"module": module, "tests": MODULES[module], "mutants": len(statuses),
@@ -116,6 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("modules", nargs="*", metavar="MODULE",
                         help=f"modules to mutate (default: all of {', '.join(MODULES)})")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run only the mutants the last run of each module did not kill, against the tests as "
+                             "they are now (after adding tests for them)")
     parser.add_argument("--deselect", action="append", default=[], metavar="NODEID",
                         help="a test to leave out (one that fails without a mutant: mutmut needs them all to pass)")
     args = parser.parse_args(argv)
@@ -124,7 +153,8 @@ def main(argv=None) -> int:
     summaries, failed = [], []
     for module in args.modules or MODULES:
         try:
-            summaries.append(run_module(module, args.max_children, args.deselect))
+            summaries.append(rerun_survivors(module, args.max_children) if args.survivors
+                             else run_module(module, args.max_children, args.deselect))
         except SystemExit as exc:  # one module's tests not passing as they are: say so, go on with the others
             print(exc, file=sys.stderr, flush=True)
             failed.append(module)
