@@ -34,7 +34,7 @@ MODULES = {
     "video/frames.py": ["tests/test_frames.py", "--deselect",
                         "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
     "common/publish.py": ["tests/test_publish.py", "tests/test_publish_retries.py"],
-    "common/lease.py": ["tests/test_lease.py"],
+    "common/lease.py": ["tests/test_lease.py", "tests/test_lease_stores.py"],
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
     # test_predict's pipeline-building test only constructs FinishPredict (half a minute building a model).
     "beam_jobs/publish_labels.py": ["tests/test_publish_labels.py", "tests/test_predict.py", "--deselect",
@@ -59,6 +59,12 @@ def scratch_copy(module: str, deselect: list[str]) -> Path:
         if source.is_file() and name.split("/")[0] in (*PACKAGES, *ALSO_COPY, "tests"):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, folder / name)
+    write_settings(folder, module, deselect)
+    return folder
+
+
+def write_settings(folder: Path, module: str, deselect: list[str]) -> None:
+    """mutmut's settings for `module` in its scratch copy: what to mutate, and the tests to run (MODULES)."""
     lines = ["[mutmut]", "source_paths =", *(f"    {p}/" for p in PACKAGES), f"only_mutate = {module}",
              "also_copy =", *(f"    {p}" for p in ALSO_COPY),
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in MODULES[module]),
@@ -70,7 +76,6 @@ def scratch_copy(module: str, deselect: list[str]) -> Path:
              # thread held and wait forever (a timeout that says nothing of the mutant): fork from a clean one.
              "process_isolation = forkserver"]
     (folder / "setup.cfg").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def mutmut(folder: Path, *args: str, log: Path | None = None) -> str:
@@ -100,7 +105,7 @@ def run_module(module: str, max_children: int, deselect: list[str]) -> dict:
     return results(module, folder)
 
 
-def rerun_survivors(module: str, max_children: int) -> dict:
+def rerun_survivors(module: str, max_children: int, deselect: list[str]) -> dict:
     """The mutants the last run of `module` did not kill, run again against the checkout's tests as they are now
     (copied into its scratch copy; the product code stays as that run mutated it)."""
     folder = SCRATCH / module.replace("/", "_").removesuffix(".py")
@@ -108,6 +113,11 @@ def rerun_survivors(module: str, max_children: int) -> dict:
         names = list(json.loads((folder / "summary.json").read_text())["not_killed"])
     except FileNotFoundError:
         raise SystemExit(f"{module} has no earlier run to take the survivors of ({folder / 'summary.json'})")
+    settings = (folder / "setup.cfg").read_text()
+    write_settings(folder, module, deselect)
+    if (folder / "setup.cfg").read_text() != settings:  # mutmut would forget every verdict of the last run
+        (folder / "setup.cfg").write_text(settings)
+        raise SystemExit(f"{module}'s tests (MODULES, --deselect) changed since its last run: run it in full")
     shutil.copy2(folder / "summary.json", folder / "summary.before-survivors.json")
     for test in (REPO / "tests").iterdir():
         if test.is_file():
@@ -153,7 +163,7 @@ def main(argv=None) -> int:
     summaries, failed = [], []
     for module in args.modules or MODULES:
         try:
-            summaries.append(rerun_survivors(module, args.max_children) if args.survivors
+            summaries.append(rerun_survivors(module, args.max_children, args.deselect) if args.survivors
                              else run_module(module, args.max_children, args.deselect))
         except SystemExit as exc:  # one module's tests not passing as they are: say so, go on with the others
             print(exc, file=sys.stderr, flush=True)
