@@ -33,7 +33,7 @@ MODULES = {
     "tfrecords_schema/schema.py": ["tests/test_schema.py"],
     "video/frames.py": ["tests/test_frames.py", "--deselect",
                         "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
-    "common/publish.py": ["tests/test_publish.py", "tests/test_publish_retries.py"],
+    "common/publish.py": ["tests/test_publish.py", "tests/test_publish_marks.py", "tests/test_publish_retries.py"],
     "common/lease.py": ["tests/test_lease.py", "tests/test_lease_stores.py"],
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
     # test_predict's pipeline-building test only constructs FinishPredict (half a minute building a model).
