@@ -148,9 +148,10 @@ def test_with_segments_the_windows_and_events_are_merged_and_counted(run, caplog
     counts = dict(COUNTS, frames_sampled=0, thumbnails=0, per_video=0, segments=3, events=3, segment_videos=3,
                   tracks=1)
     step = finish(output, staging, lease, segment_columns=SEGMENT_COLUMNS, carried_thumbnails=False, wipe=(),
-                  manifest={"job": "predict", "segments": {"window_s": 2.0, "stride_s": 1.5}})
+                  manifest={"job": "predict", "segments": {"window_s": 2.0, "stride_s": 1.5}, "labels": ["b", "a"]})
+    shown = [dict(SHOWN[0], timeline=[(0.0, 2.0, "a", 0.9)]), SHOWN[1]]  # a.mp4's timeline: label a throughout
     with caplog.at_level(logging.INFO, logger="beam_jobs.predict"):
-        manifest = step(counts, dict(SUMMARY, shown_rows=SHOWN[:2]), **stage(staging, segments=True))
+        manifest = step(counts, dict(SUMMARY, shown_rows=shown), **stage(staging, segments=True))
     found = files(output)
     assert found["segments.csv"] == (  # by video, then window (9 before 10)
         "video_id,segment,start_s,end_s,label,confidence,top_k\na.mp4,9,9.0,11.0,a,0.9,a:0.90\n"
@@ -169,6 +170,8 @@ def test_with_segments_the_windows_and_events_are_merged_and_counted(run, caplog
     # carried_thumbnails=False: the previous run's thumbnail of b.mp4 is not shown
     assert base64.b64encode(b"carried b").decode() not in page and page.count("no strip here") == 1
     assert "Videos (2 least confident of 3)" in page  # the whole run's totals, not the rows shown
+    # Timeline colours go by the model's vocabulary (b, a): a is its second label, at hue 137.508 degrees
+    assert '<span class="swatch" style="background:hsl(138, 60%, 55%)"></span>a' in page
     kb = round(len(page) / 1024)
     assert [r.getMessage() for r in caplog.records if r.name == "beam_jobs.predict"][-2:] == [
         "predict finished in 100.3 s: 3 of 4 videos labelled (1 by the model, 2 carried over from the previous "
