@@ -99,8 +99,10 @@ def test_a_stalled_holder_finds_its_lease_lost_and_cannot_publish(tmp_path):
     other = Lease.acquire(str(tmp_path), ttl_s=30)
     with pytest.raises(LeaseLost, match="lost its lease"):
         held.check()
-    with pytest.raises(LeaseLost, match=f"run {held.run_id} no longer holds the lease"):
+    with pytest.raises(LeaseLost) as lost:
         assert_held(str(tmp_path), held.run_id)
+    assert str(lost.value) == (f"run {held.run_id} no longer holds the lease on {tmp_path} (held by "
+                               f"{describe(lease_content(tmp_path))}); not publishing")
     held.release()  # must not remove the other run's lease
     assert lease_content(tmp_path)["run_id"] == other.run_id
     other.release()
@@ -169,7 +171,8 @@ def test_a_lost_lease_names_its_new_holder_and_stays_lost(tmp_path, caplog):
     with caplog.at_level("ERROR", logger="common.lease"):
         assert held.renew() is False
     taken = describe(lease_content(tmp_path))
-    assert f"lost the lease on {tmp_path}: it is now held by {taken}" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"lost the lease on {tmp_path}: it is now held by {taken}"]
     with pytest.raises(LeaseLost) as lost:
         held.check()
     assert str(lost.value) == f"this run lost its lease on {tmp_path} to {taken}; it stops without publishing"
@@ -202,7 +205,7 @@ def test_the_renewal_thread_outlives_a_storage_error_and_stops_when_the_lease_is
     with caplog.at_level("WARNING", logger="common.lease"):
         store.replace = flaky_replace
         assert held.wait_for_renewals(held.renewals + 2), "no renewal after a storage error"
-    assert f"could not renew the lease on {tmp_path}: network down" in caplog.text
+    assert f"could not renew the lease on {tmp_path}: network down" in [r.getMessage() for r in caplog.records]
     (tmp_path / LEASE_FILE).unlink()  # lost: the thread's next renewal fails, stops it and wakes the waiters
     assert held.wait_for_renewals(held.renewals + 1000) is False
     assert held._lost == "nobody (it was removed)"
@@ -230,7 +233,7 @@ def test_a_release_that_cannot_delete_leaves_the_lease_to_expire(tmp_path, caplo
     held._store.delete = failing_delete
     with caplog.at_level("WARNING", logger="common.lease"):
         held.release()
-    assert f"could not release the lease on {tmp_path}: read-only" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [f"could not release the lease on {tmp_path}: read-only"]
     assert lease_content(tmp_path)["run_id"] == held.run_id
 
 
