@@ -262,7 +262,8 @@ def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_com
         clock.now += 1
         assert lease.renew() and lease_content(tmp_path)["renewed_at"] == clock.now  # the clock it was given
     holder = "old" if "old" in content else "?"
-    assert f"taking over the lease of a run that stopped renewing it (host ?, pid ?, since ? (run {holder}))" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"taking over the lease of a run that stopped renewing it (host ?, pid ?, since ? (run {holder}))"]
 
 
 def test_the_lease_is_renewed_every_quarter_of_its_ttl_by_a_daemon_thread(tmp_path):
