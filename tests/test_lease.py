@@ -269,7 +269,7 @@ def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_com
 def test_the_lease_is_renewed_every_quarter_of_its_ttl_by_a_daemon_thread(tmp_path):
     before = set(threading.enumerate())
     with Lease.acquire(str(tmp_path), ttl_s=40) as held:
-        started = set(threading.enumerate()) - before  # the renewal thread (and any another test left starting)
+        started = set(threading.enumerate()) - before  # the renewal thread (and any other a test left starting)
         assert started and all(thread.daemon for thread in started)  # a run that never releases is not kept alive
         assert held._renew_every_s == 10 and held.took_over is False
     with Lease.acquire(str(tmp_path), ttl_s=40, renew_every_s=3) as held:
