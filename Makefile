@@ -200,7 +200,8 @@ test: $(STAMP) browser graphviz iproute2 labelstudio prism flink spark
 
 # Mutation testing (not part of `make test`): mutmut mutates each module that guards users' data and results
 # and runs that module's own tests against every mutant (tools/mutants.py lists them); CPU-heavy, minutes a
-# module. `make mutants MUTANTS=video/frames.py` runs one. Results and the survivors explained: docs/TESTING.md.
+# module. `make mutants MUTANTS=video/frames.py` runs one; MUTANTS="--survivors video/frames.py" runs its last
+# run's survivors again against the tests as they are now. Results and the survivors explained: docs/TESTING.md.
 MUTANTS ?=
 mutants: $(STAMP)
 	$(PY) -m tools.mutants $(MUTANTS)

@@ -218,3 +218,51 @@ def test_a_single_index_file_of_an_older_run_is_read_too(tmp_path):
     write_run(str(tmp_path), {"job": "predict", "model_id": MODEL}, [row("a.avi")], [index_entry(ref("a.avi"), "fp")],
               index_name=INDEX_FILE)
     assert PreviousRun.read(str(tmp_path)).index_files == (str(tmp_path / INDEX_FILE),)
+
+
+def test_previous_run_with_windows_knows_them_and_its_segments_header(tmp_path, caplog, monkeypatch):
+    write_run(str(tmp_path), {"job": "predict", "segments": {"window_s": 2.0, "stride_s": 1.0},
+                              "options": {"min_confidence": 0.4, "top_k": 2}},
+              [row("a.avi")], [index_entry(ref("a.avi"), "fp")])
+    (tmp_path / LABELS_FILE).write_text("video_id,video_uri,label,p_a,p_b,p_c\n")
+    monkeypatch.setattr(logging.getLogger("beam_jobs.incremental"), "disabled", False)
+    with caplog.at_level(logging.WARNING, logger="beam_jobs.incremental"):
+        assert PreviousRun.read(str(tmp_path)) is None  # windows, but no segments.csv
+    assert "is incomplete (no segments.csv): labelling every video again" in caplog.text
+    (tmp_path / "segments.csv").write_text("video_id,segment,start_s,label\na.avi,0,0.0,x\n")
+    previous = PreviousRun.read(str(tmp_path))
+    assert previous == PreviousRun("", ("video_id", "video_uri", "label", "p_a", "p_b", "p_c"),
+                                   (str(tmp_path / "index-00000-of-00001.jsonl"),), per_video=False,
+                                   segments={"window_s": 2.0, "stride_s": 1.0},
+                                   segment_columns=("video_id", "segment", "start_s", "label"),
+                                   decisions={"min_confidence": 0.4, "top_k": 2})
+
+
+@pytest.mark.parametrize("options, decisions", [
+    ({"min_confidence": 0.4, "top_k": 5}, {"min_confidence": 0.4, "top_k": 3}),  # at most one pair per class
+    ({"min_confidence": 0.4}, None),  # a run from before --top-k was recorded: unknown
+    ({"top_k": 1}, None),
+])
+def test_previous_decisions_are_known_only_when_both_were_recorded(options, decisions, tmp_path):
+    write_run(str(tmp_path), {"job": "predict", "options": options}, [], [index_entry(ref("a.avi"), "fp")])
+    (tmp_path / LABELS_FILE).write_text("video_id,p_a,p_b,label,p_c\n")
+    assert PreviousRun.read(str(tmp_path)).decisions == decisions
+
+
+def test_previous_run_missing_both_labels_and_index_says_so(tmp_path, caplog, monkeypatch):
+    write_run(str(tmp_path), {"job": "predict"})
+    monkeypatch.setattr(logging.getLogger("beam_jobs.incremental"), "disabled", False)
+    with caplog.at_level(logging.WARNING, logger="beam_jobs.incremental"):
+        assert PreviousRun.read(str(tmp_path)) is None
+    assert f"the previous run in {tmp_path} is incomplete (no labels.csv and no index.jsonl)" in caplog.text
+
+
+def test_sharded_index_files_win_over_an_older_single_one_and_an_empty_labels_file_has_no_columns(tmp_path):
+    write_run(str(tmp_path), {"job": "predict"}, None, [index_entry(ref("a.avi"), "fp")], index_name=INDEX_FILE)
+    write_run(str(tmp_path), None, None, [index_entry(ref("a.avi"), "fp")], index_name="index-00001-of-00002.jsonl")
+    write_run(str(tmp_path), None, None, [index_entry(ref("b.avi"), "fp")], index_name="index-00000-of-00002.jsonl")
+    (tmp_path / LABELS_FILE).write_text("")
+    previous = PreviousRun.read(str(tmp_path))
+    assert previous.index_files == (str(tmp_path / "index-00000-of-00002.jsonl"),
+                                    str(tmp_path / "index-00001-of-00002.jsonl"))
+    assert previous.columns == ()

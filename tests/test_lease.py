@@ -11,7 +11,7 @@ import time
 import pytest
 
 from common.errors import EXIT_LEASE_HELD, LeaseHeld, LeaseLost
-from common.lease import LEASE_FILE, Lease, assert_held
+from common.lease import LEASE_FILE, Lease, assert_held, describe
 
 
 class FakeClock:
@@ -99,8 +99,10 @@ def test_a_stalled_holder_finds_its_lease_lost_and_cannot_publish(tmp_path):
     other = Lease.acquire(str(tmp_path), ttl_s=30)
     with pytest.raises(LeaseLost, match="lost its lease"):
         held.check()
-    with pytest.raises(LeaseLost, match=f"run {held.run_id} no longer holds the lease"):
+    with pytest.raises(LeaseLost) as lost:
         assert_held(str(tmp_path), held.run_id)
+    assert str(lost.value) == (f"run {held.run_id} no longer holds the lease on {tmp_path} (held by "
+                               f"{describe(lease_content(tmp_path))}); not publishing")
     held.release()  # must not remove the other run's lease
     assert lease_content(tmp_path)["run_id"] == other.run_id
     other.release()
@@ -133,163 +135,174 @@ def test_outputs_without_a_lease_store_are_run_unguarded_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         with Lease.acquire("mem://bucket/out", ttl_s=30) as lease:
             lease.check()
-    assert "no lease on mem:// outputs" in caplog.text
+            assert lease.output == "mem://bucket/out" and lease.took_over is False
+    assert [r.getMessage() for r in caplog.records] == [  # and nothing from its release
+        "no lease on mem:// outputs: overlapping runs on mem://bucket/out are not prevented"]
 
 
-# Racing takers and renewers: at most one holder at any time.
-
-ROUNDS, TAKERS, RENEWERS = 20, 5, 2
-
-
-def race(output: str, monkeypatch, store_class) -> None:
-    """Rounds of: a holder that stalled past its expiry; TAKERS runs that see it expired take it over while
-    RENEWERS threads of the stalled holder renew it. Exactly one taker wins each round, the lease names it,
-    and the stalled holder has lost it. Every store read yields the processor, to widen each race window."""
-    real_read = store_class.read
-
-    def slow_read(self):
-        found = real_read(self)
-        time.sleep(0.0005)
-        return found
-
-    monkeypatch.setattr(store_class, "read", slow_read)
-    now, later = FakeClock(), FakeClock(1_800_000_000.0 + 60)  # the takers' clock: the holder's lease is over
-    for round_ in range(ROUNDS):
-        where = f"{output}/round{round_}"
-        stalled = Lease.acquire(where, ttl_s=30, renew_every_s=3600, clock=now)
-        barrier, won, renewed = threading.Barrier(TAKERS + RENEWERS), [], []
-
-        def take():
-            barrier.wait()
-            try:
-                won.append(Lease.acquire(where, ttl_s=30, renew_every_s=3600, clock=later))
-            except LeaseHeld:
-                pass
-
-        def renew():
-            barrier.wait()
-            for _ in range(3):
-                renewed.append(stalled.renew())
-
-        threads = [threading.Thread(target=take) for _ in range(TAKERS)]
-        threads += [threading.Thread(target=renew) for _ in range(RENEWERS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len(won) == 1, f"round {round_}: {len(won)} takers won"
-        (winner,) = won
-        holder = stalled._store.read()[0]["run_id"]
-        assert holder == winner.run_id, f"round {round_}: the lease names {holder}, not the winner"
-        assert stalled.renew() is False and winner.renew() is True
-        with pytest.raises(LeaseLost):
-            stalled.check()
-        winner.check()
-        stalled.release()
-        winner.release()
-        assert stalled._store.read() is None
+def test_the_holder_is_described_by_host_pid_start_and_run():
+    assert describe({"host": "h1", "pid": 7, "started_at": "2026-01-01T00:00:00+00:00", "run_id": "r1"}) == (
+        "host h1, pid 7, since 2026-01-01T00:00:00+00:00 (run r1)")
+    assert describe({}) == "host ?, pid ?, since ? (run ?)"
 
 
-def test_racing_takers_and_renewers_leave_exactly_one_holder_locally(tmp_path, monkeypatch):
+def test_a_renewal_extends_the_lease_by_ttl_from_now_with_a_new_token(tmp_path):
+    clock = FakeClock()
+    with Lease.acquire(str(tmp_path), ttl_s=10, job="predict", renew_every_s=3600, clock=clock) as held:
+        before = lease_content(tmp_path)
+        assert before["renewed_at"] == clock.now and before["started_at"] == "2027-01-15T08:00:00+00:00"
+        clock.now += 5
+        assert held.renew() is True and held.renewals == 1
+        after = lease_content(tmp_path)
+        assert after["renewed_at"] == clock.now and after["expires_at"] == clock.now + 10
+        assert after["token"] != before["token"] and len(after["token"]) == 32
+        assert {k: v for k, v in after.items() if k not in ("renewed_at", "expires_at", "token")} == {
+            k: v for k, v in before.items() if k not in ("renewed_at", "expires_at", "token")}
+        clock.now += 5
+        assert held.renew() is True and held.renewals == 2  # the second renewal matched the first one's version
+        assert lease_content(tmp_path)["expires_at"] == clock.now + 10
+
+
+def test_a_lost_lease_names_its_new_holder_and_stays_lost(tmp_path, caplog):
+    clock = FakeClock()
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    clock.now += 11
+    taker = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    with caplog.at_level("ERROR", logger="common.lease"):
+        assert held.renew() is False
+    taken = describe(lease_content(tmp_path))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"lost the lease on {tmp_path}: it is now held by {taken}"]
+    with pytest.raises(LeaseLost) as lost:
+        held.check()
+    assert str(lost.value) == f"this run lost its lease on {tmp_path} to {taken}; it stops without publishing"
+    taker.release()  # the lease is free again, but a lost one is lost for good
+    assert held.renew() is False and held.renewals == 0 and not (tmp_path / LEASE_FILE).exists()
+    assert held.wait_for_renewals(1) is False  # at once: lost
+
+
+def test_a_lease_removed_under_its_holder_is_lost_to_nobody(tmp_path):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+    (tmp_path / LEASE_FILE).unlink()
+    assert held.renew() is False
+    with pytest.raises(LeaseLost, match=r"lost its lease on .* to nobody \(it was removed\);"):
+        held.check()
+    with pytest.raises(LeaseLost, match=rf"^run {held.run_id} no longer holds the lease on {tmp_path} \(held by "
+                                        r"nobody\); not publishing$"):
+        assert_held(str(tmp_path), held.run_id)
+    assert_held("mem://bucket/out", "any run")  # no lease store: nothing to check
+
+
+def test_the_renewal_thread_outlives_a_storage_error_and_stops_when_the_lease_is_lost(tmp_path, caplog):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=0.001)
+    store, real_replace, failures = held._store, held._store.replace, [OSError("network down")]
+
+    def flaky_replace(content, version):
+        if failures:
+            raise failures.pop()
+        return real_replace(content, version)
+
+    with caplog.at_level("WARNING", logger="common.lease"):
+        store.replace = flaky_replace
+        assert held.wait_for_renewals(held.renewals + 2), "no renewal after a storage error"
+    assert f"could not renew the lease on {tmp_path}: network down" in [r.getMessage() for r in caplog.records]
+    (tmp_path / LEASE_FILE).unlink()  # lost: the thread's next renewal fails, stops it and wakes the waiters
+    assert held.wait_for_renewals(held.renewals + 1000) is False
+    assert held._lost == "nobody (it was removed)"
+    held.release()
+
+
+def test_waiting_for_renewals_ends_at_release_or_timeout(tmp_path):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+    assert held.wait_for_renewals(0) is True
+    assert held.wait_for_renewals(1, timeout_s=0.01) is False
+    waiter = []
+    thread = threading.Thread(target=lambda: waiter.append(held.wait_for_renewals(1)))
+    thread.start()
+    held.release()
+    thread.join()
+    assert waiter == [False] and held.renewals == 0
+
+
+def test_a_release_that_cannot_delete_leaves_the_lease_to_expire(tmp_path, caplog):
+    held = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600)
+
+    def failing_delete(_version):
+        raise OSError("read-only")
+
+    held._store.delete = failing_delete
+    with caplog.at_level("WARNING", logger="common.lease"):
+        held.release()
+    assert [r.getMessage() for r in caplog.records] == [f"could not release the lease on {tmp_path}: read-only"]
+    assert lease_content(tmp_path)["run_id"] == held.run_id
+
+
+@pytest.mark.parametrize("content, taken", [
+    ("", True),  # empty
+    ("[1, 2]", True),  # JSON, not a lease
+    (json.dumps({"run_id": "old", "expires_at": "soon"}), True),  # an expiry that is no time
+    (json.dumps({"run_id": "old"}), True),  # no expiry
+    (json.dumps({"run_id": "old", "expires_at": 1_800_000_100.0}), False),  # live, written without a token
+])
+def test_a_lease_file_this_code_did_not_write_is_live_only_with_an_expiry_to_come(content, taken, tmp_path, caplog):
+    (tmp_path / LEASE_FILE).write_text(content)
+    clock = FakeClock()
+    if not taken:
+        with pytest.raises(LeaseHeld) as refused:
+            Lease.acquire(str(tmp_path), ttl_s=10, clock=clock)
+        assert str(refused.value) == (f"{tmp_path} is being written by another run (host ?, pid ?, since ? (run "
+                                      "old)); this run is skipped, try again later")
+        clock.now += 100  # at its expiry it is over: taken over, replacing exactly the version it read
+    with caplog.at_level("WARNING", logger="common.lease"):
+        lease = Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600, clock=clock)
+    with lease:
+        assert lease.took_over is True and lease.output == str(tmp_path) and lease._renew_every_s == 3600
+        written = lease_content(tmp_path)
+        assert written["run_id"] == lease.run_id and written["job"] == "" and len(lease.run_id) == 12
+        clock.now += 1
+        assert lease.renew() and lease_content(tmp_path)["renewed_at"] == clock.now  # the clock it was given
+    holder = "old" if "old" in content else "?"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"taking over the lease of a run that stopped renewing it (host ?, pid ?, since ? (run {holder}))"]
+
+
+def test_the_lease_is_renewed_every_quarter_of_its_ttl_by_a_daemon_thread(tmp_path):
+    before = set(threading.enumerate())
+    with Lease.acquire(str(tmp_path), ttl_s=40) as held:
+        started = set(threading.enumerate()) - before  # the renewal thread (and any other a test left starting)
+        assert started and all(thread.daemon for thread in started)  # a run that never releases is not kept alive
+        assert held._renew_every_s == 10 and held.took_over is False
+    with Lease.acquire(str(tmp_path), ttl_s=40, renew_every_s=3) as held:
+        assert held._renew_every_s == 3
+
+
+def test_a_lease_released_while_it_is_being_taken_is_taken_at_the_next_attempt(tmp_path, monkeypatch):
     from common.lease import _LocalStore
 
-    race(str(tmp_path), monkeypatch, _LocalStore)
+    real_create, calls = _LocalStore.create, []
+
+    def racing_create(self, content, replacing=None):
+        calls.append(replacing)
+        if len(calls) == 1:  # another run holds it ...
+            return None
+        if len(calls) == 2:  # ... and releases it just then
+            assert replacing is None
+        return real_create(self, content, replacing)
+
+    monkeypatch.setattr(_LocalStore, "create", racing_create)
+    with Lease.acquire(str(tmp_path), ttl_s=10, renew_every_s=3600) as lease:
+        assert lease.took_over is False and lease_content(tmp_path)["run_id"] == lease.run_id
+    assert calls == [None, None]
 
 
-def test_racing_takers_and_renewers_leave_exactly_one_holder_on_gcs(monkeypatch):
-    from common.lease import _GcsStore
+def test_a_lease_that_keeps_changing_hands_is_given_up_after_ten_attempts(tmp_path, monkeypatch):
+    from common.lease import _LocalStore
 
-    bucket = FakeBucket()
-    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
-    race("gs://bucket/out", monkeypatch, _GcsStore)
-
-
-def test_a_retried_upload_answering_412_is_not_a_lost_lease(monkeypatch):
-    """google-cloud-storage retries an upload whose answer was lost; if the first try had succeeded, the retry's
-    precondition fails (412) although the object is this run's own write."""
-    bucket = FakeBucket()
-    monkeypatch.setattr("common.fs.gcs_client", lambda: FakeClient(bucket))
-    bucket.lose_answers = 1  # the creation itself
-    held = Lease.acquire("gs://bucket/out", ttl_s=30, renew_every_s=3600)
-    assert not held.took_over and json.loads(bucket.objects["out/.lease.json"][0])["run_id"] == held.run_id
-    bucket.lose_answers = 1  # a renewal
-    assert held.renew() is True
-    held.check()
-    assert_held("gs://bucket/out", held.run_id)
-    # A 412 for another run's write is still a refusal.
-    with pytest.raises(LeaseHeld):
-        Lease.acquire("gs://bucket/out", ttl_s=30)
-    held.release()
-    assert bucket.objects == {}
-
-
-class FakeBucket:
-    """Cloud Storage's object semantics that the lease relies on, in memory: generations, `ifGenerationMatch`
-    checked atomically, and (with `lose_answers`) uploads whose success answer is lost, so the client's retry
-    is answered 412."""
-
-    def __init__(self):
-        self.objects: dict[str, tuple[bytes, int]] = {}
-        self.lose_answers = 0
-        self._lock = threading.Lock()
-        self._generation = 0
-
-    def get_blob(self, name):
-        with self._lock:
-            if name not in self.objects:
-                return None
-            return FakeBlob(self, name, self.objects[name][1])
-
-    def blob(self, name):
-        return FakeBlob(self, name, None)
-
-
-class FakeClient:
-    def __init__(self, bucket: FakeBucket):
-        self._bucket = bucket
-
-    def bucket(self, _name):
-        return self._bucket
-
-
-class FakeBlob:
-    def __init__(self, bucket: FakeBucket, name: str, generation):
-        self._bucket, self.name, self.generation = bucket, name, generation
-
-    def _check(self, wanted):
-        current = self._bucket.objects.get(self.name, (b"", 0))[1]
-        if wanted is not None and wanted != current:
-            from google.api_core.exceptions import PreconditionFailed
-
-            raise PreconditionFailed("412 Precondition Failed")
-
-    def upload_from_string(self, data, content_type=None, if_generation_match=None):
-        bucket = self._bucket
-        with bucket._lock:
-            self._check(if_generation_match)
-            bucket._generation += 1
-            bucket.objects[self.name] = (data.encode() if isinstance(data, str) else data, bucket._generation)
-            self.generation = bucket._generation
-            lost = bucket.lose_answers > 0
-            bucket.lose_answers -= lost
-        if lost:  # the client retries the same upload with the same precondition: now 412
-            with bucket._lock:
-                self._check(if_generation_match)
-
-    def download_as_bytes(self, if_generation_match=None):
-        from google.api_core.exceptions import NotFound
-
-        with self._bucket._lock:
-            if self.name not in self._bucket.objects:
-                raise NotFound("404")
-            self._check(if_generation_match)
-            return self._bucket.objects[self.name][0]
-
-    def delete(self, if_generation_match=None):
-        from google.api_core.exceptions import NotFound
-
-        with self._bucket._lock:
-            if self.name not in self._bucket.objects:
-                raise NotFound("404")
-            self._check(if_generation_match)
-            del self._bucket.objects[self.name]
+    (tmp_path / LEASE_FILE).write_text(json.dumps({"run_id": "old", "expires_at": 0, "token": "t"}))
+    calls = []
+    monkeypatch.setattr(_LocalStore, "create", lambda self, content, replacing=None: calls.append(replacing))
+    with pytest.raises(LeaseHeld) as refused:
+        Lease.acquire(str(tmp_path), ttl_s=10)
+    assert str(refused.value) == (f"{tmp_path} is being written by another run (its lease keeps changing hands); "
+                                  "this run is skipped, try again later")
+    assert calls == [None, "t"] * 10

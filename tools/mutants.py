@@ -3,6 +3,7 @@ module at a time, and runs that module's own tests against each mutant; a mutant
 
     python -m tools.mutants                      # every module of MODULES, one after the other
     python -m tools.mutants video/frames.py      # one module
+    python -m tools.mutants --survivors video/frames.py   # its last run's survivors, against the tests as they are now
 
 mutmut reads its settings from the `[mutmut]` section of setup.cfg in the folder it runs in, and mutates
 `mutants/` there. Each module therefore runs in a scratch copy of the checkout, build/mutants/<module>/, whose
@@ -32,10 +33,13 @@ MODULES = {
     "tfrecords_schema/schema.py": ["tests/test_schema.py"],
     "video/frames.py": ["tests/test_frames.py", "--deselect",
                         "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
-    "common/publish.py": ["tests/test_publish.py", "tests/test_publish_retries.py"],
-    "common/lease.py": ["tests/test_lease.py"],
+    "common/publish.py": ["tests/test_publish.py", "tests/test_publish_marks.py", "tests/test_publish_retries.py"],
+    "common/lease.py": ["tests/test_lease.py", "tests/test_lease_stores.py"],
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
-    "beam_jobs/publish_labels.py": ["tests/test_predict.py", "tests/test_publish_retries.py"],
+    # test_predict's pipeline-building test only constructs FinishPredict (half a minute building a model).
+    "beam_jobs/publish_labels.py": ["tests/test_publish_labels.py", "tests/test_predict.py", "--deselect",
+                                    "tests/test_predict.py::test_publishing_takes_every_output_it_publishes_as_an_input",
+                                    "tests/test_publish_retries.py"],
 }
 # What the scratch copy holds: the packages (all of them, so every import finds the checkout's code), the
 # tests and what they use.
@@ -55,6 +59,12 @@ def scratch_copy(module: str, deselect: list[str]) -> Path:
         if source.is_file() and name.split("/")[0] in (*PACKAGES, *ALSO_COPY, "tests"):
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, folder / name)
+    write_settings(folder, module, deselect)
+    return folder
+
+
+def write_settings(folder: Path, module: str, deselect: list[str]) -> None:
+    """mutmut's settings for `module` in its scratch copy: what to mutate, and the tests to run (MODULES)."""
     lines = ["[mutmut]", "source_paths =", *(f"    {p}/" for p in PACKAGES), f"only_mutate = {module}",
              "also_copy =", *(f"    {p}" for p in ALSO_COPY),
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in MODULES[module]),
@@ -66,7 +76,6 @@ def scratch_copy(module: str, deselect: list[str]) -> Path:
              # thread held and wait forever (a timeout that says nothing of the mutant): fork from a clean one.
              "process_isolation = forkserver"]
     (folder / "setup.cfg").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def mutmut(folder: Path, *args: str, log: Path | None = None) -> str:
@@ -93,12 +102,42 @@ def run_module(module: str, max_children: int, deselect: list[str]) -> dict:
     log = mutmut(folder, "run", "--max-children", str(max_children), log=folder / "run.log")
     if "failed to collect stats" in log or "Stopping early" in log:
         raise SystemExit(f"mutmut could not run {module}'s tests; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+    return results(module, folder)
+
+
+def rerun_survivors(module: str, max_children: int, deselect: list[str]) -> dict:
+    """The mutants the last run of `module` did not kill, run again against the checkout's tests as they are now
+    (copied into its scratch copy; the product code stays as that run mutated it)."""
+    folder = SCRATCH / module.replace("/", "_").removesuffix(".py")
+    try:
+        names = list(json.loads((folder / "summary.json").read_text())["not_killed"])
+    except FileNotFoundError:
+        raise SystemExit(f"{module} has no earlier run to take the survivors of ({folder / 'summary.json'})")
+    settings = (folder / "setup.cfg").read_text()
+    write_settings(folder, module, deselect)
+    if (folder / "setup.cfg").read_text() != settings:  # mutmut would forget every verdict of the last run
+        (folder / "setup.cfg").write_text(settings)
+        raise SystemExit(f"{module}'s tests (MODULES, --deselect) changed since its last run: run it in full")
+    shutil.copy2(folder / "summary.json", folder / "summary.before-survivors.json")
+    for test in (REPO / "tests").iterdir():
+        if test.is_file():
+            for where in (folder / "tests", folder / "mutants" / "tests"):
+                shutil.copy2(test, where / test.name)
+    print(f"== {module}: its {len(names)} survivors run again against {' '.join(MODULES[module])}", flush=True)
+    if names:
+        log = mutmut(folder, "run", "--max-children", str(max_children), *names, log=folder / "rerun.log")
+        if "failed to collect stats" in log or "Stopping early" in log:
+            raise SystemExit(f"mutmut could not run {module}'s tests; its log is {folder / 'rerun.log'}:\n{log[-3000:]}")
+    return results(module, folder)
+
+
+def results(module: str, folder: Path) -> dict:
     statuses = {}
     for line in mutmut(folder, "results", "--all", "true").splitlines():
         if match := re.fullmatch(r"\s*(\S+): (.+)", line):
             statuses[match.group(1)] = match.group(2).strip()
     if not statuses:
-        raise SystemExit(f"mutmut made no mutants of {module}; its log is {folder / 'run.log'}:\n{log[-3000:]}")
+        raise SystemExit(f"mutmut made no mutants of {module}; its log is {folder / 'run.log'}")
     counts = {status: sum(s == status for s in statuses.values()) for status in STATUSES}
     survivors = {name: mutmut(folder, "show", name) for name, s in statuses.items() if s != "killed"}
     summary = {"module": module, "tests": MODULES[module], "mutants": len(statuses),
@@ -113,6 +152,9 @@ def main(argv=None) -> int:
     parser.add_argument("modules", nargs="*", metavar="MODULE",
                         help=f"modules to mutate (default: all of {', '.join(MODULES)})")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default: 2)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run only the mutants the last run of each module did not kill, against the tests as "
+                             "they are now (after adding tests for them)")
     parser.add_argument("--deselect", action="append", default=[], metavar="NODEID",
                         help="a test to leave out (one that fails without a mutant: mutmut needs them all to pass)")
     args = parser.parse_args(argv)
@@ -121,7 +163,8 @@ def main(argv=None) -> int:
     summaries, failed = [], []
     for module in args.modules or MODULES:
         try:
-            summaries.append(run_module(module, args.max_children, args.deselect))
+            summaries.append(rerun_survivors(module, args.max_children, args.deselect) if args.survivors
+                             else run_module(module, args.max_children, args.deselect))
         except SystemExit as exc:  # one module's tests not passing as they are: say so, go on with the others
             print(exc, file=sys.stderr, flush=True)
             failed.append(module)
