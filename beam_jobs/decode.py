@@ -126,6 +126,9 @@ class DecodeFramesDoFn(beam.DoFn):
         self._decoded = Metrics.counter("videos", "videos_decoded")
         self._failed = Metrics.counter("videos", "videos_failed")
         self._frames = Metrics.counter("videos", "frames_sampled")
+        # Bundles started: each drains the decoders working ahead at its end (a runner that splits the stage
+        # into many bundles costs decoding ahead and full embedder batches; see beam_jobs.flags).
+        self._bundles = Metrics.counter("videos", "decode_bundles")
         # How each video was read (video.reader): seeking, decoding through, or seeking abandoned for decoding
         # through because the container's index could not be trusted.
         self._read_methods = {method: Metrics.counter("videos", counter) for method, counter in READ_COUNTERS.items()}
@@ -163,6 +166,9 @@ class DecodeFramesDoFn(beam.DoFn):
             raise
         except Exception as exc:  # remote filesystem errors
             raise DecodeError(f"cannot read the file: {type(exc).__name__}: {exc}") from None
+
+    def start_bundle(self):
+        self._bundles.inc()
 
     def process(self, element):
         """`element` is a VideoRef, or (VideoRef, previous) for the labelling job's incremental runs."""

@@ -89,11 +89,22 @@ JOB_SERVER_TIMEOUT_S = 7 * 24 * 3600
 _JOB_SERVER_TIMEOUT_FLAGS = ("--job_server_timeout", "--job-server-timeout")
 
 
+# Prism (the runner `--runner DirectRunner` picks where it finds it) asks a bundle for progress every 0.1 s and
+# splits it in half whenever its input has not moved since: it did so to the decode-and-embed stage while the
+# embedder compiled or a batch ran, until 4-8 bundles of it ran at once, each with its own decoder children and
+# batches, on the cores one bundle plans for (300 short clips: 0.39x the in-process runner's videos/s,
+# bench/runners.py). The experiment turns that splitting off; other runners ignore it.
+PRISM_EXPERIMENTS = ("prism_disable_sdf_split",)
+
+
 def pipeline_options(beam_args: list[str]):
     """Beam's PipelineOptions from the flags a job does not know, with --job_server_timeout
-    JOB_SERVER_TIMEOUT_S unless given."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    JOB_SERVER_TIMEOUT_S unless given, and PRISM_EXPERIMENTS."""
+    from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 
     if not any(arg.split("=", 1)[0] in _JOB_SERVER_TIMEOUT_FLAGS for arg in beam_args):
         beam_args = [*beam_args, f"--job_server_timeout={JOB_SERVER_TIMEOUT_S}"]
-    return PipelineOptions(beam_args)
+    options = PipelineOptions(beam_args)
+    for experiment in PRISM_EXPERIMENTS:
+        options.view_as(DebugOptions).add_experiment(experiment)
+    return options

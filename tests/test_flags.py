@@ -83,3 +83,15 @@ def test_the_jobs_wait_for_a_portable_runner_as_long_as_the_job_runs():
     assert options.view_as(PortableOptions).job_server_timeout == JOB_SERVER_TIMEOUT_S
     for given in (["--job_server_timeout", "60"], ["--job_server_timeout=60"], ["--job-server-timeout", "60"]):
         assert pipeline_options(given).view_as(PortableOptions).job_server_timeout == 60
+
+
+def test_the_jobs_keep_prism_from_splitting_running_bundles():
+    """beam_jobs.flags.PRISM_EXPERIMENTS reach every job's options, beside the user's own experiments
+    (tests/test_prism.py checks that Prism then runs the decode-and-embed stage as one bundle)."""
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    from beam_jobs.flags import pipeline_options
+
+    assert pipeline_options([]).view_as(DebugOptions).experiments == ["prism_disable_sdf_split"]
+    given = pipeline_options(["--experiments", "mine", "--experiments=prism_disable_sdf_split"])
+    assert given.view_as(DebugOptions).experiments == ["mine", "prism_disable_sdf_split"]

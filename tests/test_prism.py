@@ -147,6 +147,18 @@ def test_featurize_on_prism_matches_in_process(featurized, clips, corpus):  # no
     # from the pipeline's own data, are what the product promises.
 
 
+def test_featurize_on_prism_decodes_and_embeds_in_one_bundle(featurized):
+    """Prism splits a running bundle in half whenever its input has not moved for 0.1 s, and runs the halves at
+    once: the decode-and-embed stage ended as 4-8 bundles, each with its own decoder children and embedder
+    batches (bench/runners.py: 0.39x the in-process runner's videos/s on 300 short clips). The jobs turn that
+    off (beam_jobs.flags.PRISM_EXPERIMENTS), so the stage runs as the one bundle Prism starts it with."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    result = featurized["prism"][0]
+    counters = result.metrics().query(MetricsFilter().with_namespace("videos").with_name("decode_bundles"))
+    assert [c.committed for c in counters["counters"]] == [1]
+
+
 # --- predict ---------------------------------------------------------------------------------------------------
 
 
