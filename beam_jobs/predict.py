@@ -252,6 +252,9 @@ class Model(NamedTuple):
 
 
 def _load_model(args) -> Model:
+    from common.cli import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up notes muted; imported only when a model is needed
     from model.export import load_model_dir
 
     loaded = load_model_dir(args.model)
@@ -462,10 +465,9 @@ def _features_branch(pipeline, files, handler, fmt, spec) -> Branch:
 
 
 if __name__ == "__main__":
-    from common.cli import main, quiet_tensorflow
+    from common.cli import main
     from tfrecords_schema import RecordError
 
-    quiet_tensorflow()
     # The importable module's run, not this script's: run as a script, this file's classes would belong to
     # __main__, which the SDK workers of portable and multi-process runners lack.
     from beam_jobs import predict
