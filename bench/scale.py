@@ -120,7 +120,7 @@ def _previous_run(output: Path, videos: Path, model: Path, exclude: str, rows: d
     refs = sorted((r for r in iter_videos([str(videos)]) if not (exclude and r.video_id.startswith(exclude))),
                   key=lambda r: r.video_id)
     step = len(refs) // max(changed, removed, 1)
-    stale = {refs[i].video_id for i in range(step // 2, len(refs), step)} if changed else set()
+    stale = {refs[i].video_id for i in range(step // 2, len(refs), step)[:changed]} if changed else set()
     if removed:
         refs += [dataclasses.replace(refs[i], video_id=f"{refs[i].video_id}.gone", uri=f"{refs[i].uri}.gone")
                  for i in range(0, len(refs), step)][:removed]
