@@ -127,6 +127,12 @@ def test_the_plan_is_the_same_when_the_listing_and_the_index_are_sorted_beyond_t
     assert not list((tmp_path / "scratch").glob("run-*"))  # the runs are removed once read
 
 
+def test_a_video_listed_twice_is_planned_once_by_its_first_uri(tmp_path):
+    twice = [ref("b.avi", uri="/z/b.avi"), ref("a.avi"), ref("b.avi", uri="/a/b.avi"), ref("b.avi", uri="/m/b.avi")]
+    found = plan(tmp_path, None, carry=False, listed=twice)
+    assert [(r.video_id, r.uri) for r, _ in found["todo"]] == [("a.avi", "/in/a.avi"), ("b.avi", "/a/b.avi")]
+
+
 def test_the_pipeline_reads_the_todo_file(tmp_path):
     found = plan(tmp_path, previous_output(str(tmp_path / "out")))
     with TestPipeline() as pipeline:

@@ -29,8 +29,18 @@ def spills(monkeypatch):
 
 def test_beyond_its_budget_the_sort_spills_runs_and_merges_them_stably(tmp_path, spills, monkeypatch):
     monkeypatch.setattr(sorting, "FAN_IN", 3)  # 40 runs: merged in passes of 3, as a million lines would be
+    reading, most, original = [0], [0], sorting._read_run
+
+    def read_run(path):  # how many runs are open at once
+        reading[0] += 1
+        most[0] = max(most[0], reading[0])
+        yield from original(path)
+        reading[0] -= 1
+
+    monkeypatch.setattr(sorting, "_read_run", read_run)
     given = lines(400)
     result = list(sorted_lines(iter(given), first_field, str(tmp_path), budget_bytes=1000))
+    assert most[0] <= 3
     assert result == sorted(given, key=first_field)  # Python's sort is stable: equal keys keep their order
     assert len(spills) >= 40 and max(spills) * (len(given[0]) + sorting._LINE_OVERHEAD) <= 1000 + 200
     assert list(tmp_path.iterdir()) == []  # every run removed once read
