@@ -174,6 +174,17 @@ def stage(plan: Plan, folder: str) -> None:
             fs.copy_file(plan.path(name), fs.join(folder, name))
 
 
+def reuse(previous: PreviousRun | None, model_id: str, windows, args) -> tuple[bool, bool]:
+    """(carry, redo): whether the previous run's rows may be carried over (the same model, and the same
+    windows with --segments), and whether they must be decided again (another --min-confidence or --top-k;
+    the model's labels are its p_ columns)."""
+    carry = (previous is not None and previous.model_id == model_id
+             and (windows is None or previous.segments == windows.manifest()))
+    labels = sum(column.startswith("p_") for column in previous.columns) if carry else 0
+    redo = carry and previous.decisions != {"min_confidence": args.min_confidence, "top_k": min(args.top_k, labels)}
+    return carry, redo
+
+
 def nothing_to_do(plan: Plan, previous: PreviousRun | None, carry: bool, redo: bool, args) -> bool:
     """Whether a run would publish the outputs already there: nothing new, changed or removed, the same model
     and windows and decisions, no --verify or --overwrite, per-video files as before, and no review tasks then

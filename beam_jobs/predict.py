@@ -33,11 +33,12 @@ import time
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import outputs, report, review
+from beam_jobs import plan as planning
 from beam_jobs import segments as seg
-from beam_jobs.classify import DecodeRecordDoFn, VideoClassifierHandler, video_model_input
+from beam_jobs.classify import DecodeRecordDoFn, LabellingModel, load_labelling_model, video_model_input
 from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
@@ -52,14 +53,12 @@ from beam_jobs.label_rows import (
     PER_VIDEO_DIR,
     UNKNOWN_LABEL,
     FormatLabelRows,
-    RowFormat,
     describe_rows,
     label_columns,
     redecide,
     write_per_video,
 )
 from beam_jobs.matching import iter_videos, write_listing
-from beam_jobs import plan as planning
 from beam_jobs.publish_labels import PARTS_DIR, FinishPredict
 from beam_jobs.sinks import WriteSortedShards, csv_line
 from common import fs
@@ -187,7 +186,7 @@ def run(argv: list[str] | None = None):
     check_files(args.model)
     with tempfile.TemporaryDirectory(prefix="predict-listing-") as scratch:
         if args.features:
-            model = _load_model(args)
+            model = load_labelling_model(args)
             record_files = _check_records(args.features, model.spec)
         else:
             listing = os.path.join(scratch, outputs.REFS_FILE)
@@ -201,9 +200,7 @@ def run(argv: list[str] | None = None):
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
                 windows = segment_options(args)
-                carry = (previous is not None and previous.model_id == model_id(args.model)
-                         and (windows is None or previous.segments == windows.manifest()))
-                redo = carry and previous.decisions != _decisions(args, previous)
+                carry, redo = planning.reuse(previous, model_id(args.model), windows, args)
                 plan = planning.plan_run(listing, args.output, previous, carry, args.verify, scratch)
                 if planning.nothing_to_do(plan, previous, carry, redo, args):
                     planning.record_check(args.output, plan, output_run.run_id, time.time() - started_at,
@@ -211,7 +208,7 @@ def run(argv: list[str] | None = None):
                     print(f"predict: nothing new, changed or removed among the {plan.listed} videos listed; the "
                           f"outputs in {args.output} stay as they are (the check is in {outputs.MANIFEST_FILE})")
                     return None
-                model = _load_model(args)
+                model = load_labelling_model(args)
                 staging = output_run.staging(overwrite=args.overwrite, incremental=True)
                 plan_dir = fs.join(staging, PARTS_DIR, "plan")
                 planning.stage(plan, plan_dir)
@@ -241,35 +238,6 @@ def run(argv: list[str] | None = None):
     return result
 
 
-class Model(NamedTuple):
-    """The loaded model's facts the launcher needs (the workers load their own copy)."""
-
-    spec: object  # tfrecords_schema.RecordSpec
-    labels: tuple[str, ...]
-    model_id: str
-    fmt: RowFormat
-    handler: KeyedModelHandler
-
-
-def _load_model(args) -> Model:
-    from common.cli import quiet_tensorflow
-
-    quiet_tensorflow()  # TensorFlow's start-up notes muted; imported only when a model is needed
-    from model.export import load_model_dir
-
-    loaded = load_model_dir(args.model)
-    labels = tuple(loaded.labels)
-    fmt = RowFormat(labels, loaded.model_id, min(args.top_k, len(labels)), args.min_confidence)
-    handler = KeyedModelHandler(VideoClassifierHandler(args.model, args.classifier_batch_size, args.large_model))
-    return Model(loaded.spec, labels, loaded.model_id, fmt, handler)
-
-
-def _decisions(args, previous: PreviousRun) -> dict:
-    """RowFormat.decisions() of this run, for the model of `previous` (whose labels are its p_ columns)."""
-    labels = sum(column.startswith("p_") for column in previous.columns)
-    return {"min_confidence": args.min_confidence, "top_k": min(args.top_k, labels)}
-
-
 def _embedder_options(spec, args):
     """The engine whose features match the model's records (its backbone id: the weights, and int8 or not),
     with the weights checked to be available."""
@@ -294,7 +262,7 @@ def _count(pcoll, label: str):
     return pcoll | label >> beam.combiners.Count.Globally()
 
 
-def _publish(pipeline, args, branch: Branch, previous, staging, run_id, model: Model, started_at, embedding=None,
+def _publish(pipeline, args, branch: Branch, previous, staging, run_id, model: LabellingModel, started_at, embedding=None,
              carry_over: CarryOver | None = None, removed_list: str | None = None):
     """Write the outputs with sinks in parallel, then the publishing step, with small side inputs only. The
     rows of videos carried over join them there (`carry_over`)."""
@@ -360,7 +328,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, model: M
     )
 
 
-def _videos_branch(pipeline, args, model: Model, options, previous, plan_dir: str, carry: bool, redo: bool,
+def _videos_branch(pipeline, args, model: LabellingModel, options, previous, plan_dir: str, carry: bool, redo: bool,
                    staging: str) -> Branch:
     """The plan's new and changed videos -> rows (the unchanged ones are carried over when publishing, unread).
     Those whose content is unchanged (by fingerprint) skip the model, their rows reused (decided again when
