@@ -153,6 +153,8 @@ def _previous_run(output: Path, videos: Path, model: Path, exclude: str, rows: d
     if wanted:
         wanted.close()
     (output / "manifest.json").write_text(json.dumps({"job": "predict", "model_id": loaded.model_id,
+                                                      "videos_matched": count, "videos_labelled": count,
+                                                      "labelled_this_run": count, "failures": 0,
                                                       "options": {"per_video": False, "min_confidence": 0.0,
                                                                   "top_k": 3}}))
 
@@ -200,6 +202,12 @@ def _child(argv: list[str]) -> None:
     sys.exit(status)
 
 
+def _size(path: Path) -> int:
+    """0 for a file that is not there (the previous run this benchmark writes has no report.html, and a
+    re-run with nothing to do writes none)."""
+    return path.stat().st_size if path.exists() else 0
+
+
 def _rerun(name: str, videos: Path, output: Path, model: Path) -> dict:
     record = SCALE_DIR / f"{name}.graph.json"
     job = run_job(name, python_module("bench.scale", "--child", str(record), "--input", str(videos), "--model",
@@ -209,7 +217,7 @@ def _rerun(name: str, videos: Path, output: Path, model: Path) -> dict:
     manifest = json.loads((output / "manifest.json").read_text())
     result = {"wall_s": round(job.wall_s, 1), "whole_job_peak_rss_mb": round(job.peak_rss_mb),
               "launcher_peak_rss_mb": round(recorded["launcher_peak_rss_mb"]),
-              "graph_bytes": recorded["graph_bytes"], "report_bytes": (output / "report.html").stat().st_size,
+              "graph_bytes": recorded["graph_bytes"], "report_bytes": _size(output / "report.html"),
               "labelled_this_run": manifest["labelled_this_run"], "videos_labelled": manifest["videos_labelled"],
               "load_before": job.load_before}
     log(f"{name}: {result}")
