@@ -9,9 +9,10 @@ from typing import Iterable, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
 from beam_jobs.decode import FAILURES
+from beam_jobs.label_rows import RowFormat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +95,29 @@ def record_model_input(serialized: bytes):
     record = decode_video_record(serialized)
     ref = VideoRef(video_id=record.video_id, uri=record.uri, label=record.label)
     return ref, record.fingerprint, (record.video_id, ModelInput(record.features, record.mask))
+
+
+@dataclasses.dataclass(frozen=True)
+class LabellingModel:
+    """What the labelling job's launcher needs of its model (the workers load their own copy): the spec its
+    records must match, its labels and id, how rows are decided, and the RunInference handler."""
+
+    spec: object  # tfrecords_schema.RecordSpec
+    labels: tuple[str, ...]
+    model_id: str
+    fmt: RowFormat
+    handler: KeyedModelHandler
+
+
+def load_labelling_model(args) -> LabellingModel:
+    """Load and check `args.model` (TensorFlow is imported here, its start-up notes muted)."""
+    from common.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from model.export import load_model_dir
+
+    loaded = load_model_dir(args.model)
+    labels = tuple(loaded.labels)
+    fmt = RowFormat(labels, loaded.model_id, min(args.top_k, len(labels)), args.min_confidence)
+    handler = KeyedModelHandler(VideoClassifierHandler(args.model, args.classifier_batch_size, args.large_model))
+    return LabellingModel(loaded.spec, labels, loaded.model_id, fmt, handler)

@@ -1,5 +1,4 @@
-"""Incremental labelling: the previous run into the same output, joined with the current listing inside the
-pipeline, so its rows flow from the previous files to the new ones without passing through one process.
+"""Incremental labelling: what a run into the output of a finished earlier run reuses of it.
 
 A video is unchanged when the previous run labelled it with the same model and its size, modification time
 and version are the same: its row is carried over without reading it. The version is what a same-size edit
@@ -9,12 +8,16 @@ the object's generation (see `beam_jobs.matching`). A video whose listing change
 every video is read and fingerprinted again. Videos the previous run knew that are no longer listed are
 removed (their rows drop out; their per-video files and thumbnails are deleted when the run publishes).
 
-The launcher reads only the previous manifest and the header of its labels.csv (`PreviousRun.read`), and of
-its segments.csv when it labelled windows (`predict --segments`): the segments of a carried-over video are
-carried over too, from a previous run with the same windows (`ReadPreviousSegments`). A previous run that
-decided labels with another --min-confidence or --top-k (`PreviousRun.decisions`) has its carried rows and
-segments decided again (`label_rows.redecide`). Its CSV files are read in parallel a line at a time, unless
-its manifest says a record spans lines (a video id with a line break): then in order (`ReadCsvRecords`).
+The launcher reads the previous manifest and the header of its labels.csv (`PreviousRun.read`), and of its
+segments.csv when it labelled windows (`predict --segments`), then works out which videos are new, changed,
+unchanged or removed by walking the listing and the previous index and labels.csv side by side
+(`beam_jobs.plan`): the pipeline reads only the new and changed ones (`ReadPlan`), with the previous segments
+of those it may find known (`ReadPreviousSegments`); the rows, index entries and segments of the videos
+carried over go from the previous files to the new ones when the run publishes (`beam_jobs.carry`). A
+previous run that decided labels with another --min-confidence or --top-k (`PreviousRun.decisions`) has its
+carried rows and segments decided again (`label_rows.redecide`). CSV files are read in parallel a line at a
+time, unless their manifest says a record spans lines (a video id with a line break): then in order
+(`ReadCsvRecords`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Iterator
 import apache_beam as beam
 
 from beam_jobs.label_rows import LABELS_FILE
-from beam_jobs.matching import VideoRef, parse_ref
+from beam_jobs.matching import VideoRef
 from beam_jobs.outputs import MANIFEST_FILE
 from beam_jobs.segments import SEGMENTS_FILE
 from beam_jobs.sinks import csv_values, iter_csv_records
@@ -41,7 +44,6 @@ _LOG = logging.getLogger(__name__)
 INDEX_FILE = "index.jsonl"  # the single index file of runs before the index was sharded
 INDEX_PREFIX = "index"
 INDEX_PATTERN = f"{INDEX_PREFIX}-*-of-*.jsonl"
-CARRIED, REMOVED = "carried", "removed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class PreviousRun:
     segment_columns: tuple[str, ...] = ()
     decisions: dict | None = None  # its --min-confidence and --top-k (RowFormat.decisions()); None: unknown
     multiline: tuple[str, ...] = ()  # its CSV files with a record that spans lines (a line break in an id)
+    review: bool = dataclasses.field(default=False, compare=False)  # it wrote Label Studio tasks (--review)
 
     @classmethod
     def read(cls, output: str) -> "PreviousRun | None":
@@ -89,7 +92,8 @@ class PreviousRun:
         return cls(model_id=manifest.get("model_id", ""), columns=columns, index_files=index_files,
                    per_video=bool(options.get("per_video")), segments=segments,
                    segment_columns=_header(segments_path) if segments else (), decisions=decisions,
-                   multiline=tuple(name for name, count in manifest.get(MULTILINE_KEY, {}).items() if count))
+                   multiline=tuple(name for name, count in manifest.get(MULTILINE_KEY, {}).items() if count),
+                   review=bool(options.get("review")))
 
 
 MULTILINE_KEY = "csv_records_spanning_lines"  # the manifest's {CSV file: records with a line break in a field}
@@ -130,46 +134,17 @@ class ReadCsvRecords(beam.PTransform):
                 | "Spread" >> beam.Reshuffle())
 
 
-def parse_entry(line: str) -> tuple[str, dict]:
-    entry = json.loads(line)
-    return entry["video_id"], entry
-
-
-class ReadPreviousRun(beam.PTransform):
-    """The previous run's index entries and labels.csv rows, each keyed by video id."""
-
-    def __init__(self, output: str, previous: PreviousRun):
-        super().__init__()
-        self._output, self._previous = output, previous
-
-    def expand(self, pbegin):
-        columns = self._previous.columns
-        entries = (
-            pbegin
-            | "IndexFiles" >> beam.Create(list(self._previous.index_files))
-            | "ReadIndex" >> beam.io.ReadAllFromText()
-            | "ParseIndex" >> beam.Map(parse_entry)
-        )
-        rows = (
-            pbegin
-            | "ReadLabels" >> ReadCsvRecords(fs.join(self._output, LABELS_FILE),
-                                             LABELS_FILE in self._previous.multiline)
-            | "ParseLabels" >> beam.Map(parse_row, columns)
-        )
-        return entries, rows
-
-
 class ReadPreviousSegments(beam.PTransform):
-    """The previous run's segments.csv rows, keyed by video id."""
+    """A segments.csv file of the previous run (the launcher's extract of it, `beam_jobs.plan`): its rows,
+    keyed by video id."""
 
-    def __init__(self, output: str, previous: PreviousRun):
+    def __init__(self, path: str, previous: PreviousRun):
         super().__init__()
-        self._output, self._previous = output, previous
+        self._path, self._previous = path, previous
 
     def expand(self, pbegin):
         return (pbegin
-                | "ReadSegments" >> ReadCsvRecords(fs.join(self._output, SEGMENTS_FILE),
-                                                   SEGMENTS_FILE in self._previous.multiline)
+                | "ReadSegments" >> ReadCsvRecords(self._path, SEGMENTS_FILE in self._previous.multiline)
                 | "ParseSegments" >> beam.Map(parse_row, self._previous.segment_columns))
 
 
@@ -179,54 +154,24 @@ def unchanged(entry: dict | None, ref: VideoRef) -> bool:
         entry.get(key) == getattr(ref, key) for key in ("uri", "size", "mtime", "version"))
 
 
-class PlanIncrementalDoFn(beam.DoFn):
-    """(video_id, {"ref": [VideoRef...], "entry": [...], "row": [...]}) -> main: (VideoRef, previous) to read,
-    previous being (fingerprint, row) when the previous run labelled it; `carried`: (row, index entry) of
-    an unchanged video; `removed`: the id of a video no longer listed.
+class ReadPlan(beam.PTransform):
+    """The plan's todo file (`beam_jobs.plan`) -> PCollection[(VideoRef, previous)], previous being
+    (fingerprint, labels.csv row) when the previous run labelled the video with the same model, else None."""
 
-    `carry` is False when the model changed or the run must relabel everything; `verify` reads every video."""
-
-    def __init__(self, carry: bool, verify: bool = False):
-        self._carry, self._verify = carry, verify
-
-    def process(self, joined):
-        video_id, parts = joined
-        refs, entries, rows = parts.get("ref", []), parts.get("entry", []), parts.get("row", [])
-        if not refs:
-            if entries or rows:
-                yield beam.pvalue.TaggedOutput(REMOVED, video_id)
-            return
-        ref = min(refs, key=lambda r: r.uri)  # listed twice by overlapping inputs: the same file
-        entry, row = (entries[0] if entries else None), (rows[0] if rows else None)
-        if not self._carry or entry is None or row is None:
-            yield ref, None
-        elif not self._verify and unchanged(entry, ref):
-            yield beam.pvalue.TaggedOutput(CARRIED, (row, entry))
-        else:
-            yield ref, (entry["fingerprint"], row)
-
-
-class PlanIncremental(beam.PTransform):
-    """The listing file (and the previous run, if any) -> tagged outputs: main (VideoRef, previous) to read,
-    `carried` (row, entry), `removed` video ids."""
-
-    def __init__(self, listing_path: str, output: str, previous: PreviousRun | None, carry: bool, verify: bool):
+    def __init__(self, todo_path: str):
         super().__init__()
-        self._listing, self._output, self._previous = listing_path, output, previous
-        self._carry, self._verify = carry, verify
+        self._todo = todo_path
 
     def expand(self, pbegin):
-        refs = (pbegin
-                | "ReadListing" >> beam.io.ReadFromText(self._listing)
-                | "ParseListing" >> beam.Map(parse_ref)
-                | "KeyRefs" >> beam.Map(lambda ref: (ref.video_id, ref)))
-        parts = {"ref": refs}
-        if self._previous is not None:
-            parts["entry"], parts["row"] = pbegin | "Previous" >> ReadPreviousRun(self._output, self._previous)
-        return (parts
-                | "JoinWithPrevious" >> beam.CoGroupByKey()
-                | "Plan" >> beam.ParDo(PlanIncrementalDoFn(self._carry, self._verify)).with_outputs(
-                    CARRIED, REMOVED, main="todo"))
+        return (pbegin
+                | "ReadTodo" >> beam.io.ReadFromText(self._todo)
+                | "ParseTodo" >> beam.Map(parse_todo))
+
+
+def parse_todo(line: str) -> tuple[VideoRef, tuple[str, dict] | None]:
+    """A line of the plan's todo file -> (VideoRef, previous): (fingerprint, labels.csv row) or None."""
+    item = json.loads(line)
+    return VideoRef(**item["ref"]), tuple(item["previous"]) if item["previous"] else None
 
 
 def index_entry(ref: VideoRef, fingerprint: str) -> dict:

@@ -15,8 +15,9 @@ together when the run finishes.
 
 Scheduled runs are incremental: re-running the same command on the same --output processes only videos that
 are new or changed (by size and modification time, then by content fingerprint) and copies the rows (and
-thumbnails) of the others from the previous run; removed videos drop out. A different model relabels
-everything, and so does --overwrite. Every flag this job does not know goes to Beam's PipelineOptions.
+thumbnails) of the others from the previous run; removed videos drop out (beam_jobs.plan works out which,
+before any pipeline is built). A re-run that finds nothing new, changed or removed runs no pipeline and says
+so in one line. A different model relabels everything, and so does --overwrite. Every flag this job does not know goes to Beam's PipelineOptions.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ import time
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 
 from beam_jobs import outputs, report, review
+from beam_jobs import plan as planning
 from beam_jobs import segments as seg
-from beam_jobs.classify import DecodeRecordDoFn, VideoClassifierHandler, video_model_input
+from beam_jobs.classify import DecodeRecordDoFn, LabellingModel, load_labelling_model, video_model_input
 from beam_jobs.cores import core_request
 from beam_jobs.decode import FAILURES, DecodeFrames, FrameOptions
 from beam_jobs.embed import EmbedFrames
@@ -45,22 +47,13 @@ from beam_jobs.flatten import FlattenApart
 from beam_jobs.calibration import calibrate
 from beam_jobs.flags import add_engine_flags, add_frame_flags, parse_extensions, validate_engine_args, validate_frame_args
 from beam_jobs.flags import pipeline_options
-from beam_jobs.incremental import (
-    CARRIED,
-    INDEX_PREFIX,
-    REMOVED,
-    PlanIncremental,
-    PreviousRun,
-    ReadPreviousSegments,
-    SplitKnownContentDoFn,
-    index_entry,
-)
+from beam_jobs.carry import CarryOver
+from beam_jobs.incremental import PreviousRun, ReadPlan, ReadPreviousSegments, SplitKnownContentDoFn, index_entry
 from beam_jobs.label_rows import (
     LABELS_FILE,
     PER_VIDEO_DIR,
     UNKNOWN_LABEL,
     FormatLabelRows,
-    RowFormat,
     describe_rows,
     label_columns,
     redecide,
@@ -185,39 +178,57 @@ def segment_options(args) -> seg.SegmentOptions | None:
 
 
 def run(argv: list[str] | None = None):
-    """Build and run the labelling pipeline; return its PipelineResult (finished)."""
-    from model.export import load_model_dir
+    """Build and run the labelling pipeline; return its PipelineResult (finished), or None when a re-run found
+    nothing new, changed or removed and ran none (the model is not even loaded then)."""
+    from model.identity import check_files, model_id
 
     started_at = time.time()
     args, beam_args = _parse(argv)
-    loaded = load_model_dir(args.model)
-    spec, labels, model_id = loaded.spec, tuple(loaded.labels), loaded.model_id
-    del loaded  # the workers load their own copy
-    fmt = RowFormat(labels, model_id, min(args.top_k, len(labels)), args.min_confidence)
-    handler = KeyedModelHandler(VideoClassifierHandler(args.model, args.classifier_batch_size, args.large_model))
+    check_files(args.model)
     with tempfile.TemporaryDirectory(prefix="predict-listing-") as scratch:
         if args.features:
-            record_files = _check_records(args.features, spec)
+            model = load_labelling_model(args)
+            record_files = _check_records(args.features, model.spec)
         else:
-            options = _embedder_options(spec, args)
             listing = os.path.join(scratch, outputs.REFS_FILE)
             listed = write_listing(iter_videos(args.input, parse_extensions(args.extensions)), listing)
         with outputs.OutputRun(args.output, "predict", args.lease_ttl) as output_run:
-            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
-            previous = None
+            previous = carry_over = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
-                branch = _features_branch(pipeline, record_files, handler, fmt, spec)
+                pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+                branch = _features_branch(pipeline, record_files, model.handler, model.fmt, model.spec)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
+                windows = segment_options(args)
+                carry, redo = planning.reuse(previous, model_id(args.model), windows, args)
+                plan = planning.plan_run(listing, args.output, previous, carry, args.verify, scratch)
+                if planning.nothing_to_do(plan, previous, carry, redo, args):
+                    planning.record_check(args.output, plan, output_run.run_id, time.time() - started_at,
+                                          fence=lambda: outputs.check_lease(args.output, output_run.run_id))
+                    print(f"predict: nothing new, changed or removed among the {plan.listed} videos listed; the "
+                          f"outputs in {args.output} stay as they are (the check is in {outputs.MANIFEST_FILE})")
+                    return None
+                model = load_labelling_model(args)
                 staging = output_run.staging(overwrite=args.overwrite, incremental=True)
-                fs.copy_file(listing, fs.join(staging, outputs.REFS_FILE))
-                _LOG.info("predict: %d videos listed%s", listed, "; the previous run's labels are joined in the "
-                          "pipeline" if previous and previous.model_id == model_id else "")
-                options, embedding = _calibrated(options, args, spec, listing, listed, staging)
-                branch = _videos_branch(pipeline, args, spec, options, handler, fmt, previous, staging)
-            _publish(pipeline, args, branch, previous, staging, output_run.run_id, labels, model_id, spec,
-                     started_at, embedding=None if args.features else embedding)
+                plan_dir = fs.join(staging, PARTS_DIR, "plan")
+                planning.stage(plan, plan_dir)
+                _LOG.info("predict: %d videos listed: %d new or changed to read, %d carried over from the previous "
+                          "run, %d removed", plan.listed, plan.todo, plan.carried, plan.removed)
+                options, embedding = _calibrated(_embedder_options(model.spec, args), args, model.spec, listing,
+                                                 listed, staging)
+                pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+                branch = _videos_branch(pipeline, args, model, options, previous, plan_dir, carry, redo, staging)
+                if carry and plan.carried:
+                    carry_over = CarryOver(
+                        output=args.output, plan_dir=plan_dir, count=plan.carried,
+                        columns=tuple(label_columns(model.labels)), previous_columns=previous.columns,
+                        multiline=previous.multiline, fmt=model.fmt, redo=redo,
+                        window_s=windows.window_s if windows else 0.0, segment_columns=previous.segment_columns,
+                        per_video=bool(args.per_video) and not previous.per_video)
+            _publish(pipeline, args, branch, previous, staging, output_run.run_id, model, started_at,
+                     embedding=None if args.features else embedding, carry_over=carry_over,
+                     removed_list=None if args.features else fs.join(plan_dir, planning.REMOVED_FILE))
             result = pipeline.run()
             result.wait_until_finish()
     if args.show:
@@ -252,9 +263,11 @@ def _count(pcoll, label: str):
     return pcoll | label >> beam.combiners.Count.Globally()
 
 
-def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, model_id, spec, started_at,
-             embedding=None):
-    """Write the outputs with sinks in parallel, then the publishing step, with small side inputs only."""
+def _publish(pipeline, args, branch: Branch, previous, staging, run_id, model: LabellingModel, started_at, embedding=None,
+             carry_over: CarryOver | None = None, removed_list: str | None = None):
+    """Write the outputs with sinks in parallel, then the publishing step, with small side inputs only. The
+    rows of videos carried over join them there (`carry_over`)."""
+    labels, model_id, spec = model.labels, model.model_id, model.spec
     columns = tuple(label_columns(labels))
     parts = fs.join(staging, PARTS_DIR)
     label_shards = (branch.rows
@@ -262,18 +275,16 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                     | "WriteLabelShards" >> WriteSortedShards(fs.join(parts, "labels")))
     failure_shards = (branch.failures | "FailureLines" >> beam.Map(lambda f: (f[0], csv_line(f)))
                       | "WriteFailureShards" >> WriteSortedShards(fs.join(parts, "failures")))
-    index_files = (branch.index | "IndexLines" >> beam.Map(lambda e: json.dumps(e, ensure_ascii=False))
-                   | "WriteIndex" >> beam.io.WriteToText(fs.join(staging, INDEX_PREFIX), file_name_suffix=".jsonl",
-                                                         shard_name_template="-SSSSS-of-NNNNN"))
+    index_shards = (branch.index | "IndexLines" >> beam.Map(lambda e: (e["video_id"], json.dumps(e, ensure_ascii=False)
+                                                                        + "\n"))
+                    | "WriteIndex" >> WriteSortedShards(fs.join(parts, "index")))
     # Removed videos and videos that failed in this run lose the per-video files a previous run left.
     stale = (branch.removed, branch.failures | "FailedIds" >> beam.Map(lambda f: f[0])) | "StaleIds" >> FlattenApart()
     removed_files = (stale | "StaleLines" >> beam.Map(json.dumps)
                      | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed")))
     counts = dict(branch.counts)
-    if args.per_video:
-        carried_too = previous is None or not previous.per_video
-        rows = branch.rows if carried_too else branch.rows_read
-        counts["per_video"] = _count(rows | "WritePerVideo" >> beam.Map(write_per_video, staging, labels),
+    if args.per_video:  # (carried rows get theirs when publishing, if the previous run wrote none)
+        counts["per_video"] = _count(branch.rows | "WritePerVideo" >> beam.Map(write_per_video, staging, labels),
                                      "CountPerVideo")
     wipe = [report.THUMBNAILS_DIR] if args.overwrite or args.features else []
     if args.overwrite or args.features or not args.per_video or (previous is not None and not previous.per_video):
@@ -303,7 +314,7 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
                   "embedding": embedding, "segments": windows.manifest() if windows else None,
                   "cores": core_request(args, pipeline.options).plan().manifest(),
                   "options": {k: v for k, v in vars(args).items() if k != "output"}},
-        segment_columns=segment_columns,
+        segment_columns=segment_columns, carry_over=carry_over, removed_list=removed_list,
     )
     _ = pipeline | "PublishOutputs" >> outputs.PublishOutputs(
         finish,
@@ -313,24 +324,22 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, labels, 
         label_shards=beam.pvalue.AsList(label_shards),
         failure_shards=beam.pvalue.AsList(failure_shards),
         removed_files=beam.pvalue.AsList(removed_files),
-        index_files=beam.pvalue.AsList(index_files),  # so that publishing waits for the index to be written
+        index_shards=beam.pvalue.AsList(index_shards),
         **side_inputs,
     )
 
 
-def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, staging: str) -> Branch:
-    """Videos -> rows. Unchanged videos (by their listing) are carried over from the previous run without
-    reading them; those whose content is unchanged (by fingerprint) skip the model. With --segments, each
-    video's windows are labelled too (beam_jobs.segments); rows and segments are carried over only from a
-    previous run with the same windows."""
+def _videos_branch(pipeline, args, model: LabellingModel, options, previous, plan_dir: str, carry: bool, redo: bool,
+                   staging: str) -> Branch:
+    """The plan's new and changed videos -> rows (the unchanged ones are carried over when publishing, unread).
+    Those whose content is unchanged (by fingerprint) skip the model, their rows reused (decided again when
+    `redo`). With --segments, each video's windows are labelled too (beam_jobs.segments); a reused row gets its
+    previous segments, from a previous run with the same windows."""
+    spec, handler, fmt = model.spec, model.handler, model.fmt
     windows = segment_options(args)
-    carry = (previous is not None and previous.model_id == fmt.model_id
-             and (windows is None or previous.segments == windows.manifest()))
-    redo = carry and previous.decisions != fmt.decisions()  # carried rows: another --min-confidence or --top-k
-    plan = pipeline | "PlanIncremental" >> PlanIncremental(fs.join(staging, outputs.REFS_FILE), args.output,
-                                                           previous, carry, args.verify)
     frame_options = FrameOptions(spec.max_seq_length, spec.image_size, spec.sampling, args.decode_timeout)
-    todo = plan.todo | "SpreadVideos" >> beam.Reshuffle()
+    todo = (pipeline | "ReadPlan" >> ReadPlan(fs.join(plan_dir, planning.TODO_FILE))
+            | "SpreadVideos" >> beam.Reshuffle())
     cores = core_request(args, pipeline.options)
     decode = (seg.DecodeSegments(frame_options, windows, job_id=staging, cores=cores) if windows
               else DecodeFrames(frame_options, job_id=staging, cores=cores))
@@ -350,39 +359,38 @@ def _videos_branch(pipeline, args, spec, options, handler, fmt, previous, stagin
                    | "Classify" >> RunInference(handler))
     video_refs = embedded | "KeyRefs" >> beam.Map(lambda v: (v.ref.video_id, v.ref))
     new_rows = (predictions, video_refs) | "FormatLabelRows" >> FormatLabelRows(fmt)
-    known, carried = split[SplitKnownContentDoFn.KNOWN], plan[CARRIED]
+    known = split[SplitKnownContentDoFn.KNOWN]
     reused_rows = known | "KnownRows" >> beam.Map(lambda pair: pair[0])
-    carried_rows = carried | "CarriedRows" >> beam.Map(lambda pair: pair[0])
     if redo:
         reused_rows = reused_rows | "RedecideKnown" >> beam.Map(redecide, fmt)
-        carried_rows = carried_rows | "RedecideCarried" >> beam.Map(redecide, fmt)
     thumbnails = thumbnailed[report.THUMBNAILS] | "StageThumbnails" >> beam.Map(report.stage_thumbnail, staging)
     segments = None
     if windows:  # the rows come out of the join with their videos' segments, each with its timeline
-        previous_segments = (pipeline | "PreviousSegments" >> ReadPreviousSegments(args.output, previous) if carry
-                             else pipeline | "NoPreviousSegments" >> beam.Create([]))
-        segments = ((window_frames, new_rows, reused_rows, carried_rows, previous_segments)
+        previous_path = fs.join(plan_dir, planning.PREVIOUS_SEGMENTS_FILE)
+        previous_segments = (pipeline | "PreviousSegments" >> ReadPreviousSegments(previous_path, previous)
+                             if carry and fs.exists(previous_path) else pipeline | "NoPreviousSegments" >> beam.Create([]))
+        segments = ((window_frames, new_rows, reused_rows, previous_segments)
                     | "LabelSegments" >> seg.LabelSegments(handler, fmt, spec.max_seq_length, windows, redo))
         rows = segments.rows
     else:
-        rows = (new_rows, reused_rows, carried_rows) | "AllRows" >> FlattenApart()
+        rows = (new_rows, reused_rows) | "AllRows" >> FlattenApart()
+    zero = pipeline | "NoneCarriedHere" >> beam.Create([0])
     return Branch(
         rows=rows,
-        rows_read=(new_rows, reused_rows) | "RowsRead" >> FlattenApart(),
+        rows_read=rows,
         index=((embedded | "IndexNew" >> beam.Map(lambda v: index_entry(v.ref, v.fingerprint)),
-                known | "IndexKnown" >> beam.Map(lambda pair: pair[1]),
-                carried | "IndexCarried" >> beam.Map(lambda pair: pair[1])) | "AllIndex" >> FlattenApart()),
+                known | "IndexKnown" >> beam.Map(lambda pair: pair[1])) | "AllIndex" >> FlattenApart()),
         failures=decoded[FAILURES],
-        removed=plan[REMOVED],
+        removed=pipeline | "NoneRemovedHere" >> beam.Create([]),  # the plan's removed videos: publishing reads them
         counts={
-            "matched": _count((plan.todo, carried) | "Listed" >> FlattenApart(), "CountMatched"),
+            "matched": _count(todo, "CountMatched"),
             "by_model": _count(new_rows, "CountByModel"),
             "reused_content": _count(reused_rows, "CountReused"),
-            "carried": _count(carried, "CountCarried"),
+            "carried": zero,
             "failed": _count(decoded[FAILURES], "CountFailed"),
             "frames_sampled": (thumbnailed.videos | "FramesSampled" >> beam.Map(lambda v: len(v.sampled.frame_indices))
                                | "SumFramesSampled" >> beam.CombineGlobally(sum)),
-            "thumbnails": _count((thumbnails, carried) | "ThumbnailsShown" >> FlattenApart(), "CountThumbnails"),
+            "thumbnails": _count(thumbnails, "CountThumbnails"),
             **(segments.counts if segments else {}),
         },
         segments=segments,
@@ -426,10 +434,9 @@ def _features_branch(pipeline, files, handler, fmt, spec) -> Branch:
 
 
 if __name__ == "__main__":
-    from common.cli import main, quiet_tensorflow
+    from common.cli import main
     from tfrecords_schema import RecordError
 
-    quiet_tensorflow()
     # The importable module's run, not this script's: run as a script, this file's classes would belong to
     # __main__, which the SDK workers of portable and multi-process runners lack.
     from beam_jobs import predict

@@ -18,10 +18,12 @@ import time
 
 from beam_jobs import outputs, report
 from beam_jobs.events import EVENT_COLUMNS, TRACKS_DIR, event_line_key, track_path
-from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN, MULTILINE_KEY
+from beam_jobs.carry import CarryOver, fold_summary, timelines
+from beam_jobs.incremental import INDEX_FILE, INDEX_PATTERN, INDEX_PREFIX, MULTILINE_KEY
+from beam_jobs.plan import video_id_of
 from beam_jobs.label_rows import LABELS_FILE, PER_VIDEO_DIR, UNKNOWN_LABEL, per_video_path
 from beam_jobs.segments import EVENTS_FILE, SEGMENTS_FILE, segment_line_key
-from beam_jobs.sinks import csv_key, csv_line, merge_sorted_shards
+from beam_jobs.sinks import csv_key, csv_line, json_lines, merge_sorted_shards
 from common import fs, publish
 
 _LOG = logging.getLogger("beam_jobs.predict")  # the job's summary lines, under the job's name
@@ -72,25 +74,51 @@ class FinishPredict:
     started_at: float = 0.0  # time.time() when the job was launched
     no_thumbnail: str = "no frames"  # what the report shows for a video without a thumbnail
     segment_columns: tuple[str, ...] = ()  # segments.csv's, with --segments
+    carry_over: CarryOver | None = None  # the previous run's rows of the videos carried over unread
+    removed_list: str | None = None  # the plan's ids of videos no longer listed (JSON lines)
 
     def __call__(self, counts, summary, label_shards, failure_shards, removed_files=(), segment_shards=(),
-                 event_shards=(), index_files=()):
+                 event_shards=(), index_shards=()):
         if done := outputs.published_by(self.output, self.staging, self.run_id):  # a retry after publishing succeeded
             return done
+        label_shards, index_shards = list(label_shards), [p for p, _ in index_shards]
+        segment_shards, event_shards = [p for p, _ in segment_shards], [p for p, _ in event_shards]
+        counts = dict(counts)
+        if self.carry_over is not None:
+            carried = self.carry_over.write(fs.join(self.staging, PARTS_DIR), self.staging)
+            counts.update(matched=counts["matched"] + carried["rows"], carried=counts["carried"] + carried["rows"],
+                          thumbnails=counts.get("thumbnails", 0) + carried["rows"],
+                          per_video=counts.get("per_video", 0) + carried["per_video"],
+                          tracks=counts.get("tracks", 0) + carried["tracks"])
+            summary = fold_summary(summary, carried["summary"])
+            label_shards.append((carried["labels"], carried["rows"]))
+            index_shards.append(carried["index"])
+            if self.segment_columns:
+                counts.update(segments=counts["segments"] + carried["segment_count"],
+                              events=counts["events"] + carried["event_count"],
+                              segment_videos=counts["segment_videos"] + carried["segment_videos"])
+                segment_shards.append(carried["segments"])
+                event_shards.append(carried["events"])
+                summary = dict(summary, shown_rows=timelines(carried["segments"], summary["shown_rows"],
+                                                             self.segment_columns,
+                                                             self.manifest["segments"]["window_s"]))
         counts = Counts(**counts)
         self._check_accounting(counts, summary, label_shards)
-        self._check_written(index_files)
         seconds = max(time.time() - self.started_at if self.started_at else 0.0, 1e-3)
         merged = {LABELS_FILE: merge_sorted_shards([p for p, _ in label_shards], fs.join(self.staging, LABELS_FILE),
                                                    csv_key, csv_line(self.columns))}
+        if merged[LABELS_FILE].records != counts.labelled:
+            raise RuntimeError(f"accounting error: {counts.matched} matched, {counts.labelled} labelled "
+                               f"({merged[LABELS_FILE].records} rows), {counts.failed} failed")
+        merge_sorted_shards(index_shards, fs.join(self.staging, f"{INDEX_PREFIX}-00000-of-00001.jsonl"),
+                            video_id_of, records=json_lines)
         merge_sorted_shards([p for p, _ in failure_shards], fs.join(self.staging, outputs.FAILURES_FILE), csv_key,
                             csv_line(outputs.FAILURE_COLUMNS))
         if self.segment_columns:
-            merged[SEGMENTS_FILE] = merge_sorted_shards([p for p, _ in segment_shards],
-                                                        fs.join(self.staging, SEGMENTS_FILE), segment_line_key,
-                                                        csv_line(self.segment_columns))
-            merge_sorted_shards([p for p, _ in event_shards], fs.join(self.staging, EVENTS_FILE),
-                                event_line_key, csv_line(EVENT_COLUMNS))
+            merged[SEGMENTS_FILE] = merge_sorted_shards(segment_shards, fs.join(self.staging, SEGMENTS_FILE),
+                                                        segment_line_key, csv_line(self.segment_columns))
+            merge_sorted_shards(event_shards, fs.join(self.staging, EVENTS_FILE), event_line_key,
+                                csv_line(EVENT_COLUMNS))
         page = self._report(counts, summary, seconds)
         fs.write_text(fs.join(self.staging, report.REPORT_FILE), page)
         manifest = dict(self.manifest, videos_matched=counts.matched, videos_labelled=counts.labelled,
@@ -109,13 +137,6 @@ class FinishPredict:
                         run_id=self.run_id)
         self._log(counts, page, seconds)
         return manifest
-
-    def _check_written(self, index_files) -> None:
-        """The index files the pipeline wrote (handed in as a side input, so that no runner publishes before
-        they are written) must be staged, or published already by a try of this step that failed later."""
-        for path in index_files:
-            if not fs.exists(path) and not fs.exists(fs.join(self.output, fs.relative(path, self.staging))):
-                raise RuntimeError(f"the index file {path} was written but is not staged")
 
     def _output_patterns(self) -> list[str]:
         """The names this run writes (its manifest names them; the next run removes only what a manifest names)."""
@@ -151,7 +172,7 @@ class FinishPredict:
                                                              INDEX_FILE, SEGMENTS_FILE, EVENTS_FILE))
         yield from fs.match(fs.join(self.output, INDEX_PATTERN))
         yield from (fs.join(self.output, folder) for folder in self.wipe)
-        for path in removed_files:
+        for path in [*removed_files, *([self.removed_list] if self.removed_list else [])]:
             with fs.open_read(path) as raw:
                 for line in io.TextIOWrapper(raw, encoding="utf-8"):
                     video_id = json.loads(line)  # JSON: an id may hold a line break

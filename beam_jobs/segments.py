@@ -8,8 +8,8 @@ child: the windows leave a chunk at a time on the `window_frames` output (a `Vid
 chunk is out, so the frames in memory are a chunk's, never a video's. Both go through the one EmbedFrames
 step. `LabelSegments` turns the embedded chunks into one classifier input per window, classifies them with
 RunInference and joins the windows' rows with their video's labels.csv row by video id: segments of a video
-that failed after some chunks were decoded are dropped there, and a video whose row was carried over from the
-previous run (or whose content it knew) gets the previous run's segments. Incremental runs carry segments
+that failed after some chunks were decoded are dropped there, and a video whose content the previous run knew
+gets the previous run's segments (those of videos carried over unread join when the run publishes). Incremental runs carry segments
 over only from a previous run with the same windows (`SegmentOptions.manifest()` in its manifest).
 
 Outputs: segments.csv (`segment_columns`: a labels.csv row per window, with its index and its start and end in
@@ -190,9 +190,10 @@ class SegmentOutputs(NamedTuple):
 
 
 class LabelSegments(beam.PTransform):
-    """(embedded window chunks, rows by the model, rows of known content, carried rows, the previous run's
-    segments keyed by video id) -> SegmentOutputs. Rows are carried over or known only from a previous run
-    with the same model and the same windows, whose segments are then the ones they get."""
+    """(embedded window chunks, rows by the model, rows of known content, the previous run's segments keyed by
+    video id) -> SegmentOutputs. Rows are known only from a previous run with the same model and the same
+    windows, whose segments are then the ones they get. (The segments of videos carried over unread join
+    when the run publishes: beam_jobs.carry.)"""
 
     def __init__(self, handler, fmt: RowFormat, max_seq_length: int, windows: SegmentOptions, redo: bool = False):
         super().__init__()
@@ -200,15 +201,14 @@ class LabelSegments(beam.PTransform):
         self._redo = redo  # the previous run decided labels otherwise: carried segments are decided again
 
     def expand(self, inputs):
-        chunks, new_rows, known_rows, carried_rows, previous_segments = inputs
+        chunks, new_rows, known_rows, previous_segments = inputs
         fmt = self._fmt
         new_segments = (chunks
                         | "WindowInputs" >> beam.FlatMap(window_model_inputs, self._max_seq_length)
                         | "ClassifyWindows" >> RunInference(self._handler)
                         | "FormatSegmentRows" >> beam.Map(format_segment_row, fmt))
         tagged = [rows | f"Source{name}" >> beam.Map(lambda r, s=source: (r["video_id"], (s, r)))
-                  for name, source, rows in (("Model", FROM_MODEL, new_rows), ("Known", FROM_PREVIOUS, known_rows),
-                                             ("Carried", FROM_PREVIOUS, carried_rows))]
+                  for name, source, rows in (("Model", FROM_MODEL, new_rows), ("Known", FROM_PREVIOUS, known_rows))]
         parts = {"row": tagged | "AllSources" >> FlattenApart(), "new": new_segments, "old": previous_segments}
         join = JoinSegmentsDoFn(tuple(segment_columns(fmt.labels)), fmt, self._windows.window_s, self._redo)
         joined = (parts

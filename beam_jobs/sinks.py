@@ -111,19 +111,26 @@ def _records(path: str) -> Iterator[str]:
         yield from iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
 
 
+def json_lines(path: str) -> Iterator[str]:
+    """The lines of a file of JSON lines (a JSON value holds no raw line break)."""
+    with fs.open_read(path) as raw:
+        yield from io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+
 class Merged(NamedTuple):
     records: int  # written, the header not counted
     multiline: int  # of them with a line break inside a quoted field
 
 
-def merge_sorted_shards(paths: Iterable[str], destination: str, key: Callable[[str], str], header: str = "") -> Merged:
-    """Merge sorted shard files of CSV records into `destination` (header first), streaming; a record whose
-    quoted field holds a line break moves whole."""
+def merge_sorted_shards(paths: Iterable[str], destination: str, key: Callable[[str], str], header: str = "",
+                        records: Callable[[str], Iterator[str]] = _records) -> Merged:
+    """Merge sorted shard files of CSV records (or other `records` of a file, such as `json_lines`) into
+    `destination` (header first), streaming; a record whose quoted field holds a line break moves whole."""
     count = multiline = 0
     with fs.open_write(destination, "text/plain") as raw:
         out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         out.write(header)
-        for record in heapq.merge(*(_records(path) for path in sorted(paths)), key=key):
+        for record in heapq.merge(*(records(path) for path in sorted(paths)), key=key):
             out.write(record)
             count += 1
             multiline += "\n" in record[:-1] or "\r" in record

@@ -286,20 +286,32 @@ def _engines(e: dict) -> list[str]:
     return lines + [""]
 
 
-def _scale(s: dict) -> list[str]:
-    lines = ["## Bucket scale: scheduled re-runs of `python -m beam_jobs.predict` (issue 23)", "",
-             f"N videos as hard links of {s['sources']} generated clips, a previous finished run of the same model "
-             "in the job's own format, DirectRunner in one process (so the whole job's RSS includes the runner's "
-             "buffers: a distributed runner spreads them over workers). The launcher's peak RSS is taken as the "
-             "pipeline starts. `python -m bench.scale` runs it alone. Load at the end: "
-             f"{s.get('load_end')}.", "",
-             "| run | graph bytes | launcher peak RSS | whole-job peak RSS | wall | report.html | labelled this run | load before |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def scale_table(s: dict) -> list[str]:
+    lines = ["| run | pipeline graph bytes | launcher peak RSS | whole-job peak RSS | wall | report.html | "
+             "labelled this run | labels.csv = from scratch | load before |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in s["runs"].items():
+        equal = r.get("labels_equal_from_scratch")
+        same = "" if equal is None else ("yes" if equal else f"no ({r['rows_differing_from_scratch']} rows)")
         lines.append(f"| {name.replace('_', ' ')} | {r['graph_bytes']:,} | {r['launcher_peak_rss_mb']} MB | "
                      f"{r['whole_job_peak_rss_mb']} MB | {r['wall_s']} s | {r['report_bytes'] / 1024:.0f} KB | "
-                     f"{r['labelled_this_run']:,} of {r['videos_labelled']:,} | {r['load_before'][0]} |")
-    return lines + [""]
+                     f"{r['labelled_this_run']:,} of {r['videos_labelled']:,} | {same} | {r['load_before'][0]} |")
+    return lines
+
+
+def _scale(s: dict) -> list[str]:
+    cpu = s.get("machine", {}).get("cpu_model", "")
+    lines = ["## Bucket scale: scheduled re-runs of `python -m beam_jobs.predict` (issues 23, 35)", "",
+             f"N videos as hard links of {s['sources']} generated clips, a previous finished run of the same model "
+             "in the job's own format, DirectRunner in one process (so the whole job's RSS includes the runner's "
+             "buffers: a distributed runner spreads them over workers). The launcher works out what changed by a "
+             "streaming merge of the listing with the previous index (beam_jobs.plan); a re-run with nothing to do "
+             "builds no pipeline (graph 0 bytes; its launcher's peak RSS is the process's at exit), otherwise the "
+             "launcher's peak RSS is taken as the pipeline starts. The removed-and-changed run starts from a "
+             "previous run whose rows are a from-scratch run's (each source clip labelled by a real run) but for "
+             "1,000 stale rows and 1,000 videos no longer there (see bench/scale.py). `python -m bench.scale` runs "
+             f"it alone. CPU: {cpu}. Load at the end: {s.get('load_end')}.", ""]
+    return lines + scale_table(s) + [""]
 
 
 def write_markdown(results: dict) -> str:

@@ -1,6 +1,7 @@
-"""Bucket scale (issue 23): scheduled re-runs of the labelling job over N unchanged videos, N up to a million.
+"""Bucket scale (issues 23 and 35): scheduled re-runs of the labelling job over N videos, N up to a million.
 
-    python -m bench.scale                 # N = 20,000, 200,000 and 1,000,000 with 0 new; 200,000 with 1,000 new
+    python -m bench.scale                 # N = 20,000, 200,000 and 1,000,000 with 0 new; 200,000 with 1,000 new,
+                                          # and with 1,000 removed and 1,000 changed
     python -m bench.scale --sizes 2000    # a quick look
 
 The N videos are hard links of a few generated clips (hard links share size and modification time; ext4
@@ -9,13 +10,24 @@ run is written in the job's own format (labels.csv, a sharded index, manifest.js
 with distinct fingerprints and probabilities, as a real earlier run of the same model would have left it.
 Each re-run is `python -m beam_jobs.predict` in a child process (`--child`) that records the serialized
 pipeline graph and its peak RSS at the moment the pipeline starts (the launcher's), then runs it to the end;
-the whole job's peak RSS is sampled over its process tree (bench.harness.run_job). The model is a small
-untrained classifier for 32-pixel, 4-frame features: the new videos' model work is real but small.
+the whole job's peak RSS is sampled over its process tree (bench.harness.run_job). A re-run that finds nothing
+to do builds no pipeline: its launcher's peak RSS is the process's at exit, and its graph 0 bytes. The model
+is a small untrained classifier for 32-pixel, 4-frame features: the new videos' model work is real but small.
+
+The run with removed and changed videos starts from a previous run whose rows are those a run from scratch
+writes (each source clip labelled by a real run, `_source_rows`: a link's row is its clip's, under its own id
+and URI), except for 1,000 videos whose index entry and row are stale (another version, fingerprint and
+probabilities: the listing says they changed) and 1,000 videos no longer there. Its labels.csv must equal the
+from-scratch one: the changed rows made again by the model, the removed ones gone, the others carried.
+(Hard links cannot be removed or re-pointed without changing the ctime their clip's other links share, so the
+changes are made on the previous run's side; to the job it is the same.)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -32,7 +44,9 @@ FOLDER_SIZE = 1000
 SCALE_DIR = WORK_DIR / "scale"
 SIZES = (20_000, 200_000, 1_000_000)
 NEW = 1000
-TARGETS = {"graph_growth": 0.10, "launcher_rss_mb_at_1m": 1536, "rerun_200k_s": 30.0, "new_1000_extra_s": 30.0}
+CHANGED = REMOVED = 1000
+TARGETS = {"graph_growth": 0.10, "rerun_200k_s": 10.0, "launcher_rss_mb_200k": 500, "rerun_1m_s": 60.0,
+           "launcher_rss_mb_1m": 1024, "new_1000_extra_s": 15.0}
 
 
 def _model_dir(root: Path) -> Path:
@@ -72,9 +86,25 @@ def _link_videos(folder: Path, sources: list[Path], count: int, start: int = 0) 
         os.link(source, path)
 
 
-def _previous_run(output: Path, videos: Path, model: Path, exclude: str) -> None:
+def _source_rows(model: Path, sources: list[Path]) -> dict[str, list[str]]:
+    """{source clip path: its labels.csv values} from a real labelling run over the source clips."""
+    import csv
+
+    output = SCALE_DIR / "source_labels"
+    if not (output / "labels.csv").exists():
+        run_job("scale_source_labels", python_module("beam_jobs.predict", "--input", str(sources[0].parent.parent),
+                                                     "--model", str(model), "--output", str(output),
+                                                     "--runner", "DirectRunner", "--overwrite")).check()
+    with open(output / "labels.csv", newline="") as f:
+        return {row[1]: row for row in list(csv.reader(f))[1:]}
+
+
+def _previous_run(output: Path, videos: Path, model: Path, exclude: str, rows: dict | None = None,
+                  changed: int = 0, removed: int = 0, expected: Path | None = None) -> None:
     """A finished labelling run over every video now under `videos` but those whose id starts with `exclude`,
-    in the job's format."""
+    in the job's format. With `rows` (`_source_rows`), each video's row is its clip's (what a run from scratch
+    writes, also written to `expected` with the header), `changed` evenly spread videos get a stale index entry
+    and row, and `removed` videos no longer there are added."""
     import hashlib
 
     from beam_jobs.incremental import index_entry
@@ -87,23 +117,59 @@ def _previous_run(output: Path, videos: Path, model: Path, exclude: str) -> None
     columns = label_columns(loaded.labels)
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
+    refs = sorted((r for r in iter_videos([str(videos)]) if not (exclude and r.video_id.startswith(exclude))),
+                  key=lambda r: r.video_id)
+    step = len(refs) // max(changed, removed, 1)
+    stale = {refs[i].video_id for i in range(step // 2, len(refs), step)[:changed]} if changed else set()
+    if removed:
+        refs += [dataclasses.replace(refs[i], video_id=f"{refs[i].video_id}.gone", uri=f"{refs[i].uri}.gone")
+                 for i in range(0, len(refs), step)][:removed]
+        refs.sort(key=lambda r: r.video_id)
+    wanted = open(expected, "w") if expected else None
+    if wanted:
+        wanted.write(csv_line(columns))
     count = 0
     with open(output / "labels.csv", "w") as labels, open(output / "index-00000-of-00001.jsonl", "w") as index:
         labels.write(csv_line(columns))
-        for ref in sorted(iter_videos([str(videos)]), key=lambda r: r.video_id):
-            if ref.video_id.startswith(exclude):
-                continue
-            p = (count % 997) / 1000
-            probabilities = [p, (1 - p) / 2, (1 - p) / 2]
-            best = max(range(3), key=probabilities.__getitem__)
-            labels.write(csv_line([ref.video_id, ref.uri, loaded.labels[best], f"{probabilities[best]:.6f}",
-                                   ";".join(f"{loaded.labels[i]}:{probabilities[i]:.6f}" for i in range(3)),
-                                   *(f"{q:.6f}" for q in probabilities), loaded.model_id]))
+        for ref in refs:
+            if rows is None:
+                p = (count % 997) / 1000
+                probabilities = [p, (1 - p) / 2, (1 - p) / 2]
+                best = max(range(3), key=probabilities.__getitem__)
+                values = [ref.video_id, ref.uri, loaded.labels[best], f"{probabilities[best]:.6f}",
+                          ";".join(f"{loaded.labels[i]}:{probabilities[i]:.6f}" for i in range(3)),
+                          *(f"{q:.6f}" for q in probabilities), loaded.model_id]
+            else:
+                values = [ref.video_id, ref.uri, *_row_of(rows, ref.uri.removesuffix(".gone"))[2:]]
+                if wanted and not ref.uri.endswith(".gone"):
+                    wanted.write(csv_line(values))
+                if ref.video_id in stale:  # the listing will say it changed: another version, another clip's row
+                    ref = dataclasses.replace(ref, version="stale")
+                    values = values[:2] + next(r[2:] for r in rows.values() if r[2:] != values[2:])
+            labels.write(csv_line(values))
             fingerprint = hashlib.sha256(ref.video_id.encode()).hexdigest()
             index.write(json.dumps(index_entry(ref, fingerprint)) + "\n")
             count += 1
+    if wanted:
+        wanted.close()
     (output / "manifest.json").write_text(json.dumps({"job": "predict", "model_id": loaded.model_id,
-                                                      "options": {"per_video": False}}))
+                                                      "videos_matched": count, "videos_labelled": count,
+                                                      "labelled_this_run": count, "failures": 0,
+                                                      "options": {"per_video": False, "min_confidence": 0.0,
+                                                                  "top_k": 3}}))
+
+
+_INODES: dict[tuple[int, int], str] = {}
+
+
+def _row_of(rows: dict, uri: str) -> list[str]:
+    """The from-scratch row of a hard link: its clip's (the clip with the same inode)."""
+    if not _INODES:
+        for path in rows:
+            info = os.stat(path)
+            _INODES[(info.st_dev, info.st_ino)] = path
+    info = os.stat(uri)
+    return rows[_INODES[(info.st_dev, info.st_ino)]]
 
 
 def _peak_rss_kb() -> int:
@@ -128,10 +194,18 @@ def _child(argv: list[str]) -> None:
 
     beam.Pipeline.run = run
     from beam_jobs import predict
-    from common.cli import main, quiet_tensorflow
+    from common.cli import main
 
-    quiet_tensorflow()
-    sys.exit(main(predict.run, argv))
+    status = main(predict.run, argv)  # as `python -m beam_jobs.predict` runs it
+    if not Path(record_path).exists():  # no pipeline: the launcher is the whole run
+        Path(record_path).write_text(json.dumps({"graph_bytes": 0, "launcher_peak_rss_mb": _peak_rss_kb() / 1024}))
+    sys.exit(status)
+
+
+def _size(path: Path) -> int:
+    """0 for a file that is not there (the previous run this benchmark writes has no report.html, and a
+    re-run with nothing to do writes none)."""
+    return path.stat().st_size if path.exists() else 0
 
 
 def _rerun(name: str, videos: Path, output: Path, model: Path) -> dict:
@@ -143,10 +217,28 @@ def _rerun(name: str, videos: Path, output: Path, model: Path) -> dict:
     manifest = json.loads((output / "manifest.json").read_text())
     result = {"wall_s": round(job.wall_s, 1), "whole_job_peak_rss_mb": round(job.peak_rss_mb),
               "launcher_peak_rss_mb": round(recorded["launcher_peak_rss_mb"]),
-              "graph_bytes": recorded["graph_bytes"], "report_bytes": (output / "report.html").stat().st_size,
+              "graph_bytes": recorded["graph_bytes"], "report_bytes": _size(output / "report.html"),
               "labelled_this_run": manifest["labelled_this_run"], "videos_labelled": manifest["videos_labelled"],
               "load_before": job.load_before}
     log(f"{name}: {result}")
+    return result
+
+
+def _changed_run(name: str, videos: Path, output: Path, model: Path, sources: list[Path]) -> dict:
+    """A re-run after `REMOVED` videos went and `CHANGED` changed, its labels.csv compared with the one a run
+    from scratch writes."""
+    expected = SCALE_DIR / "from_scratch_labels.csv"
+    started = time.monotonic()
+    _previous_run(output, videos, model, exclude="", rows=_source_rows(model, sources), changed=CHANGED,
+                  removed=REMOVED, expected=expected)
+    log(f"{name}: previous run and the from-scratch labels.csv written in {time.monotonic() - started:.0f} s")
+    result = _rerun(f"scale_{name}", videos, output, model)
+    with open(output / "labels.csv") as got, open(expected) as want:
+        differing = sum(a != b for a, b in itertools.zip_longest(got, want))
+    result.update(labels_equal_from_scratch=differing == 0, rows_differing_from_scratch=differing)
+    log(f"{name}: labels.csv {'equals' if not differing else 'differs from'} the from-scratch one "
+        f"({differing} rows differ)")
+    expected.unlink()
     return result
 
 
@@ -177,6 +269,8 @@ def measure(sizes: list[int], new: int, new_at: int = 200_000) -> dict:
                                                          model)
             shutil.rmtree(alone, ignore_errors=True)
             shutil.rmtree(SCALE_DIR / "alone_out", ignore_errors=True)
+            name = f"{size + with_new}_{REMOVED}_removed_{CHANGED}_changed"
+            results["runs"][name] = _changed_run(name, videos, output, model, sources)
     shutil.rmtree(videos, ignore_errors=True)
     shutil.rmtree(output, ignore_errors=True)
     results["load_end"] = load_average()
@@ -184,13 +278,9 @@ def measure(sizes: list[int], new: int, new_at: int = 200_000) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | graph bytes | launcher peak RSS | whole-job peak RSS | wall | report.html | labelled this run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["runs"].items():
-        lines.append(f"| {name.replace('_', ' ')} | {r['graph_bytes']:,} | {r['launcher_peak_rss_mb']} MB | "
-                     f"{r['whole_job_peak_rss_mb']} MB | {r['wall_s']} s | {r['report_bytes'] / 1024:.0f} KB | "
-                     f"{r['labelled_this_run']:,} of {r['videos_labelled']:,} |")
-    return "\n".join(lines)
+    from bench.markdown import scale_table
+
+    return "\n".join(scale_table(results))
 
 
 def main(argv: list[str] | None = None) -> int:

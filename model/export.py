@@ -19,7 +19,6 @@ Paths may be local or gs:// (through common.fs).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -33,17 +32,15 @@ from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
 
 # Importing model.classifier registers its custom layers, so model.keras files load.
 from model.classifier import FEATURES_INPUT, MASK_INPUT, OUTPUT_NAME
+from model.identity import LABELS_FILE, MODEL_FILE, PREPROCESSING_FILE, REQUIRED_FILES, check_files, model_id  # noqa: F401
 from tfrecords_schema import VOCABULARY_FILE, RecordError, RecordSpec, parse_vocabulary, vocabulary_text
 
-MODEL_FILE = "model.keras"
-LABELS_FILE = VOCABULARY_FILE
-PREPROCESSING_FILE = "preprocessing.json"
+assert LABELS_FILE == VOCABULARY_FILE  # model.identity names the files without importing TensorFlow
 SAVED_MODEL_DIR = "saved_model"
 HISTORY_FILE = "history.csv"
 TRAINING_CURVES_FILE = "training_curves.png"
 METRICS_FILE = "metrics.json"
 LOGS_DIR = "logs"
-REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESSING_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,17 +129,6 @@ def write_saved_model(model: keras.Model, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
-def model_id(path: str) -> str:
-    """16 hex digits of the SHA-256 of `model.keras`, `labels.txt` and `preprocessing.json`: the same files
-    give the same id wherever they are, and any change to the weights, labels or preprocessing changes it."""
-    digest = hashlib.sha256()
-    for name in REQUIRED_FILES:
-        content = fs.read_bytes(fs.join(path, name))
-        digest.update(f"{name}\0{len(content)}\0".encode())
-        digest.update(content)
-    return digest.hexdigest()[:16]
-
-
 def _spec_from_preprocessing(preprocessing: Any, source: str) -> RecordSpec:
     if not isinstance(preprocessing, dict):
         raise UserError(f"{source} must hold a JSON object, got {type(preprocessing).__name__}")
@@ -164,10 +150,7 @@ def load_model_dir(path: str) -> LoadedModel:
     absent, or when they do not fit together; OperationalError (exit 65) when one of them is corrupt or
     truncated.
     """
-    if not fs.is_dir(path):
-        raise UserError(f"model directory {path} does not exist")
-    if missing := [name for name in REQUIRED_FILES if not fs.exists(fs.join(path, name))]:
-        raise UserError(f"{path} is not a model directory: it has no {' and no '.join(missing)}")
+    check_files(path)
     source = fs.join(path, LABELS_FILE)
     try:
         labels = parse_vocabulary(fs.read_text(source), source)

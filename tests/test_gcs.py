@@ -455,6 +455,19 @@ def test_predict_labels_gcs_videos_with_a_gcs_model_and_reruns_incrementally(gcs
     again = json.loads(gcs.bucket.text("labels/manifest.json"))
     assert (again["videos_labelled"], again["labelled_this_run"], again["reused_from_previous_run"]) == (4, 0, 4)
     assert list(csv.DictReader(io.StringIO(gcs.bucket.text("labels/labels.csv")))) == rows
+    assert again["last_check"]["videos_checked"] == 4 and again["run_id"] == manifest["run_id"]  # no pipeline ran
+
+    # One object written again with the same bytes: a new generation, so the listing says it changed; its
+    # fingerprint says it did not (no model work), and the other three rows are carried from the gs:// files.
+    name = f"clips/{rows[1]['video_id']}"
+    gcs.bucket.upload(name, gcs.bucket.download(name))
+    gcs.run("beam_jobs.predict", *args)
+    third = json.loads(gcs.bucket.text("labels/manifest.json"))
+    assert (third["videos_labelled"], third["labelled_this_run"], third["reused_from_previous_run"]) == (4, 0, 4)
+    assert "last_check" not in third and third["run_id"] != manifest["run_id"]  # this one published
+    assert list(csv.DictReader(io.StringIO(gcs.bucket.text("labels/labels.csv")))) == rows
+    index = [json.loads(line) for line in gcs.bucket.text("labels/index-00000-of-00001.jsonl").splitlines()]
+    assert [e["video_id"] for e in index] == [row["video_id"] for row in rows]
 
 
 def test_the_lease_holds_on_gcs_with_generation_preconditions(gcs):

@@ -52,7 +52,7 @@ def previous_run(output, model_dir, clips, count: int):
     output.mkdir(parents=True)
     with open(output / "labels.csv", "w") as labels, open(output / "index-00000-of-00001.jsonl", "w") as index:
         labels.write(csv_line(columns))
-        for i in range(count):
+        for i in sorted(range(count), key=lambda i: f"class_{i % 7}/clip_{i:06d}.avi"):  # labels.csv is in id order
             video_id = f"class_{i % 7}/clip_{i:06d}.avi"
             uri = str(clips / video_id)
             labels.write(csv_line([video_id, uri, "growing", "0.5", "growing:0.5"] + ["0.3"] * len(loaded.labels)

@@ -1,5 +1,5 @@
-"""beam_jobs.incremental: the previous run joined with the current listing in the pipeline, and what is left
-to do."""
+"""beam_jobs.incremental and beam_jobs.plan: the previous run walked beside the current listing in the launcher,
+and what is left to do."""
 
 from __future__ import annotations
 
@@ -13,20 +13,20 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.decode import Video
 from beam_jobs.incremental import (
-    CARRIED,
     INDEX_FILE,
-    REMOVED,
-    PlanIncremental,
     PreviousRun,
     ReadCsvRecords,
+    ReadPlan,
     SplitKnownContentDoFn,
     index_entry,
     parse_row,
+    parse_todo,
     unchanged,
 )
 from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef, ref_line
 from beam_jobs.outputs import MANIFEST_FILE
+from beam_jobs.plan import CARRIED_FILE, REMOVED_FILE, TODO_FILE, plan_run
 from beam_jobs.sinks import csv_line
 from common import fs
 from common.errors import UserError
@@ -34,6 +34,7 @@ from common.errors import UserError
 TestPipeline.__test__ = False  # a Beam class, not a test class for pytest to collect
 
 MODEL = "model-1"
+CARRIED, REMOVED = "carried", "removed"
 
 
 def ref(video_id: str, size: int = 100, mtime: float = 1.5, uri: str | None = None, version: str = "1:7:15") -> VideoRef:
@@ -57,11 +58,12 @@ def write_run(output: str, manifest: dict | None, rows: list[dict] | None = None
               index_name: str = "index-00000-of-00001.jsonl"):
     if manifest is not None:
         fs.write_json(fs.join(output, MANIFEST_FILE), manifest)
-    if rows is not None:
+    if rows is not None:  # in video id order, as runs write it (the index is in any order)
         header = "video_id,video_uri,label\n"
         quote = lambda v: f'"{v}"' if "," in v else v  # noqa: E731
         fs.write_text(fs.join(output, LABELS_FILE), header + "".join(
-            f"{quote(r['video_id'])},{quote(r['video_uri'])},{r['label']}\n" for r in rows))
+            f"{quote(r['video_id'])},{quote(r['video_uri'])},{r['label']}\n"
+            for r in sorted(rows, key=lambda r: r["video_id"])))
     if index is not None:
         fs.write_text(fs.join(output, index_name), "".join(json.dumps(e) + "\n" for e in index))
 
@@ -72,22 +74,19 @@ def previous_output(output: str, model_id: str = MODEL) -> PreviousRun:
     return PreviousRun.read(output)
 
 
-_FOUND: dict[str, list] = {}  # what the pipeline of `plan` produced (in-process runner: shared)
-
-
-def _keep(items, name: str) -> None:
-    _FOUND[name] = items
-
-
-def plan(tmp_path, previous, carry=True, verify=False, listed=CURRENT):
+def plan(tmp_path, previous, carry=True, verify=False, listed=CURRENT, budget_bytes=64 << 20):
+    """The plan's files read back: todo [(VideoRef, previous)], carried [index entry], removed [id]."""
     listing = tmp_path / "inputs.jsonl"
     listing.write_text("".join(ref_line(r) for r in listed))
-    _FOUND.clear()
-    with TestPipeline() as pipeline:
-        result = pipeline | PlanIncremental(str(listing), str(tmp_path / "out"), previous, carry, verify)
-        for name, pcoll in (("todo", result.todo), (CARRIED, result[CARRIED]), (REMOVED, result[REMOVED])):
-            _ = pcoll | f"All{name}" >> beam.combiners.ToList() | f"Keep{name}" >> beam.Map(_keep, name)
-    return dict(_FOUND)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    made = plan_run(str(listing), str(tmp_path / "out"), previous, carry, verify, str(scratch), budget_bytes)
+    read = lambda name: [json.loads(line) for line in open(made.path(name), encoding="utf-8")]  # noqa: E731
+    found = {"todo": [parse_todo(json.dumps(item)) for item in read(TODO_FILE)], CARRIED: read(CARRIED_FILE),
+             REMOVED: read(REMOVED_FILE)}
+    assert (made.todo, made.carried, made.removed) == tuple(len(found[k]) for k in ("todo", CARRIED, REMOVED))
+    assert made.listed == made.todo + made.carried == len({r.video_id for r in listed})
+    return found
 
 
 def test_unchanged_needs_the_same_uri_size_mtime_and_version():
@@ -103,13 +102,42 @@ def test_unchanged_needs_the_same_uri_size_mtime_and_version():
 
 def test_the_plan_carries_unchanged_videos_reads_the_rest_and_drops_removed_ones(tmp_path):
     found = plan(tmp_path, previous_output(str(tmp_path / "out")))
-    assert sorted(r["video_id"] for r, _ in found[CARRIED]) == ["a,comma.avi", "same.avi"]
-    assert all(entry["fingerprint"] == f"fp-{r['video_id']}" for r, entry in found[CARRIED])
+    assert [entry["video_id"] for entry in found[CARRIED]] == ["a,comma.avi", "same.avi"]  # in id order
+    assert all(entry["fingerprint"] == f"fp-{entry['video_id']}" for entry in found[CARRIED])
     todo = {r.video_id: (r, previous) for r, previous in found["todo"]}
     assert sorted(todo) == ["broken.avi", "edited.avi", "moved.avi", "new.avi", "resized.avi", "touched.avi"]
     assert todo["new.avi"][1] is None  # never labelled
     assert todo["touched.avi"] == (CURRENT[2], ("fp-touched.avi", row("touched.avi")))  # the current listing
     assert found[REMOVED] == ["removed.avi"]
+
+
+def test_the_plan_is_the_same_when_the_listing_and_the_index_are_sorted_beyond_the_memory_budget(tmp_path):
+    """A budget of a few hundred bytes: the listing and the index (written in no order) are sorted in runs of
+    a line or two spilled to files, merged back; the plan is the one made in memory."""
+    import common.sorting
+
+    previous = previous_output(str(tmp_path / "out"))
+    in_memory = plan(tmp_path, previous)
+    spilled = []
+    original = common.sorting._spill
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common.sorting, "_spill", lambda lines, scratch: spilled.append(len(lines)) or original(lines, scratch))
+        assert plan(tmp_path, previous, budget_bytes=300) == in_memory
+    assert len(spilled) >= 8 and max(spilled) <= 2  # both streams were sorted on disk, a line or two a run
+    assert not list((tmp_path / "scratch").glob("run-*"))  # the runs are removed once read
+
+
+def test_a_video_listed_twice_is_planned_once_by_its_first_uri(tmp_path):
+    twice = [ref("b.avi", uri="/z/b.avi"), ref("a.avi"), ref("b.avi", uri="/a/b.avi"), ref("b.avi", uri="/m/b.avi")]
+    found = plan(tmp_path, None, carry=False, listed=twice)
+    assert [(r.video_id, r.uri) for r, _ in found["todo"]] == [("a.avi", "/in/a.avi"), ("b.avi", "/a/b.avi")]
+
+
+def test_the_pipeline_reads_the_todo_file(tmp_path):
+    found = plan(tmp_path, previous_output(str(tmp_path / "out")))
+    with TestPipeline() as pipeline:
+        todo = pipeline | ReadPlan(str(tmp_path / "scratch" / "plan" / TODO_FILE))
+        assert_that(todo, equal_to(found["todo"]))
 
 
 def test_a_different_model_or_overwrite_reads_everything_once(tmp_path):
