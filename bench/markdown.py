@@ -340,4 +340,6 @@ def write_markdown(results: dict) -> str:
         from bench.pipelining import markdown
 
         lines += markdown(results["pipelining"])
-    return "\n".join(lines)
+    if "training_scale" in results:  # written by `python -m bench.training_scale --merge`, kept as it rendered
+        lines += ["", *results["training_scale"]["markdown"]]
+    return "\n".join(lines) + "\n"

@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0,
                         help="each run one epoch of at most STEPS steps (peak RSS, not throughput over epochs)")
     parser.add_argument("--no-budget", action="store_true", help="skip the runs at the memory cache's budget")
+    parser.add_argument("--merge", action="store_true",
+                        help="also put this section into bench/results.json and re-render bench/RESULTS.md")
     parser.add_argument("--counting", action="store_true",
                         help="also time the counting pass a manifest without split counts needs")
     parser.add_argument("--child", metavar="RECORDS", help=argparse.SUPPRESS)
@@ -396,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     Path(args.out + ".md").write_text("\n".join(markdown(result)) + "\n")
     print("\n".join(markdown(result)))
+    if args.merge:
+        from bench.markdown import write_markdown
+        from bench.run import RESULTS_JSON, RESULTS_MD
+
+        results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+        results["training_scale"] = {"markdown": markdown(result), "machine": result["machine"]}
+        RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+        RESULTS_MD.write_text(write_markdown(results))
     return 0 if all(t["pass"] for t in result["targets"]) else 1
 
 
