@@ -293,6 +293,9 @@ def scale_table(s: dict) -> list[str]:
     for name, r in s["runs"].items():
         equal = r.get("labels_equal_from_scratch")
         same = "" if equal is None else ("yes" if equal else f"no ({r['rows_differing_from_scratch']} rows)")
+        if equal and r.get("rows_differing_as_text"):
+            same += (f" ({r['rows_differing_as_text']} rows in the 6th decimal, at most "
+                     f"{r['largest_probability_difference']:.0e})")
         lines.append(f"| {name.replace('_', ' ')} | {r['graph_bytes']:,} | {r['launcher_peak_rss_mb']} MB | "
                      f"{r['whole_job_peak_rss_mb']} MB | {r['wall_s']} s | {r['report_bytes'] / 1024:.0f} KB | "
                      f"{r['labelled_this_run']:,} of {r['videos_labelled']:,} | {same} | {r['load_before'][0]} |")
