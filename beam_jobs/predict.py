@@ -180,7 +180,8 @@ def segment_options(args) -> seg.SegmentOptions | None:
 def run(argv: list[str] | None = None):
     """Build and run the labelling pipeline; return its PipelineResult (finished), or None when a re-run found
     nothing new, changed or removed and ran none (the model is not even loaded then)."""
-    from model.identity import check_files, model_id
+    from model import backbone
+    from model.identity import check_files, model_id, read_spec
 
     started_at = time.time()
     args, beam_args = _parse(argv)
@@ -189,7 +190,8 @@ def run(argv: list[str] | None = None):
         if args.features:
             model = load_labelling_model(args)
             record_files = _check_records(args.features, model.spec)
-        else:
+        else:  # --weights that do not make the model's features: a mistake that must touch no output
+            backbone.weights_for_backbone_id(read_spec(args.model).backbone_id, args.weights)
             listing = os.path.join(scratch, outputs.REFS_FILE)
             listed = write_listing(iter_videos(args.input, parse_extensions(args.extensions)), listing)
         with outputs.OutputRun(args.output, "predict", args.lease_ttl) as output_run:

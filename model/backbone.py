@@ -63,18 +63,19 @@ class BackboneWeights:
 
 
 def _file_digest(path: str) -> str:
-    import tensorflow as tf
+    from common import fs
 
     sha = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with fs.open_read(path) as f:
         while chunk := f.read(1 << 22):
             sha.update(chunk)
     return sha.hexdigest()[:16]
 
 
 def resolve_weights(weights: str) -> BackboneWeights:
-    """Parse a `--weights` value; a missing file is a UserError."""
-    import tensorflow as tf
+    """Parse a `--weights` value; a missing file is a UserError. No TensorFlow: a labelling run checks its
+    `--weights` against the model before it touches the output."""
+    from common import fs
 
     if weights == "imagenet":
         return BackboneWeights("imagenet")
@@ -83,7 +84,7 @@ def resolve_weights(weights: str) -> BackboneWeights:
         if not seed_text.isdigit():
             raise UserError(f"--weights random:SEED needs a whole-number seed, got {weights!r}")
         return BackboneWeights("random", seed=int(seed_text))
-    if not tf.io.gfile.exists(weights):
+    if not fs.exists(weights):
         raise UserError(
             f"--weights {weights!r} is not 'imagenet', 'random' or an existing weights file"
         )

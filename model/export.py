@@ -19,20 +19,20 @@ Paths may be local or gs:// (through common.fs).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import zipfile
-from typing import Any, Sequence
+from typing import Sequence
 
 import keras
 
 from common import fs
-from common.errors import EXIT_DATA_ERROR, OperationalError, UserError
+from common.errors import UserError
 
 # Importing model.classifier registers its custom layers, so model.keras files load.
 from model.classifier import FEATURES_INPUT, MASK_INPUT, OUTPUT_NAME
-from model.identity import LABELS_FILE, MODEL_FILE, PREPROCESSING_FILE, REQUIRED_FILES, check_files, model_id  # noqa: F401
+from model.identity import (LABELS_FILE, MODEL_FILE, PREPROCESSING_FILE, REQUIRED_FILES, check_files,  # noqa: F401
+                            corrupt as _corrupt, model_id, read_spec)
 from tfrecords_schema import VOCABULARY_FILE, RecordError, RecordSpec, parse_vocabulary, vocabulary_text
 
 assert LABELS_FILE == VOCABULARY_FILE  # model.identity names the files without importing TensorFlow
@@ -129,20 +129,6 @@ def write_saved_model(model: keras.Model, path: str) -> None:
     archive.write_out(path, verbose=False)
 
 
-def _spec_from_preprocessing(preprocessing: Any, source: str) -> RecordSpec:
-    if not isinstance(preprocessing, dict):
-        raise UserError(f"{source} must hold a JSON object, got {type(preprocessing).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(RecordSpec)}
-    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING]
-    if missing := [name for name in required if name not in preprocessing]:
-        raise UserError(f"{source} lacks {', '.join(missing)}")
-    return RecordSpec(**{name: preprocessing[name] for name in fields if name in preprocessing})
-
-
-def _corrupt(path: str, why: str) -> OperationalError:
-    return OperationalError(f"{path} is corrupt or truncated: {why}", EXIT_DATA_ERROR)
-
-
 def load_model_dir(path: str) -> LoadedModel:
     """Load a model directory written by `export_model_dir` (local or gs://).
 
@@ -158,12 +144,7 @@ def load_model_dir(path: str) -> LoadedModel:
         raise UserError(str(exc)) from None
     except UnicodeDecodeError:
         raise _corrupt(source, "it is not text") from None
-    source = fs.join(path, PREPROCESSING_FILE)
-    try:
-        preprocessing = fs.read_json(source)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _corrupt(source, f"it is not valid JSON ({exc})") from None
-    spec = _spec_from_preprocessing(preprocessing, source)
+    spec = read_spec(path)
     source = fs.join(path, MODEL_FILE)
     with fs.local_copy(source) as local_model:
         try:
