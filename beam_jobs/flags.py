@@ -107,4 +107,23 @@ def pipeline_options(beam_args: list[str]):
     options = PipelineOptions(beam_args)
     for experiment in PRISM_EXPERIMENTS:
         options.view_as(DebugOptions).add_experiment(experiment)
+    _check_worker_command(options)
     return options
+
+
+def _check_worker_command(options) -> None:
+    """Beam's in-process runner in `multi_processing` mode starts each SDK worker through a shell as
+    `<sys.executable> -m ...`, the interpreter's path unquoted: under a path with a space or a shell character
+    the workers die at once (exit 127) and the runner waits for them forever. Say so in one line instead."""
+    import shlex
+    import sys
+
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    mode = options.view_as(DirectOptions).direct_running_mode
+    if mode == "multi_processing" and runner in ("DirectRunner", "FnApiRunner") \
+            and shlex.quote(sys.executable) != sys.executable:
+        raise UserError(f"--direct_running_mode multi_processing cannot start its workers from the Python at "
+                        f"{sys.executable!r}: Beam runs that path through a shell unquoted; use an interpreter (venv) "
+                        "whose path has no spaces or shell characters, or --direct_running_mode multi_threading")

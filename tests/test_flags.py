@@ -95,3 +95,21 @@ def test_the_jobs_keep_prism_from_splitting_running_bundles():
     assert pipeline_options([]).view_as(DebugOptions).experiments == ["prism_disable_sdf_split"]
     given = pipeline_options(["--experiments", "mine", "--experiments=prism_disable_sdf_split"])
     assert given.view_as(DebugOptions).experiments == ["mine", "prism_disable_sdf_split"]
+
+
+@pytest.mark.parametrize("python", ["/home/a user/venv/bin/python", "/opt/v(1)/bin/python"])
+def test_multi_processing_from_a_python_path_a_shell_splits_is_one_line(monkeypatch, python):
+    """Beam starts multi_processing's SDK workers through a shell with the interpreter's path unquoted: from such
+    a path they die at once and the runner waits forever (a venv in a folder with a space). Refused instead."""
+    import sys
+
+    from beam_jobs.flags import pipeline_options
+
+    multi = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    monkeypatch.setattr(sys, "executable", python)
+    with pytest.raises(UserError, match="multi_processing cannot start its workers") as refused:
+        pipeline_options(multi)
+    assert python in str(refused.value) and "\n" not in str(refused.value)
+    pipeline_options(["--runner", "DirectRunner", "--direct_running_mode", "multi_threading"])  # no shell there
+    monkeypatch.setattr(sys, "executable", "/home/user/venv/bin/python")
+    pipeline_options(multi)

@@ -33,7 +33,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, FRAMES = 32, 4
 SERVICE_START_S = 60
-JOB_TIMEOUT_S = 240
+JOB_TIMEOUT_S = 600  # a bound, not a target: both jobs take about a minute
 
 
 def _free_port() -> int:
@@ -212,29 +212,38 @@ def test_portable_runner_with_an_external_worker_pool_matches_in_process(clips, 
     assert_same_labels(labels, in_process["labels"])
 
 
-def _job(module: str, args: list[str], cwd: Path) -> None:
-    """`python -m module args` to its end, within JOB_TIMEOUT_S. The multi-processing runner waits forever on
-    SDK worker processes that are gone (seen twice in full runs, cause unknown): a hang fails this test with the
-    job's output instead of stalling the suite."""
-    try:
-        done = subprocess.run([sys.executable, "-m", module, *args], env=_worker_env(), cwd=cwd,
-                              capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:  # a known stall of Beam's multi-processing runner, not yet explained
-        pytest.xfail(f"{module} stalled (its SDK workers gone) and did not finish within {JOB_TIMEOUT_S}s: "
-                     f"{str(exc.stderr or '')[-1000:]}")
+def _python_a_shell_can_run(work: Path) -> str:
+    """This interpreter, at a path Beam's multi-processing runner can start workers from: it runs
+    `<sys.executable> -m ...` through a shell unquoted, so from a venv under a path with a space every worker dies
+    at once (exit 127) and the job waits forever (the product refuses that with one line: test_flags). There, the
+    same venv through a link at a plain path."""
+    import shlex
+
+    if shlex.quote(sys.executable) == sys.executable:
+        return sys.executable
+    link = work / "venv"
+    link.symlink_to(sys.prefix, target_is_directory=True)
+    return str(link / Path(sys.executable).relative_to(sys.prefix))
+
+
+def _job(python: str, module: str, args: list[str], cwd: Path) -> None:
+    """`python -m module args` to its end."""
+    done = subprocess.run([python, "-m", module, *args], env=_worker_env(), cwd=cwd, capture_output=True, text=True,
+                          timeout=JOB_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_multi_processing_direct_runner_matches_in_process(clips, in_process, tmp_path):
+    python = _python_a_shell_can_run(tmp_path)
     features = tmp_path / "features"
-    _job("beam_jobs.featurize", ["--input", str(clips), "--output", str(features), "--weights", "random",
+    _job(python, "beam_jobs.featurize", ["--input", str(clips), "--output", str(features), "--weights", "random",
                                  "--image-size", str(IMAGE_SIZE), "--max-seq-length", str(FRAMES), "--num-shards",
                                  "2", "--batch-size", "6", *MULTI_PROCESS_ARGS], tmp_path)
     assert_same_records(features, in_process["features"])
     # Label the records just written (no second DenseNet per worker), with one classifier per machine
     # shared by both worker processes; the rows must equal those labelled from the videos in process.
     labels = tmp_path / "labels"
-    _job("beam_jobs.predict", ["--features", str(features), "--model", str(in_process["model"]), "--output",
+    _job(python, "beam_jobs.predict", ["--features", str(features), "--model", str(in_process["model"]), "--output",
                                str(labels), "--per-video", "--classifier-batch-size", "3", "--large-model",
                                *MULTI_PROCESS_ARGS], tmp_path)
     assert_same_labels(labels, in_process["labels"])
