@@ -24,6 +24,9 @@ OLD_FILES = {"labels.csv": "old labels", "failures.csv": "old failures", "report
              "thumbnails/b.mp4.jpg": "carried b", "thumbnails/gone.mp4.jpg": "old gone",
              "per_video/b.mp4.csv": "carried b", "per_video/gone.mp4.csv": "old gone",
              "tracks/gone.mp4.vtt": "old gone", "review/old.json": "old task", "notes.txt": "the user's own"}
+# This run's index entries, sorted in each part; published merged into one file in video id order.
+INDEX_LINES = ['{"video_id": "a.mp4", "fingerprint": "fa"}\n', '{"video_id": "b.mp4", "fingerprint": "fb"}\n',
+               '{"video_id": "c.mp4", "fingerprint": "fc"}\n']
 NOW = 1_000.0  # time.time() as publish_labels sees it
 STARTED = NOW - 100.26  # when the job was launched
 
@@ -58,12 +61,13 @@ def stage(staging: str, segments: bool = False) -> dict:
               write(fs.join(parts, "labels-00001-of-00002.txt"), "b.mp4,/in/b.mp4,b,0.8,b:0.80\n")]
     failures = [write(fs.join(parts, "failures-00000-of-00001.txt"), "d.mp4,/in/d.mp4,empty file (0 bytes)\n")]
     removed = [write(fs.join(parts, "removed-00000-of-00001"), json.dumps("gone.mp4") + "\n")]
-    index = [write(fs.join(staging, f"index-0000{i}-of-00002.jsonl"), f"new index {i}\n") for i in range(2)]
+    index = [write(fs.join(parts, "index-00000-of-00002"), INDEX_LINES[0] + INDEX_LINES[2]),
+             write(fs.join(parts, "index-00001-of-00002"), INDEX_LINES[1])]
     write(fs.join(staging, "thumbnails/a.mp4.jpg"), "staged a")
     write(fs.join(staging, "per_video/a.mp4.csv"), "new a")
     write(fs.join(staging, "inputs.jsonl"), "the launcher's list")
     arguments = {"label_shards": [(labels[0], 2), (labels[1], 1)], "failure_shards": [(failures[0], 1)],
-                 "removed_files": removed, "index_files": index}
+                 "removed_files": removed, "index_shards": [(index[0], 2), (index[1], 1)]}
     if segments:
         arguments["segment_shards"] = [
             (write(fs.join(parts, "segments-0.txt"), "a.mp4,9,9.0,11.0,a,0.9,a:0.90\nb.mp4,0,0.0,2.0,b,0.8,b:0.80\n"), 2),
@@ -108,7 +112,7 @@ def test_a_run_publishes_its_merged_files_and_replaces_the_previous_runs(run, ca
         "labels.csv": "video_id,video_uri,label,confidence,top_k\na.mp4,/in/a.mp4,a,0.9,a:0.90\n"
                       "b.mp4,/in/b.mp4,b,0.8,b:0.80\nc.mp4,/in/c.mp4,unknown,0.3,a:0.30\n",
         "failures.csv": "video_id,uri,reason\nd.mp4,/in/d.mp4,empty file (0 bytes)\n",
-        "index-00000-of-00002.jsonl": "new index 0\n", "index-00001-of-00002.jsonl": "new index 1\n",
+        "index-00000-of-00001.jsonl": "".join(INDEX_LINES),
         "thumbnails/a.mp4.jpg": "staged a", "thumbnails/b.mp4.jpg": "carried b",  # b's carried over
         "per_video/a.mp4.csv": "new a", "per_video/b.mp4.csv": "carried b",
         "notes.txt": "the user's own",  # not the product's: kept
@@ -202,18 +206,6 @@ def test_a_run_that_lost_its_lease_publishes_nothing(run):
         other.release()
     found = files(output)
     assert "run_id" not in json.loads(found.pop("manifest.json")) and found == OLD_FILES  # the previous run's
-
-
-def test_an_index_file_neither_staged_nor_published_is_an_error(run):
-    output, staging, lease = run
-    arguments = stage(staging)
-    fs.remove_tree(arguments["index_files"][1])
-    with pytest.raises(RuntimeError, match=r"^the index file .*index-00001-of-00002\.jsonl was written but is not "
-                                           r"staged$"):
-        finish(output, staging, lease)(COUNTS, SUMMARY, **arguments)
-    # Published already by a try that failed later: not an error.
-    write(fs.join(output, "index-00001-of-00002.jsonl"), "published by the first try\n")
-    finish(output, staging, lease)(COUNTS, SUMMARY, **arguments)
 
 
 def test_without_a_start_time_the_run_took_a_millisecond(run, caplog):
