@@ -417,7 +417,10 @@ def scale_targets(s: dict, add) -> None:
     if changed:
         add("35d. 1,000 removed and 1,000 changed at 200,000: labels.csv equals a from-scratch run's", "equal",
             "equal" if changed["labels_equal_from_scratch"] else f"{changed['rows_differing_from_scratch']} rows differ",
-            changed["labels_equal_from_scratch"], f"{changed['wall_s']:.1f} s, {changed['labelled_this_run']:,} "
+            changed["labels_equal_from_scratch"],
+            f"every row's cells equal, probabilities within 1e-5 ({changed.get('rows_differing_as_text', '?')} rows "
+            f"differ as text, by at most {changed.get('largest_probability_difference', 0):.0e}: the 6th decimal of "
+            f"a clip classified in another batch); {changed['wall_s']:.1f} s, {changed['labelled_this_run']:,} "
             f"labelled this run of {changed['videos_labelled']:,}; load before {changed['load_before']}")
 
 
