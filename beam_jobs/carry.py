@@ -23,9 +23,9 @@ from beam_jobs import events as ev
 from beam_jobs import report
 from beam_jobs.incremental import parse_row
 from beam_jobs.label_rows import LABELS_FILE, RowFormat, redecide, write_per_video
-from beam_jobs.plan import CARRIED_FILE, csv_id_of, csv_records, video_id_of
+from beam_jobs.plan import CARRIED_FILE, csv_id_of, video_id_of
 from beam_jobs.segments import EVENTS_FILE, SEGMENTS_FILE, segment_columns
-from beam_jobs.sinks import csv_line, csv_values, iter_csv_records, plain_cell
+from beam_jobs.sinks import csv_line, csv_records, csv_values, plain_cell
 from common import fs
 
 CARRIED_DIR = "carried"  # under the staging's _parts
@@ -126,7 +126,7 @@ class CarryOver:
         summary = _Summary()
         with fs.open_write(result["labels"], "text/plain") as raw:
             out = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            for _, record in records_of(csv_records(fs.join(self.output, LABELS_FILE)), _ids(result["index"])):
+            for _, record in records_of(csv_records(fs.join(self.output, LABELS_FILE), header=True), _ids(result["index"])):
                 row = parse_row(record, self.previous_columns)[1]
                 if self.redo:
                     row = redecide(row, self.fmt)
@@ -151,7 +151,7 @@ class CarryOver:
         found = {"segments": fs.join(folder, "segments.txt"), "events": fs.join(folder, "events.txt"),
                  "segment_count": 0, "event_count": 0, "segment_videos": 0, "tracks": 0}
         columns = tuple(segment_columns(self.fmt.labels))
-        previous = records_of(csv_records(fs.join(self.output, SEGMENTS_FILE)), _ids(index))
+        previous = records_of(csv_records(fs.join(self.output, SEGMENTS_FILE), header=True), _ids(index))
         with fs.open_write(found["segments"], "text/plain") as seg_raw, \
                 fs.open_write(found["events"], "text/plain") as event_raw:
             segments_out = io.TextIOWrapper(seg_raw, encoding="utf-8", newline="")
@@ -162,7 +162,7 @@ class CarryOver:
                     for _, record in group:
                         segments_out.write(record)
                         found["segment_count"] += 1
-                for _, record in records_of(csv_records(fs.join(self.output, EVENTS_FILE)), _ids(index),
+                for _, record in records_of(csv_records(fs.join(self.output, EVENTS_FILE), header=True), _ids(index),
                                              event_id_of):
                     events_out.write(record)
                     found["event_count"] += 1
@@ -191,10 +191,9 @@ def timelines(segments_shard: str, rows: list[dict], columns: tuple[str, ...], w
     if not wanted:
         return rows
     found: dict[str, list] = {}
-    with fs.open_read(segments_shard) as raw:
-        records = iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-        for video_id, group in itertools.groupby(records_of(records, iter(wanted)), key=lambda pair: pair[0]):
-            segments = sorted((parse_row(record, columns)[1] for _, record in group), key=lambda s: int(s["segment"]))
-            found[video_id] = ev.timeline_blocks(ev.window_spans(segments, window_s))
+    for video_id, group in itertools.groupby(records_of(csv_records(segments_shard), iter(wanted)),
+                                             key=lambda pair: pair[0]):
+        segments = sorted((parse_row(record, columns)[1] for _, record in group), key=lambda s: int(s["segment"]))
+        found[video_id] = ev.timeline_blocks(ev.window_spans(segments, window_s))
     return [row if report.TIMELINE in row else dict(row, **{report.TIMELINE: found.get(row["video_id"], [])})
             for row in rows]

@@ -27,7 +27,6 @@ import dataclasses
 import io
 import json
 import logging
-from typing import Iterator
 
 import apache_beam as beam
 
@@ -35,7 +34,7 @@ from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef
 from beam_jobs.outputs import MANIFEST_FILE
 from beam_jobs.segments import SEGMENTS_FILE
-from beam_jobs.sinks import csv_values, iter_csv_records
+from beam_jobs.sinks import csv_records, csv_values
 from common import fs
 from common.errors import UserError
 
@@ -110,14 +109,6 @@ def parse_row(record: str, columns: tuple[str, ...]) -> tuple[str, dict]:
     return row["video_id"], row
 
 
-def _csv_records_of(path: str) -> Iterator[str]:
-    """The records of a CSV file after its header, read in order (a record may span lines)."""
-    with fs.open_read(path) as raw:
-        records = iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-        next(records, None)
-        yield from records
-
-
 class ReadCsvRecords(beam.PTransform):
     """The records of one CSV file of a previous run, after its header. A file whose manifest says every record
     is one line is read in parallel, a line at a time (Beam's text source); one with a record that spans
@@ -130,7 +121,7 @@ class ReadCsvRecords(beam.PTransform):
     def expand(self, pbegin):
         if not self._multiline:
             return pbegin | "ReadLines" >> beam.io.ReadFromText(self._path, skip_header_lines=1)
-        return (pbegin | "File" >> beam.Create([self._path]) | "ReadRecords" >> beam.FlatMap(_csv_records_of)
+        return (pbegin | "File" >> beam.Create([self._path]) | "ReadRecords" >> beam.FlatMap(csv_records, header=True)
                 | "Spread" >> beam.Reshuffle())
 
 

@@ -30,7 +30,7 @@ from beam_jobs.label_rows import LABELS_FILE
 from beam_jobs.matching import VideoRef, parse_ref
 from beam_jobs.outputs import MANIFEST_FILE
 from beam_jobs.segments import SEGMENTS_FILE
-from beam_jobs.sinks import csv_values, iter_csv_records
+from beam_jobs.sinks import csv_records, csv_values
 from common import fs, publish
 from common.sorting import DEFAULT_BUDGET_BYTES, align, keyed, sorted_file
 
@@ -101,14 +101,6 @@ def _indexed(previous: PreviousRun, scratch: str, budget: int) -> Iterator[tuple
         yield entry["video_id"], entry
 
 
-def csv_records(path: str) -> Iterator[str]:
-    """The records of a CSV file after its header, streaming (a record may span lines)."""
-    with fs.open_read(path) as raw:
-        records = iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-        next(records, None)
-        yield from records
-
-
 def plan_run(listing: str, output: str, previous: PreviousRun | None, carry: bool, verify: bool, scratch: str,
              budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Plan:
     """Walk the listing file (local, one VideoRef a line, any order) and the previous run in `output` side by
@@ -119,7 +111,7 @@ def plan_run(listing: str, output: str, previous: PreviousRun | None, carry: boo
     streams = [_listed(listing, scratch, budget_bytes)]
     if previous is not None:
         streams += [_indexed(previous, scratch, budget_bytes),
-                    keyed(csv_records(fs.join(output, LABELS_FILE)), csv_id_of)]
+                    keyed(csv_records(fs.join(output, LABELS_FILE), header=True), csv_id_of)]
     listed = todo = carried = removed = 0
     known: list[str] | None = [] if carry and previous is not None and previous.segments else None
     with (open(os.path.join(folder, TODO_FILE), "w", encoding="utf-8") as todo_file,
@@ -157,7 +149,7 @@ def _previous_segments(path: str, previous: PreviousRun, ids: Iterator[str], des
     wanted = next(ids, None)
     with open(destination, "w", encoding="utf-8", newline="") as f:
         f.write(csv_line(previous.segment_columns))
-        for record in csv_records(path):
+        for record in csv_records(path, header=True):
             video_id = csv_id_of(record)
             while wanted is not None and wanted < video_id:
                 wanted = next(ids, None)

@@ -106,9 +106,13 @@ class WriteSortedShards(beam.PTransform):
         )
 
 
-def _records(path: str) -> Iterator[str]:
+def csv_records(path: str, header: bool = False) -> Iterator[str]:
+    """The CSV records of a file, streaming (a record may span lines); those after its header when `header`."""
     with fs.open_read(path) as raw:
-        yield from iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        records = iter_csv_records(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        if header:
+            next(records, None)
+        yield from records
 
 
 def json_lines(path: str) -> Iterator[str]:
@@ -123,7 +127,7 @@ class Merged(NamedTuple):
 
 
 def merge_sorted_shards(paths: Iterable[str], destination: str, key: Callable[[str], str], header: str = "",
-                        records: Callable[[str], Iterator[str]] = _records) -> Merged:
+                        records: Callable[[str], Iterator[str]] = csv_records) -> Merged:
     """Merge sorted shard files of CSV records (or other `records` of a file, such as `json_lines`) into
     `destination` (header first), streaming; a record whose quoted field holds a line break moves whole."""
     count = multiline = 0
