@@ -282,8 +282,11 @@ def _publish(pipeline, args, branch: Branch, previous, staging, run_id, model: L
                     | "WriteIndex" >> WriteSortedShards(fs.join(parts, "index")))
     # Removed videos and videos that failed in this run lose the per-video files a previous run left.
     stale = (branch.removed, branch.failures | "FailedIds" >> beam.Map(lambda f: f[0])) | "StaleIds" >> FlattenApart()
-    removed_files = (stale | "StaleLines" >> beam.Map(json.dumps)
-                     | "WriteRemoved" >> beam.io.WriteToText(fs.join(parts, "removed")))
+    # Grouped before written, as every sink here: a writer that reads a side input where the failures are produced
+    # (Beam's WriteToText) fuses into the decode-and-embed stage, which Prism then spins on (records.py).
+    removed_files = (stale | "StaleLines" >> beam.Map(lambda video_id: (video_id, json.dumps(video_id) + "\n"))
+                     | "WriteRemoved" >> WriteSortedShards(fs.join(parts, "removed"))
+                     | "RemovedPaths" >> beam.Map(lambda shard: shard[0]))
     counts = dict(branch.counts)
     if args.per_video:  # (carried rows get theirs when publishing, if the previous run wrote none)
         counts["per_video"] = _count(branch.rows | "WritePerVideo" >> beam.Map(write_per_video, staging, labels),

@@ -3,7 +3,11 @@ sharded TFRecord files."""
 
 from __future__ import annotations
 
+import uuid
+
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs.decode import FrameOptions, Video
 from common import fs
@@ -48,7 +52,15 @@ def encode_video(video: Video, options: FrameOptions, backbone_id: str, feature_
 
 
 class WriteFeatureRecords(beam.PTransform):
-    """PCollection[serialized record] -> the shard files written under `folder` (their paths)."""
+    """PCollection[serialized record] -> the shard files written under `folder` (their paths).
+
+    Without a shard count each bundle writes a file of its own (a retried bundle writes another; only the
+    files of bundles that completed are named), and one step then names them `features-SSSSS-of-NNNNN`. Beam's
+    own writer does the same with a side input read while writing (its initialisation's result), so a runner
+    fuses that read into the stage that produces the records, the decode-and-embed stage: Prism 2.77 then
+    re-evaluates that stage in a loop for as long as its bundle runs, a whole core (300 short clips: Prism's
+    process 45 CPU s of a 60 s job, the job at 0.5x the in-process runner; bench/runners.py). With a shard count
+    Beam's writer groups the records first, so nothing is read beside them where they are produced."""
 
     def __init__(self, folder: str, num_shards: int = 0):
         super().__init__()
@@ -56,9 +68,57 @@ class WriteFeatureRecords(beam.PTransform):
         self._num_shards = num_shards
 
     def expand(self, records):
-        return records | "WriteShards" >> beam.io.WriteToTFRecord(
-            fs.join(self._folder, SHARD_PREFIX), file_name_suffix=SHARD_SUFFIX, num_shards=self._num_shards,
-            shard_name_template="-SSSSS-of-NNNNN")
+        if self._num_shards:
+            return records | "WriteShards" >> beam.io.WriteToTFRecord(
+                fs.join(self._folder, SHARD_PREFIX), file_name_suffix=SHARD_SUFFIX, num_shards=self._num_shards,
+                shard_name_template="-SSSSS-of-NNNNN")
+        written = records | "WriteBundles" >> beam.ParDo(_WriteBundleRecords(fs.join(self._folder, BUNDLES_DIR)))
+        return (records.pipeline | "Once" >> beam.Create([None])
+                | "NameShards" >> beam.FlatMap(_name_shards, self._folder, beam.pvalue.AsList(written)))
+
+
+BUNDLES_DIR = "_bundles"  # under the folder the shards are written to: each bundle's file, until named
+
+
+class _WriteBundleRecords(beam.DoFn):
+    """Each bundle's records into a TFRecord file of its own under `folder`; emits its path when the bundle ends."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+        self._file = self._path = None
+
+    def start_bundle(self):
+        self._file = self._path = None
+
+    def process(self, record: bytes):
+        from apache_beam.io.tfrecordio import _TFRecordUtil
+
+        if self._file is None:
+            self._path = fs.join(self._folder, f"{SHARD_PREFIX}-{uuid.uuid4().hex}{SHARD_SUFFIX}")
+            self._file = fs.open_write(self._path)
+        _TFRecordUtil.write_record(self._file, record)
+
+    def finish_bundle(self):
+        if self._file is not None:
+            self._file.close()
+            path, self._file, self._path = self._path, None, None
+            yield WindowedValue(path, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+
+def _name_shards(_, folder: str, paths: list[str]) -> list[str]:
+    """The bundles' files renamed `features-SSSSS-of-NNNNN` under `folder`; one empty shard when no bundle wrote
+    (as Beam's writer). Run again after some were renamed (a retried step), it renames the rest."""
+    paths = sorted(paths)
+    count = max(len(paths), 1)
+    names = [fs.join(folder, f"{SHARD_PREFIX}-{i:05d}-of-{count:05d}{SHARD_SUFFIX}") for i in range(count)]
+    if not paths:
+        fs.write_bytes(names[0], b"")
+    for path, name in zip(paths, names):
+        if fs.exists(path):
+            fs.move([path], [name])
+        elif not fs.exists(name):
+            raise RuntimeError(f"written records lost: neither {path} nor {name} exists")
+    return names
 
 
 class CountSplits(beam.CombineFn):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -13,7 +14,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs.decode import FrameOptions, Video
 from beam_jobs.matching import VideoRef
-from beam_jobs.records import SHARD_PATTERN, WriteFeatureRecords, encode_video, to_video_record
+from beam_jobs.records import (BUNDLES_DIR, SHARD_PATTERN, WriteFeatureRecords, _name_shards, encode_video,
+                               to_video_record)
 from tfrecords_schema import RecordError, dataset_spec, decode_video_record, make_decoded_dataset, match_record_files
 from video.frames import SampledFrames
 
@@ -104,3 +106,24 @@ def test_write_feature_records_without_a_shard_count(tmp_path):
     assert files and all(fnmatch.fnmatch(os.path.basename(f), "features-*-of-*.tfrecord") for f in files)
     assert dataset_spec(files).feature_encoding == "float16"
     assert [d["video_id"].numpy() for d in make_decoded_dataset(files)] == [b"a.avi"]
+    assert os.listdir(os.path.join(folder, BUNDLES_DIR)) == []  # each bundle's file became a shard
+
+
+def test_bundle_files_are_named_as_shards_by_a_step_that_may_run_again(tmp_path):
+    bundles = tmp_path / BUNDLES_DIR
+    bundles.mkdir()
+    paths = [str(bundles / f"features-{name}.tfrecord") for name in ("b", "a", "c")]
+    for path in paths:
+        Path(path).write_bytes(path.encode())
+    names = [str(tmp_path / f"features-0000{i}-of-00003.tfrecord") for i in range(3)]
+    os.rename(sorted(paths)[0], names[0])  # a first attempt renamed one, then failed
+    assert _name_shards(None, str(tmp_path), paths) == names
+    assert [Path(name).read_bytes() for name in names] == [p.encode() for p in sorted(paths)]
+    assert os.listdir(bundles) == []
+    with pytest.raises(RuntimeError, match="written records lost"):
+        _name_shards(None, str(tmp_path), [str(bundles / "features-gone.tfrecord")])
+
+
+def test_no_records_make_one_empty_shard(tmp_path):
+    assert _name_shards(None, str(tmp_path), []) == [str(tmp_path / "features-00000-of-00001.tfrecord")]
+    assert (tmp_path / "features-00000-of-00001.tfrecord").read_bytes() == b""
