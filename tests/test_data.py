@@ -4,6 +4,7 @@ validation split, and manifests that do not describe their shards."""
 import json
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -356,3 +357,15 @@ def test_sets_sharing_a_video_id_or_a_group_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"the (training and validation|validation and training) sets share group "
                                         r"'06' \(--split-by _g\(\\d\+\)_\): .*; a group must be in one set only$"):
         load_training_data([str(tmp_path / "train")], [str(tmp_path / "validation")], split_by=UCF_GROUP)
+
+
+def test_split_buckets_are_tensorflows_hash_buckets_without_tensorflow():
+    """The featurize job counts a split's records without TensorFlow (tfrecords_schema.farmhash): every length
+    branch of FarmHash's Fingerprint64 (0-16, 17-32, 33-64 bytes, then 64-byte blocks) as TensorFlow hashes."""
+    from tfrecords_schema.farmhash import hash_bucket
+
+    rng = np.random.default_rng(7)
+    alphabet = list("abcdefghij/_.-0123456789") + ["é", "日", "\n"]
+    texts = ["", "a", "é"] + ["".join(rng.choice(alphabet, size=n)) for n in range(1, 200) for _ in range(2)]
+    buckets = (1 << 62) + 57  # a large prime-ish modulus: nearly the whole fingerprint is compared
+    assert [hash_bucket(t, buckets) for t in texts] == tf.strings.to_hash_bucket_fast(texts, buckets).numpy().tolist()

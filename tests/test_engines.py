@@ -186,6 +186,22 @@ def test_auto_is_openvino_on_a_cpu_bf16_where_it_has_it(monkeypatch):
         engines.resolve("openvino", "bf16")
 
 
+def test_tensorflow_is_asked_for_gpus_only_where_a_gpu_driver_is(monkeypatch):
+    asked = []
+    monkeypatch.setattr(engines, "gpu_driver_present", lambda: False)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # an import of TensorFlow fails
+    engines.gpu_visible.cache_clear()
+    try:
+        assert engines.gpu_visible() is False
+        engines.gpu_visible.cache_clear()
+        monkeypatch.setattr(engines, "gpu_driver_present", lambda: asked.append(1) or True)
+        with pytest.raises(ImportError):  # a driver is there: TensorFlow says whether it sees a GPU
+            engines.gpu_visible()
+        assert asked == [1]
+    finally:
+        engines.gpu_visible.cache_clear()
+
+
 def test_options_are_checked_and_picklable():
     import pickle
 

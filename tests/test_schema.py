@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -51,6 +54,30 @@ def test_round_trip_keeps_every_field_and_zeroes_padding():
     assert (decoded.frame_height, decoded.frame_width, decoded.image_size) == (240, 320, 64)
     assert decoded.backbone_id == record.backbone_id and decoded.fingerprint == "abc123"
     assert decoded.sampling == "uniform"
+
+
+@pytest.mark.parametrize("encoding", ["float32", "float16"])
+def test_records_are_tensorflows_own_messages_written_without_it(encoding):
+    from tfrecords_schema import schema
+
+    serialized = encode_video_record(make_record(), encoding)
+    # TensorFlow's own SequenceExample reads every kind of field where it expects it, and writes the very same
+    # bytes back.
+    parsed = tf.train.SequenceExample.FromString(serialized)
+    context = parsed.context.feature
+    assert context[schema.NUM_VALID_FRAMES_KEY].int64_list.value == [5]
+    assert context[schema.VIDEO_ID_KEY].bytes_list.value == [b"a/v1.avi"]
+    assert context[schema.SOURCE_FPS_KEY].float_list.value == [25.0]
+    assert [f.int64_list.value[0] for f in parsed.feature_lists.feature_list[schema.FRAME_MASK_KEY].feature] == [
+        1] * 5 + [0] * 3
+    assert parsed.SerializeToString(deterministic=True) == serialized
+    script = ("import sys, numpy as np; from tfrecords_schema import VideoRecord, encode_video_record, read_record_spec; "
+              "r = VideoRecord(video_id='v', uri='u', label='a', features=np.ones((2, 3), np.float32), "
+              "num_valid_frames=1, frame_indices=[0], source_fps=25.0, decoded_frame_count=2, frame_height=8, "
+              f"frame_width=8, backbone_id='b', image_size=8); read_record_spec(encode_video_record(r, {encoding!r})); "
+              "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
 
 
 def test_float16_encoding_is_smaller_and_close():

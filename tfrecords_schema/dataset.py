@@ -321,12 +321,19 @@ def split_counts(video_ids: Sequence[str], labels: Sequence[str], buckets: int =
     splits by the same rule then knows how many records of each label any split at a multiple of 1 / N holds
     without reading one. Counts of disjoint record sets add up (`add_split_counts`)."""
     import numpy as np
-    import tensorflow as tf
 
     if SPLIT_BUCKETS % buckets:
         raise ValueError(f"buckets must divide {SPLIT_BUCKETS}, got {buckets}")
-    keys = split_keys(tf.constant(list(video_ids), tf.string), split_by)
-    coarse = split_buckets(keys).numpy() // (SPLIT_BUCKETS // buckets)
+    if split_by:
+        import tensorflow as tf
+
+        keys = split_keys(tf.constant(list(video_ids), tf.string), split_by)
+        fine = split_buckets(keys).numpy()
+    else:  # the ids themselves, hashed as split_buckets does, without TensorFlow (the featurize job's workers)
+        from tfrecords_schema.farmhash import hash_bucket
+
+        fine = np.array([hash_bucket(video_id, SPLIT_BUCKETS) for video_id in video_ids], dtype=np.int64)
+    coarse = fine // (SPLIT_BUCKETS // buckets)
     labels = np.asarray(list(labels), dtype=object)
     return {"buckets": buckets, "split_by": split_by, "counts": {
         str(label): np.bincount(coarse[labels == label], minlength=buckets).tolist() for label in sorted(set(labels))}}

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tfrecords_schema import example_pb
+
 SCHEMA_VERSION = 1
 
 # Context keys.
@@ -146,22 +148,16 @@ def pad_features(features: np.ndarray, max_seq_length: int) -> tuple[np.ndarray,
     return padded, np.arange(max_seq_length) < len(features)
 
 
-def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+def _bytes(values: Sequence[bytes]):
+    return example_pb.Feature(bytes_list=example_pb.BytesList(value=list(values)))
 
 
-def _ints(values: Sequence[int]) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+def _ints(values: Sequence[int]):
+    return example_pb.Feature(int64_list=example_pb.Int64List(value=[int(v) for v in values]))
 
 
-def _floats(values) -> tf.train.Feature:
-    import tensorflow as tf
-
-    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+def _floats(values):
+    return example_pb.Feature(float_list=example_pb.FloatList(value=values))
 
 
 def validate_video_record(record: VideoRecord) -> None:
@@ -184,9 +180,8 @@ def validate_video_record(record: VideoRecord) -> None:
 
 
 def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") -> bytes:
-    """Serialize `record` as a SequenceExample. Padding rows are written as zeros."""
-    import tensorflow as tf
-
+    """Serialize `record` as a SequenceExample (without TensorFlow: tfrecords_schema.example_pb). Padding rows are
+    written as zeros."""
     if feature_encoding not in FEATURE_ENCODINGS:
         raise RecordError(f"feature encoding must be one of {FEATURE_ENCODINGS}, got {feature_encoding!r}")
     validate_video_record(record)
@@ -222,14 +217,14 @@ def encode_video_record(record: VideoRecord, feature_encoding: str = "float32") 
         frames_key = FRAME_FEATURES_BYTES_KEY
         steps = [_bytes([row.astype("<f2").tobytes()]) for row in features]
     feature_lists = {
-        frames_key: tf.train.FeatureList(feature=steps),
-        FRAME_MASK_KEY: tf.train.FeatureList(feature=[_ints([int(m)]) for m in record.mask]),
+        frames_key: example_pb.FeatureList(feature=steps),
+        FRAME_MASK_KEY: example_pb.FeatureList(feature=[_ints([int(m)]) for m in record.mask]),
     }
-    example = tf.train.SequenceExample(
-        context=tf.train.Features(feature=context),
-        feature_lists=tf.train.FeatureLists(feature_list=feature_lists),
+    example = example_pb.SequenceExample(
+        context=example_pb.Features(feature=context),
+        feature_lists=example_pb.FeatureLists(feature_list=feature_lists),
     )
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 def _context_value(context, key: str, kind: str, required: bool = True):
@@ -243,11 +238,9 @@ def _context_value(context, key: str, kind: str, required: bool = True):
 
 
 def read_record_spec(serialized: bytes) -> RecordSpec:
-    """The spec of one serialized record, read in Python (cheap: no TF graph)."""
-    import tensorflow as tf
-
+    """The spec of one serialized record, read in Python (cheap: no TensorFlow)."""
     try:
-        example = tf.train.SequenceExample.FromString(serialized)
+        example = example_pb.SequenceExample.FromString(serialized)
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise RecordError(f"not a SequenceExample: {exc}") from None
     context = example.context
@@ -273,9 +266,7 @@ EMBEDDING_KEYS = {"engine": ENGINE_KEY, "engine_version": ENGINE_VERSION_KEY, "p
 def read_record_embedding(serialized: bytes) -> dict[str, str]:
     """What made one serialized record's features: `engine`, `engine_version`, `precision`, `calibration`
     ("" where the record does not say: records written before engines were recorded)."""
-    import tensorflow as tf
-
-    context = tf.train.SequenceExample.FromString(serialized).context
+    context = example_pb.SequenceExample.FromString(serialized).context
     found = {name: _context_value(context, key, "bytes_list", required=False) for name, key in EMBEDDING_KEYS.items()}
     return {name: values[0].decode() if values else "" for name, values in found.items()}
 
