@@ -26,7 +26,7 @@ from bench.harness import WORK_DIR, cached, cpu_model, load_average, log, median
 
 SHORT_PER_CLASS, SHORT_SEED = 50, 61
 HD_DISTINCT, HD_VIDEOS, HD_SECONDS, HD_FPS, HD_KEYFRAME_INTERVAL = 5, 10, 60, 30, 60
-ROUNDS = 1  # each round runs both inputs on both runners, the runners' order swapped input by input
+ROUNDS = 2  # each round runs both inputs on both runners, the runners' order swapped input by input
 TARGET = 0.8  # Prism's videos/s over the in-process runner's, on both inputs
 RESULTS = WORK_DIR / "runners.json"
 
