@@ -39,7 +39,7 @@ MODULES = {
     # publishing's carry-over, each with its lean tests; test_plan.py's end-to-end re-runs (predict pipelines,
     # minutes a mutant) stay out.
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
-    "beam_jobs/plan.py": ["tests/test_incremental.py"],
+    "beam_jobs/plan.py": ["tests/test_incremental.py", "tests/test_plan_steps.py"],
     "beam_jobs/carry.py": ["tests/test_carry.py"],
     "common/sorting.py": ["tests/test_sorting.py"],
     # test_predict's pipeline-building test only constructs FinishPredict (half a minute building a model).
