@@ -167,9 +167,11 @@ def test_the_summary_keeps_the_least_confident_rows_as_they_come(monkeypatch):
     monkeypatch.setattr(report, "SHOWN_VIDEOS", 2)
     summary = carry._Summary()
     confidences = [0.5, 0.9, 0.3, 0.8, 0.7, 0.3, 0.95, 0.6, 0.2, 0.99]
+    held = []
     for n, confidence in enumerate(confidences):
         summary.add({"video_id": f"v{9 - n}", "label": "a" if n % 3 else "b", "confidence": f"{confidence:.6f}"})
-        assert len(summary.shown) < 4 * 2  # trimmed as it reaches four times what is shown
+        held.append(len(summary.shown))
+    assert held == [1, 2, 3, 4, 5, 6, 7, 2, 3, 4]  # trimmed as it reaches four times what is shown, not before
     result = summary.result()
     assert result["videos"] == 10 and result["label_counts"] == [("a", 6), ("b", 4)]
     assert result["histogram"] == [0, 0, 1, 2, 0, 1, 1, 1, 1, 3]
@@ -203,3 +205,36 @@ def test_timelines_of_the_carried_rows_shown_come_from_the_carried_segments(tmp_
         {"video_id": "a.avi", report.TIMELINE: [(0.0, 1.5, "a", 0.9), (1.5, 3.0, "b", 0.7)]},
         {"video_id": "none.avi", report.TIMELINE: []}]
     assert timelines(str(tmp_path / "missing.txt"), [made], SEGMENT_COLUMNS, 2.0) == [made]  # nothing to read
+
+
+def test_an_id_that_events_csv_writes_spreadsheet_safe_has_its_events_carried(tmp_path):
+    output, plan_dir = tmp_path / "out", tmp_path / "plan"
+    output.mkdir()
+    plan_dir.mkdir()
+    row = "=a.avi,/in/=a.avi,a,0.900000,a:0.900000;b:0.100000,0.900000,0.100000,m1\n"
+    segment = "=a.avi,0,0.000,2.000,a,0.900000,a:0.900000;b:0.100000,0.900000,0.100000,m1\n"
+    event = "'=a.avi,a,00:00:00.000,00:00:02.000,0.000,2.000,0.900000,1\n"  # a formula otherwise
+    (output / "labels.csv").write_text(lines(LABELS_CSV)[0] + row)
+    (output / "segments.csv").write_text(lines(SEGMENTS_CSV)[0] + segment)
+    (output / "events.csv").write_text(lines(EVENTS_CSV)[0] + event)
+    (plan_dir / "carried-index.jsonl").write_text(json.dumps({"video_id": "=a.avi"}) + "\n")
+    result = carry_over((output, plan_dir), count=1, window_s=2.0, segment_columns=SEGMENT_COLUMNS).write(
+        str(tmp_path / "parts"), str(tmp_path / "staging"))
+    assert (tmp_path / "parts" / "carried" / "events.txt").read_text() == event
+    assert (result["rows"], result["segment_count"], result["event_count"]) == (1, 1, 1)
+
+
+def test_a_column_the_previous_files_lack_is_left_empty_when_rows_are_decided_again(previous, tmp_path):
+    output, _ = previous
+    for name in ("labels.csv", "segments.csv"):  # files of a run that wrote no model_id column
+        text = (output / name).read_text()
+        (output / name).write_text(text.replace(",model_id\n", "\n").replace(",m1\n", "\n"))
+    result = carry_over(previous, redo=True, fmt=STRICTER, previous_columns=COLUMNS[:-1], window_s=2.0,
+                        segment_columns=SEGMENT_COLUMNS[:-1]).write(str(tmp_path / "parts"), str(tmp_path / "staging"))
+    folder = tmp_path / "parts" / "carried"
+    assert (folder / "labels.txt").read_text() == (
+        "a.avi,/in/a.avi,a,0.900000,a:0.900000,0.900000,0.100000,\n"
+        '"b,c.avi","/in/b,c.avi",unknown,0.600000,b:0.600000,0.400000,0.600000,\n')
+    assert (folder / "segments.txt").read_text().splitlines()[0] == (
+        "a.avi,0,0.000,2.000,a,0.900000,a:0.900000,0.900000,0.100000,")
+    assert result["rows"] == 2
