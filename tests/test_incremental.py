@@ -123,9 +123,11 @@ def test_the_plan_is_the_same_when_the_listing_and_the_index_are_sorted_beyond_t
     spilled = []
     original = common.sorting._spill
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common.sorting, "_spill", lambda lines, scratch: spilled.append(len(lines)) or original(lines, scratch))
+        patch.setattr(common.sorting, "_spill",
+                      lambda lines, scratch: spilled.append((len(lines), scratch)) or original(lines, scratch))
         assert plan(tmp_path, previous, budget_bytes=300) == in_memory
-    assert len(spilled) >= 8 and max(spilled) <= 2  # both streams were sorted on disk, a line or two a run
+    assert len(spilled) >= 8 and max(n for n, _ in spilled) <= 2  # both streams sorted on disk, a line or two a run
+    assert {scratch for _, scratch in spilled} == {str(tmp_path / "scratch")}  # in the job's scratch folder
     assert not list((tmp_path / "scratch").glob("run-*"))  # the runs are removed once read
 
 

@@ -33,6 +33,7 @@ def test_the_video_id_of_a_csv_record_quoted_or_not():
     assert csv_id_of('"a,b.avi","/in/a,b.avi",x\n') == "a,b.avi"
     assert csv_id_of('"line\nbreak.avi",x\r\n') == "line\nbreak.avi"
     assert csv_id_of("alone.avi\r\n") == "alone.avi" and csv_id_of("alone.avi\n") == "alone.avi"
+    assert csv_id_of("BOX\n") == "BOX" and csv_id_of("space .avi \n") == "space .avi "  # only the line end goes
 
 
 def test_a_plan_has_changed_when_it_reads_or_removes_anything():
