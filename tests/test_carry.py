@@ -15,7 +15,7 @@ from beam_jobs.segments import segment_columns
 
 LABELS = ("a", "b")
 COLUMNS = tuple(label_columns(LABELS))  # video_id,video_uri,label,confidence,top_k,p_a,p_b,model_id
-SEGMENT_COLUMNS = tuple(segment_columns(LABELS))  # video_id,segment,start_s,end_s,label,confidence,top_k,p_a,p_b,model_id
+SEGMENT_COLUMNS = tuple(segment_columns(LABELS))  # video_id,segment,start_s,end_s,label,confidence,top_k,p_a,...
 KEPT = RowFormat(LABELS, "m1", top_k=2, min_confidence=0.0)  # the previous run's decisions
 STRICTER = RowFormat(LABELS, "m1", top_k=1, min_confidence=0.8)
 
@@ -133,7 +133,8 @@ def test_carried_segments_and_events_are_copied_as_they_were(previous, tmp_path)
     folder = tmp_path / "parts" / "carried"
     assert (folder / "segments.txt").read_text() == "".join(lines(SEGMENTS_CSV)[1:4])
     assert (folder / "events.txt").read_text() == "".join(lines(EVENTS_CSV)[1:4])
-    assert {k: result[k] for k in ("segments", "events", "segment_count", "event_count", "segment_videos", "tracks")} == {
+    keys = ("segments", "events", "segment_count", "event_count", "segment_videos", "tracks")
+    assert {k: result[k] for k in keys} == {
         "segments": str(folder / "segments.txt"), "events": str(folder / "events.txt"), "segment_count": 3,
         "event_count": 3, "segment_videos": 2, "tracks": 0}
     assert result["rows"] == 2 and not (tmp_path / "staging").exists()

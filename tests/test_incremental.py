@@ -97,7 +97,7 @@ def test_unchanged_needs_the_same_uri_size_mtime_and_version():
                     ref("a.avi", version="1:7:16"), ref("a.avi", size=-1)):
         assert not unchanged(entry, changed)
     assert not unchanged(None, ref("a.avi"))
-    assert unchanged(index_entry(ref("e.avi", size=0), "fp"), ref("e.avi", size=0))  # only -1 (a broken link) is unknown
+    assert unchanged(index_entry(ref("e.avi", size=0), "fp"), ref("e.avi", size=0))  # only -1 (broken link) is unknown
     del entry["version"]  # an index written before versions were recorded: its videos are read once
     assert not unchanged(entry, ref("a.avi"))
 
@@ -213,7 +213,8 @@ def test_an_incomplete_previous_run_is_none_with_a_warning(kept, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="beam_jobs.incremental"):
         assert PreviousRun.read(str(tmp_path)) is None
     missing = "index.jsonl" if kept == "labels" else "labels.csv"
-    assert caplog.messages == [f"the previous run in {tmp_path} is incomplete (no {missing}): labelling every video again"]
+    assert caplog.messages == [
+        f"the previous run in {tmp_path} is incomplete (no {missing}): labelling every video again"]
 
 
 @pytest.mark.parametrize("where", ["local", "mem"])
@@ -253,8 +254,8 @@ def test_previous_rows_are_read_whole(multiline, tmp_path):
 def test_the_previous_segments_are_read_keyed_by_video_id(multiline, tmp_path):
     ids = ["a.avi", "b.avi"] + (["new\nline.avi"] if multiline else [])
     columns = ("video_id", "segment", "label")
-    (tmp_path / "segments.csv").write_text(csv_line(columns) + "".join(csv_line([i, n, "x"]) for i in ids for n in "01"),
-                                           newline="")
+    records = "".join(csv_line([i, n, "x"]) for i in ids for n in "01")
+    (tmp_path / "segments.csv").write_text(csv_line(columns) + records, newline="")
     previous = PreviousRun(MODEL, (), (), False, segments={"window_s": 2.0}, segment_columns=columns,
                            multiline=multiline)
     with TestPipeline() as pipeline:
