@@ -76,16 +76,20 @@ def test_within_its_budget_nothing_is_spilled(tmp_path, spills):
     assert spills == []
 
 
-def test_a_file_in_order_is_read_as_it_is_and_one_out_of_order_is_sorted(tmp_path, spills):
+def test_a_file_in_order_is_read_as_it_is_and_one_out_of_order_is_sorted(tmp_path, spills, monkeypatch):
     path = tmp_path / "in.txt"
     given = sorted(lines(300), key=first_field)
     path.write_text("".join(given))
     assert list(sorted_file(str(path), first_field, str(tmp_path), budget_bytes=500)) == given
     assert spills == []
     path.write_text("".join(reversed(given)))
-    assert list(sorted_file(str(path), first_field, str(tmp_path), budget_bytes=500)) == sorted(
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    where, read_run = set(), sorting._read_run
+    monkeypatch.setattr(sorting, "_read_run", lambda run: where.add(os.path.dirname(run)) or read_run(run))
+    assert list(sorted_file(str(path), first_field, str(scratch), budget_bytes=500)) == sorted(
         reversed(given), key=first_field)
-    assert spills
+    assert spills and where == {str(scratch)}  # its runs in the scratch folder
 
 
 def test_streams_side_by_side():
