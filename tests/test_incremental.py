@@ -17,6 +17,7 @@ from beam_jobs.incremental import (
     PreviousRun,
     ReadCsvRecords,
     ReadPlan,
+    ReadPreviousSegments,
     SplitKnownContentDoFn,
     index_entry,
     parse_row,
@@ -96,6 +97,7 @@ def test_unchanged_needs_the_same_uri_size_mtime_and_version():
                     ref("a.avi", version="1:7:16"), ref("a.avi", size=-1)):
         assert not unchanged(entry, changed)
     assert not unchanged(None, ref("a.avi"))
+    assert unchanged(index_entry(ref("e.avi", size=0), "fp"), ref("e.avi", size=0))  # only -1 (broken link) is unknown
     del entry["version"]  # an index written before versions were recorded: its videos are read once
     assert not unchanged(entry, ref("a.avi"))
 
@@ -121,9 +123,11 @@ def test_the_plan_is_the_same_when_the_listing_and_the_index_are_sorted_beyond_t
     spilled = []
     original = common.sorting._spill
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common.sorting, "_spill", lambda lines, scratch: spilled.append(len(lines)) or original(lines, scratch))
+        patch.setattr(common.sorting, "_spill",
+                      lambda lines, scratch: spilled.append((len(lines), scratch)) or original(lines, scratch))
         assert plan(tmp_path, previous, budget_bytes=300) == in_memory
-    assert len(spilled) >= 8 and max(spilled) <= 2  # both streams were sorted on disk, a line or two a run
+    assert len(spilled) >= 8 and max(n for n, _ in spilled) <= 2  # both streams sorted on disk, a line or two a run
+    assert {scratch for _, scratch in spilled} == {str(tmp_path / "scratch")}  # in the job's scratch folder
     assert not list((tmp_path / "scratch").glob("run-*"))  # the runs are removed once read
 
 
@@ -209,7 +213,8 @@ def test_an_incomplete_previous_run_is_none_with_a_warning(kept, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="beam_jobs.incremental"):
         assert PreviousRun.read(str(tmp_path)) is None
     missing = "index.jsonl" if kept == "labels" else "labels.csv"
-    assert f"is incomplete (no {missing}): labelling every video again" in caplog.text
+    assert caplog.messages == [
+        f"the previous run in {tmp_path} is incomplete (no {missing}): labelling every video again"]
 
 
 @pytest.mark.parametrize("where", ["local", "mem"])
@@ -220,6 +225,9 @@ def test_previous_run_reads_the_manifest_header_and_index_files(where, tmp_path,
     previous = PreviousRun.read(output)
     assert previous == PreviousRun(MODEL, ("video_id", "video_uri", "label"),
                                    (fs.join(output, "index-00000-of-00001.jsonl"),), per_video=True)
+    assert previous.review is False  # (not compared by ==)
+    write_run(output, {"job": "predict", "model_id": MODEL, "options": {"review": True}})
+    assert PreviousRun.read(output).review is True and PreviousRun.read(output).per_video is False
 
 
 def test_previous_run_knows_its_decisions_and_its_csv_files_with_records_spanning_lines(tmp_path):
@@ -240,6 +248,19 @@ def test_previous_rows_are_read_whole(multiline, tmp_path):
         rows = (pipeline | ReadCsvRecords(str(tmp_path / "labels.csv"), multiline)
                 | beam.Map(parse_row, ("video_id", "video_uri", "label")))
         assert_that(rows, equal_to([(i, {"video_id": i, "video_uri": f"/in/{i}", "label": "x"}) for i in ids]))
+
+
+@pytest.mark.parametrize("multiline", [(), ("segments.csv",)])
+def test_the_previous_segments_are_read_keyed_by_video_id(multiline, tmp_path):
+    ids = ["a.avi", "b.avi"] + (["new\nline.avi"] if multiline else [])
+    columns = ("video_id", "segment", "label")
+    records = "".join(csv_line([i, n, "x"]) for i in ids for n in "01")
+    (tmp_path / "segments.csv").write_text(csv_line(columns) + records, newline="")
+    previous = PreviousRun(MODEL, (), (), False, segments={"window_s": 2.0}, segment_columns=columns,
+                           multiline=multiline)
+    with TestPipeline() as pipeline:
+        rows = pipeline | ReadPreviousSegments(str(tmp_path / "segments.csv"), previous)
+        assert_that(rows, equal_to([(i, {"video_id": i, "segment": n, "label": "x"}) for i in ids for n in "01"]))
 
 
 def test_a_single_index_file_of_an_older_run_is_read_too(tmp_path):

@@ -255,7 +255,8 @@ def test_write_atomically_permissions_follow_the_umask(tmp_path):
     assert os.umask(previous) == previous  # the umask is left as it was
 
 
-def test_write_atomically_to_an_object_store(bucket):
+def test_write_atomically_to_an_object_store(bucket, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the local copy is written in a temporary folder, not here
     publish.write_atomically(f"{bucket}/m/a.bin", b"bytes")
 
     def writer(local):
@@ -267,6 +268,7 @@ def test_write_atomically_to_an_object_store(bucket):
     assert objects(bucket) == ["m/a.bin", "m/b.keras"]
     assert fs.read_bytes(f"{bucket}/m/a.bin") == b"bytes"
     assert fs.read_bytes(f"{bucket}/m/b.keras") == b"from a local file"
+    assert os.listdir(tmp_path) == []
 
 
 def test_now_utc_is_an_iso_time_in_seconds():

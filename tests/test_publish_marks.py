@@ -32,7 +32,7 @@ def test_bookkeeping_is_the_lease_staging_and_the_mark_at_the_top_of_the_output(
                      ".publishing.json"):
         assert publish.is_bookkeeping(relative), relative
     for relative in ("labels.csv", "a/.lease.json", "x/.staging-abc/labels.csv", "a/.publishing.json",
-                     ".publishing.json.bak", "staging-abc/x", "lease.json"):
+                     ".publishing.json.bak", ".publishing.json copy", "staging-abc/x", "lease.json"):
         assert not publish.is_bookkeeping(relative), relative
 
 
@@ -47,6 +47,8 @@ def test_previous_outputs_are_the_manifests_and_an_unfinished_publishs(tmp_path)
     for manifest in ({"job": "from before manifests named their files"}, ["a list"], "{half a manif"):
         fs.write_text(fs.join(output, MANIFEST), manifest if isinstance(manifest, str) else fs.json_text(manifest))
         assert publish.previous_outputs(output, MANIFEST, ["default.csv"]) == [
+            "default.csv", "labels.csv", "new/**", "old.csv"], manifest
+        assert publish.previous_outputs(output, MANIFEST, ("default.csv",)) == [  # a tuple, as publish passes
             "default.csv", "labels.csv", "new/**", "old.csv"], manifest
     for mark in ("[1]", "{half a mark"):  # a mark that is not one is ignored
         fs.write_text(fs.join(output, publish.PUBLISHING_FILE), mark)
@@ -158,3 +160,20 @@ def test_a_file_written_atomically_has_an_ordinary_files_permissions(umask, tmp_
     finally:
         os.umask(previous)
     assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == {0o022: 0o644, 0o002: 0o664, 0o077: 0o600}[umask]
+
+
+@pytest.mark.parametrize("default, kept", [
+    (["labels.csv", "tracks/**"], ["per_video/gone.csv"]),  # the files the default names are the product's
+    ((), ["tracks/song1.flac"]),  # no default: this run's own patterns stand in
+])
+def test_a_manifest_that_names_no_outputs_goes_by_the_default_patterns(default, kept, tmp_path):
+    output = str(tmp_path / "out")
+    for name in ["labels.csv", "per_video/gone.csv", "tracks/song1.flac", "README.txt"]:
+        fs.write_text(fs.join(output, name), "old")
+    fs.write_json(fs.join(output, MANIFEST), {"job": "from before manifests named their files"})
+    staging = fs.join(output, ".staging-run")
+    publish.publish(output, staging, stage(staging, ["labels.csv"]), MANIFEST, "{}",
+                    outputs=["labels.csv", "per_video/**"], previous_default=default,
+                    replace=[fs.join(output, name) for name in ("labels.csv", "per_video", "tracks", "README.txt")])
+    assert files(output) == {"labels.csv": "new labels.csv", MANIFEST: "{}", "README.txt": "old",
+                             **{name: "old" for name in kept}}

@@ -35,7 +35,13 @@ MODULES = {
                         "tests/test_frames.py::test_isolated_decoder_matches_in_process_decoding_and_times_out"],
     "common/publish.py": ["tests/test_publish.py", "tests/test_publish_marks.py", "tests/test_publish_retries.py"],
     "common/lease.py": ["tests/test_lease.py", "tests/test_lease_stores.py"],
+    # Issue 35's re-plan: the launcher's plan (which videos a re-run carries over, reads again, removes) and
+    # publishing's carry-over, each with its lean tests; test_plan.py's end-to-end re-runs (predict pipelines,
+    # minutes a mutant) stay out.
     "beam_jobs/incremental.py": ["tests/test_incremental.py"],
+    "beam_jobs/plan.py": ["tests/test_incremental.py", "tests/test_plan_steps.py"],
+    "beam_jobs/carry.py": ["tests/test_carry.py"],
+    "common/sorting.py": ["tests/test_sorting.py"],
     # test_predict's pipeline-building test only constructs FinishPredict (half a minute building a model).
     "beam_jobs/publish_labels.py": ["tests/test_publish_labels.py", "tests/test_predict.py", "--deselect",
                                     "tests/test_predict.py::test_publishing_takes_every_output_it_publishes_as_an_input",
