@@ -15,13 +15,14 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs import featurize
+from beam_jobs.records import BUNDLES_DIR
 from tools.sample_videos import write_sample_set
 from tfrecords_schema import decode_video_record
 
 
-def staged_beam_writes(output) -> list[str]:
-    """The folders Beam's file sink makes in the staging folder once the pipeline is running."""
-    return [str(p) for p in output.glob(".staging-*/beam-temp-*")]
+def staged_bundle_files(output) -> list[str]:
+    """The files the records' writer opens in the staging folder, one a bundle, once records are written."""
+    return [str(p) for p in output.glob(f".staging-*/{BUNDLES_DIR}/*")]
 
 
 def child_processes(pid: int) -> list[int]:
@@ -38,7 +39,7 @@ def child_processes(pid: int) -> list[int]:
 
 def midway(job, output) -> bool:
     """The pipeline is writing into the staging folder and decoding videos."""
-    return bool(staged_beam_writes(output)) and bool(child_processes(job.pid))
+    return bool(staged_bundle_files(output)) and bool(child_processes(job.pid))
 
 
 LEASE_TTL_S = 2.0  # the killed run's lease on the output expires this long after its last renewal

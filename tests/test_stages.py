@@ -34,35 +34,39 @@ def pipelines(monkeypatch) -> list:
     return seen
 
 
-def side_input_readers_fused_with(proto, name: str) -> list[str]:
-    """The steps that read a side input and would run in the same stage as the one step whose name starts with
-    `name`: those whose main input comes from it through steps that do not group."""
+def fused_after(proto, name: str) -> dict[str, bool]:
+    """{step: whether it reads a side input} for the one step whose name starts with `name` and every step whose
+    main input comes from it through steps that do not group: what a runner fuses into its stage."""
     from apache_beam.portability.api import beam_runner_api_pb2
-
-    transforms = proto.components.transforms
-    leaves = {tid: t for tid, t in transforms.items() if not t.subtransforms}
-    producer = {pcoll: tid for tid, t in leaves.items() for pcoll in t.outputs.values()}
-    [target] = [tid for tid, t in leaves.items() if t.unique_name.startswith(name)]
 
     def side_inputs(t) -> set[str]:
         if t.spec.urn != PARDO:
             return set()
         return set(beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs)
 
-    def fused_with_target(tid: str) -> bool:
-        todo, seen = [tid], set()
-        while todo:
-            current = todo.pop()
-            if current == target:
-                return True
-            if current in seen or leaves[current].spec.urn in GROUPING:
-                continue
-            seen.add(current)
-            t = leaves[current]
-            todo += [producer[p] for local, p in t.inputs.items() if local not in side_inputs(t) and p in producer]
-        return False
+    # The primitive steps: no sub-steps, and not a composite that hands its input on unchanged (Create's
+    # MaybeReshuffle of one element), which would otherwise pass for the producer of its own input.
+    steps = {tid: t for tid, t in proto.components.transforms.items()
+             if not t.subtransforms and not (t.outputs and set(t.outputs.values()) <= set(t.inputs.values()))}
+    consumers: dict[str, list[str]] = {}
+    for tid, t in steps.items():
+        for local, pcoll in t.inputs.items():
+            if local not in side_inputs(t):
+                consumers.setdefault(pcoll, []).append(tid)
+    [start] = [tid for tid, t in steps.items() if t.unique_name.startswith(name)]
+    stage, todo = {}, [start]
+    while todo:
+        tid = todo.pop()
+        t = steps[tid]
+        if t.unique_name in stage or (tid != start and t.spec.urn in GROUPING):
+            continue
+        stage[t.unique_name] = bool(side_inputs(t))
+        todo += [c for pcoll in t.outputs.values() for c in consumers.get(pcoll, [])]
+    return stage
 
-    return sorted(t.unique_name for tid, t in leaves.items() if side_inputs(t) and fused_with_target(tid))
+
+def side_input_readers(stage: dict[str, bool]) -> list[str]:
+    return sorted(step for step, reads in stage.items() if reads)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +79,12 @@ def test_featurize_decodes_and_embeds_in_a_stage_without_side_inputs(clips, pipe
 
     featurize.run(featurize_args(clips, tmp_path / "out", "--image-size", "32", "--max-seq-length", "4"))
     [proto] = pipelines
-    assert side_input_readers_fused_with(proto, DECODE) == []
-    # The check finds a side-input reader where there is one: the publishing step reads the counts, in the stage
-    # of the Impulse that starts it.
-    assert side_input_readers_fused_with(proto, "PublishOutputs/Once/Impulse") == ["PublishOutputs/Publish"]
+    stage = fused_after(proto, DECODE)
+    assert {"EmbedFrames/Embed", "EncodeRecords"} <= set(stage)  # the walk follows the stage
+    assert side_input_readers(stage) == []
+    # Where a step reads a side input, it is found: the publishing step reads the counts, in the stage of the
+    # Impulse that starts it.
+    assert side_input_readers(fused_after(proto, "PublishOutputs/Once/Impulse")) == ["PublishOutputs/Publish"]
 
 
 def test_predict_decodes_and_embeds_in_a_stage_without_side_inputs(clips, pipelines, tmp_path):
@@ -88,4 +94,6 @@ def test_predict_decodes_and_embeds_in_a_stage_without_side_inputs(clips, pipeli
     predict.run(predict_args(clips, model, tmp_path / "labels", "--per-video", "--segments", "0.4",
                              "--segment-stride", "0.2"))
     [proto] = pipelines
-    assert side_input_readers_fused_with(proto, DECODE) == []
+    stage = fused_after(proto, DECODE)
+    assert {"EmbedFrames/Embed", "Classify/BeamML_RunInference", "StaleLines"} <= set(stage)
+    assert side_input_readers(stage) == []
