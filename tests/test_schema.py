@@ -24,6 +24,7 @@ from tfrecords_schema import (
     read_vocabulary,
     write_vocabulary,
 )
+from tfrecords_schema.schema import read_record_embedding
 
 
 def make_record(video_id="a/v1.avi", label="a", valid=5, length=8, dim=6, backbone="densenet121/random-seed1", seed=0):
@@ -281,6 +282,8 @@ def test_records_say_which_engine_made_their_features():
     assert context[PRECISION_KEY].bytes_list.value == [b"int8"]
     assert context[ENGINE_VERSION_KEY].bytes_list.value == [b"2026.4.1"]
     assert context[CALIBRATION_KEY].bytes_list.value == [b"0123456789abcdef"]
+    assert read_record_embedding(serialized) == {"engine": "openvino", "engine_version": "2026.4.1",
+                                                 "precision": "int8", "calibration": "0123456789abcdef"}
 
 
 def test_records_written_before_engines_were_recorded_still_read():
@@ -296,6 +299,7 @@ def test_records_written_before_engines_were_recorded_still_read():
     assert (decoded.engine, decoded.engine_version, decoded.precision, decoded.calibration) == ("", "", "", "")
     np.testing.assert_array_equal(decoded.features[:5], record.features[:5])
     assert read_record_spec(old) == read_record_spec(encode_video_record(record))
+    assert read_record_embedding(old) == {"engine": "", "engine_version": "", "precision": "", "calibration": ""}
 
 
 def test_int8_records_are_refused_beside_float_records_of_the_same_network(tmp_path):
