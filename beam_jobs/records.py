@@ -15,6 +15,7 @@ from common import fs
 SHARD_PREFIX = "features"
 SHARD_SUFFIX = ".tfrecord"
 SHARD_PATTERN = f"{SHARD_PREFIX}-*-of-*{SHARD_SUFFIX}"
+BUNDLES_DIR = "_bundles"  # under the folder the shards are written to: each bundle's file, until named
 
 
 def to_video_record(video: Video, options: FrameOptions, backbone_id: str, embedding: dict | None = None):
@@ -75,9 +76,6 @@ class WriteFeatureRecords(beam.PTransform):
         written = records | "WriteBundles" >> beam.ParDo(_WriteBundleRecords(fs.join(self._folder, BUNDLES_DIR)))
         return (records.pipeline | "Once" >> beam.Create([None])
                 | "NameShards" >> beam.FlatMap(_name_shards, self._folder, beam.pvalue.AsList(written)))
-
-
-BUNDLES_DIR = "_bundles"  # under the folder the shards are written to: each bundle's file, until named
 
 
 class _WriteBundleRecords(beam.DoFn):

@@ -29,8 +29,8 @@ import hashlib
 import io
 import logging
 import os
-import sys
 import shutil
+import sys
 import tempfile
 import threading
 
@@ -108,7 +108,7 @@ def openvino_import_error() -> str:
 
 @functools.lru_cache(maxsize=1)
 def gpu_visible() -> bool:
-    """Whether TensorFlow sees a GPU. Asked only where an NVIDIA driver is loaded: importing TensorFlow costs a
+    """Whether TensorFlow sees a GPU. Asked only where a GPU driver is present: importing TensorFlow costs a
     job's launcher and each of its worker processes 4 s and 650 MB, and on a machine without a GPU nothing
     else in featurize needs it (the OpenVINO network is cached, records are encoded without it)."""
     if not gpu_driver_present():
