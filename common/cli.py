@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from typing import Callable, Sequence
 
 from common.errors import (
@@ -178,36 +179,64 @@ class _QuietThreadsAfterCtrlC:
             threading.excepthook = self._hook
 
 
-def end_children() -> None:
+def end_children(grace: float = 2.0) -> None:
     """After Ctrl-C: end the child processes this process started with multiprocessing (the frame decoders, some
     perhaps still being started), so that none outlives the command or, reading the start-up data of a parent
     that is gone, prints multiprocessing's EOFError after the command's last line. They get SIGTERM, which the
-    decoders do not handle (multiprocessing's resource tracker ignores it). Found in /proc, where a child still
-    being started is not yet in `multiprocessing.active_children()`; elsewhere, those."""
-    me, children = os.getpid(), []
+    decoders do not handle, and SIGKILL if they still run after `grace` seconds: a child inherits an ignored
+    SIGTERM from a command started with it ignored, and multiprocessing's exit handler would then wait for it.
+    Found in /proc by the argument multiprocessing spawns them with (which leaves its resource tracker, that
+    cleans up after them, alone), where a child still being started is not yet in
+    `multiprocessing.active_children()`, and in that list."""
+    import multiprocessing
+
+    children = {p.pid for p in multiprocessing.active_children() if p.pid} | _multiprocessing_children()
+    for pid in children:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (running := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for pid in running:
+        _signal(pid, signal.SIGKILL)
+
+
+def _multiprocessing_children() -> set[int]:
+    me, children = os.getpid(), set()
     try:
         entries = os.listdir("/proc")
     except OSError:
-        entries = []
+        return children
     for entry in filter(str.isdigit, entries):
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 parent = int(f.read().rsplit(b")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                started_by_multiprocessing = b"from multiprocessing" in f.read()
+                spawned = b"--multiprocessing-fork" in f.read().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if parent == me and started_by_multiprocessing:
-            children.append(int(entry))
-    if not entries:
-        import multiprocessing
+        if parent == me and spawned:
+            children.add(int(entry))
+    return children
 
-        children = [p.pid for p in multiprocessing.active_children() if p.pid]
-    for pid in children:
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs: not ended, and not a zombie waiting for its parent to collect it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, 0)  # no /proc (macOS): a zombie still answers here, and ends up SIGKILLed harmlessly
         except ProcessLookupError:
-            pass
+            return False
+        return True
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _report_interrupt() -> int:
