@@ -268,10 +268,12 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    from common.cli import main, quiet_tensorflow
+    from common.cli import main
     from tfrecords_schema import RecordError
 
-    quiet_tensorflow()
+    # TensorFlow is not imported here: with the OpenVINO engine (the default on a CPU) nothing in this job needs
+    # it once the network is cached, and importing it cost the command 4 s. model.engines imports it, quietly,
+    # where it is needed (the TensorFlow engine, a GPU driver to ask, the first conversion).
     # The importable module's run, not this script's (see beam_jobs.predict).
     from beam_jobs import featurize
 

@@ -113,9 +113,18 @@ def gpu_visible() -> bool:
     else in featurize needs it (the OpenVINO network is cached, records are encoded without it)."""
     if not gpu_driver_present():
         return False
+    tf = _tensorflow()
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _tensorflow():
+    """TensorFlow, imported without its native start-up notes on stderr (`common.cli.quiet_tensorflow`)."""
+    from common.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return tf
 
 
 def gpu_driver_present() -> bool:
@@ -202,7 +211,7 @@ def calibration_digest(frames: np.ndarray) -> str:
 
 def save_calibration(path: str, frames: np.ndarray) -> str:
     """Write calibration frames as `.npy` (local or gs://); return their digest."""
-    import tensorflow as tf
+    tf = _tensorflow()
 
     frames = np.ascontiguousarray(frames, np.uint8)
     with tf.io.gfile.GFile(path, "wb") as f:
@@ -212,7 +221,7 @@ def save_calibration(path: str, frames: np.ndarray) -> str:
 
 def load_calibration(path: str, image_size: int) -> np.ndarray:
     """The calibration frames in `path` (written by `save_calibration`): uint8 `[N, S, S, 3]`."""
-    import tensorflow as tf
+    tf = _tensorflow()
 
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
@@ -275,6 +284,7 @@ def _converted(weights: backbone.BackboneWeights, image_size: int):
     def convert():
         _LOG.info("converting DenseNet121 (%s, %dx%d) to OpenVINO %s", weights.backbone_id, image_size,
                   image_size, _version())
+        _tensorflow()
         model = backbone.build_densenet(weights, image_size)
         return ov.convert_model(backbone.embedding_function(model, image_size))
 
@@ -363,6 +373,7 @@ def make_embedder(options: EmbedderOptions, batch_size: int = 32, calibration_fr
     options = options.resolved()
     weights = backbone.resolve_weights(options.weights)
     if options.engine == "tensorflow":
+        _tensorflow()
         return backbone.FrameEmbedder(weights, options.image_size)
     if options.quantised and calibration_frames is None:
         if not options.calibration:
@@ -376,9 +387,7 @@ def engine_version(engine: str) -> str:
     """The version of `engine` ("tensorflow" or "openvino") installed here."""
     if engine == "openvino":
         return _version()
-    import tensorflow as tf
-
-    return tf.__version__
+    return _tensorflow().__version__
 
 
 def describe(embedder) -> dict:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from beam_jobs import featurize
 from conftest import REAL_VIDEOS, TEST_FRAMES, TEST_IMAGE_SIZE, featurize_args, read_csv, read_records
 from common.errors import UserError
 from tfrecords_schema import make_dataset, read_vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def failures(output):
@@ -194,3 +197,34 @@ def test_help_documents_every_flag_with_an_example(job):
     assert not [flag for flag, description in documented.items() if len(description.split()) < 3]
     examples = out.split("\nexamples:\n", 1)[1]
     assert f"python -m beam_jobs.{job} --input " in examples
+
+
+_WITHOUT_TENSORFLOW = """
+import runpy, sys
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ImportError("tensorflow imported by the featurize command")
+
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv[0] = "beam_jobs.featurize"
+runpy.run_module("beam_jobs.featurize", run_name="__main__")
+"""
+
+
+def test_the_featurize_command_runs_without_tensorflow_once_the_network_is_cached(featurized, clip_set, tmp_path):
+    """Importing TensorFlow cost the command 4 s of its start-up and exit, and nothing in it needs TensorFlow
+    with the default engine on a CPU: the OpenVINO network is cached (by `featurized`, the same size) and
+    records are encoded without it. The command runs with every import of TensorFlow failing."""
+    from model.engines import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("a GPU driver is present: TensorFlow is asked whether it sees a GPU")
+    script = tmp_path / "featurize_without_tensorflow.py"
+    script.write_text(_WITHOUT_TENSORFLOW)
+    output = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), *featurize_args(clip_set, output)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(read_records(output)) == set(read_records(featurized))
