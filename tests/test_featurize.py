@@ -207,9 +207,10 @@ class NoTensorFlow:
         if name.split(".")[0] == "tensorflow":
             raise ImportError("tensorflow imported by the featurize command")
 
-sys.meta_path.insert(0, NoTensorFlow())
-sys.argv[0] = "beam_jobs.featurize"
-runpy.run_module("beam_jobs.featurize", run_name="__main__")
+if __name__ == "__main__":
+    sys.meta_path.insert(0, NoTensorFlow())
+    sys.argv[0] = "beam_jobs.featurize"
+    runpy.run_module("beam_jobs.featurize", run_name="__main__")
 """
 
 

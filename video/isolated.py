@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Iterator
@@ -132,12 +133,23 @@ def _serve(connection, decoder_threads: int = 0) -> None:
             connection.send(("bug", traceback.format_exc()))
 
 
+# Held while `__main__` is hidden for a child's start: video.ahead starts decoders from several threads at once,
+# and two hidings that overlapped restored it under each other (a child then ran the launching module again,
+# and `__main__.__spec__` stayed None for the rest of the process).
+_HIDING = threading.Lock()
+
+
 @contextlib.contextmanager
 def _main_module_hidden():
     """A spawned child normally re-imports the launching module (`python -m beam_jobs.featurize` and, with
     it, TensorFlow): seconds and hundreds of MB per decoder for nothing, since the child needs PyAV only.
-    Hiding `__main__`'s name and path while the child starts keeps it from doing so."""
-    main = sys.modules.get("__main__")
+    Hiding `__main__`'s name and path while the child starts keeps it from doing so; one start at a time."""
+    with _HIDING, _hidden(sys.modules.get("__main__")):
+        yield
+
+
+@contextlib.contextmanager
+def _hidden(main):
     saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if main and name in main.__dict__}
     try:
         if main is not None:
