@@ -201,6 +201,16 @@ def end_children(grace: float = 2.0) -> None:
 
 
 def _multiprocessing_children() -> set[int]:
+    return _children(lambda argv: "--multiprocessing-fork" in argv)
+
+
+def _job_servers() -> set[int]:
+    """This process's children that are Beam job servers: Prism (`--job_port`), the Java ones (`--job-port`)."""
+    return _children(lambda argv: "--job_port" in argv or "--job-port" in argv)
+
+
+def _children(wanted: Callable[[list[str]], bool]) -> set[int]:
+    """This process's children (from /proc; none where there is no /proc) whose argument list is `wanted`."""
     me, children = os.getpid(), set()
     try:
         entries = os.listdir("/proc")
@@ -210,13 +220,28 @@ def _multiprocessing_children() -> set[int]:
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if parent != me:
+                continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                spawned = b"--multiprocessing-fork" in f.read().split(b"\0")
+                argv = f.read().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if parent == me and spawned:
+        if wanted([a.decode("utf-8", "replace") for a in argv]):
             children.add(int(entry))
     return children
+
+
+def end_job_servers(wait: float = 10.0) -> None:
+    """As a command ends: stop the job servers Beam started for it (Prism), and wait up to `wait` seconds for
+    them to exit. Beam's own exit handler stops them too, but sends SIGINT and then sleeps a whole second before
+    it looks again: a second added to every command on Prism, which exits within milliseconds of the signal.
+    A server that has exited is found so by that handler's first look, and left there."""
+    servers = _job_servers()
+    for pid in servers:
+        _signal(pid, signal.SIGINT)
+    deadline = time.monotonic() + wait
+    while any(_running(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _running(pid: int) -> bool:
@@ -256,6 +281,13 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     # A failing step's traceback is logged by Beam before the error reaches here, where it is printed again
     # if it is a bug; an operational failure (disk full) must end as one line, not a logged traceback.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+    try:
+        return _run_command(run, argv, user_errors)
+    finally:
+        end_job_servers()
+
+
+def _run_command(run, argv, user_errors) -> int:
     try:
         with _QuietThreadsAfterCtrlC():
             run(argv)

@@ -184,3 +184,24 @@ def _state(pid: int) -> str:
             return f.read().rsplit(b")", 1)[1].split()[0].decode()
     except OSError:
         return "Z"
+
+
+def test_a_command_ends_the_job_servers_it_started_and_only_those():
+    """Beam's exit handler stops a job server it started (Prism) with SIGINT, then sleeps a whole second before
+    it looks again: a second on every command run on Prism. The command stops them itself as it ends, and
+    the handler finds them gone; its other children are not its to stop."""
+    started = {}
+
+    def run(argv):
+        sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+        started["server"] = subprocess.Popen([*sleeper, "--job_port", "0"])
+        started["other"] = subprocess.Popen(sleeper)
+
+    try:
+        assert main(run, []) == 0
+        assert started["server"].poll() is not None, "the job server still runs after the command"
+        assert started["other"].poll() is None
+    finally:
+        for process in started.values():
+            process.kill()
+            process.wait()
