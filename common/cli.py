@@ -231,17 +231,22 @@ def _children(wanted: Callable[[list[str]], bool]) -> set[int]:
     return children
 
 
-def end_job_servers(wait: float = 10.0) -> None:
-    """As a command ends: stop the job servers Beam started for it (Prism), and wait up to `wait` seconds for
-    them to exit. Beam's own exit handler stops them too, but sends SIGINT and then sleeps a whole second before
-    it looks again: a second added to every command on Prism, which exits within milliseconds of the signal.
-    A server that has exited is found so by that handler's first look, and left there."""
+def end_job_servers(grace: float = 1.0, wait: float = 10.0) -> None:
+    """As a command ends: stop the job servers Beam started for it (Prism) and wait for them to exit. Beam's own
+    exit handler stops them too, but sends SIGINT and then sleeps a whole second before it looks again: a
+    second added to every command on Prism, which exits within milliseconds of the signal. A server that has
+    exited is found so by that handler's first look, and left there. SIGINT first; SIGKILL after `grace`
+    seconds, since a command started with SIGINT ignored (in the background of a shell script) passes that on
+    to the server, which then waited out the handler's five rounds; then up to `wait` seconds to exit."""
     servers = _job_servers()
     for pid in servers:
         _signal(pid, signal.SIGINT)
-    deadline = time.monotonic() + wait
-    while any(_running(pid) for pid in servers) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    for signum, seconds in ((signal.SIGKILL, grace), (None, wait)):
+        deadline = time.monotonic() + seconds
+        while (running := [pid for pid in servers if _running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for pid in running if signum else ():
+            _signal(pid, signum)
 
 
 def _running(pid: int) -> bool:

@@ -4,6 +4,7 @@ failure (common.errors lists them); a traceback for anything else."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,17 +190,21 @@ def _state(pid: int) -> str:
 def test_a_command_ends_the_job_servers_it_started_and_only_those():
     """Beam's exit handler stops a job server it started (Prism) with SIGINT, then sleeps a whole second before
     it looks again: a second on every command run on Prism. The command stops them itself as it ends, and
-    the handler finds them gone; its other children are not its to stop."""
+    the handler finds them gone; its other children are not its to stop. A server started with SIGINT ignored
+    (a command run in the background of a shell script passes that on) is ended too."""
     started = {}
 
     def run(argv):
         sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
         started["server"] = subprocess.Popen([*sleeper, "--job_port", "0"])
+        started["deaf server"] = subprocess.Popen([*sleeper, "--job-port", "0"],
+                                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         started["other"] = subprocess.Popen(sleeper)
 
     try:
         assert main(run, []) == 0
         assert started["server"].poll() is not None, "the job server still runs after the command"
+        assert started["deaf server"].poll() is not None, "the job server ignoring SIGINT still runs"
         assert started["other"].poll() is None
     finally:
         for process in started.values():
