@@ -342,9 +342,13 @@ class OpenVINOEmbedder:
         model.reshape([batch_size, image_size, image_size, 3])
         # int8 layers run in int8; the rest in bf16 where the CPU has it.
         hint = "f32" if precision == "f32" or "BF16" not in cpu_capabilities() else "bf16"
-        self.threads = threads or len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
+        self.threads = threads or cores
+        # OpenVINO pins its threads to cores, the first cores first: right for an embedder that has every core
+        # its process may use, wrong for one that shares them with other worker processes (two processes of one
+        # thread each both ran on core 0, at half the speed of one process of two threads).
         config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": self.threads, "NUM_STREAMS": 1,
-                  "PERFORMANCE_HINT": "LATENCY"}
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": self.threads >= cores}
         self._compiled = ov.Core().compile_model(model, "CPU", config)
         self._local = threading.local()
 

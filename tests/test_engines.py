@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 
@@ -150,6 +151,18 @@ def test_static_batches_pad_the_last_and_split_long_calls(cache, frames):
     assert embedder(frames[:0]).shape == (0, 1024)
     with pytest.raises(ValueError, match="uint8"):
         embedder(frames.astype(np.float32))
+
+
+def test_an_embedder_with_fewer_threads_than_cores_leaves_them_unpinned(cache, frames):
+    """OpenVINO pins its threads to the first cores: two worker processes planned one thread each (of 2 cores)
+    both ran on core 0, at half the speed. Pinned only when the embedder has every core of its process."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: every embedder has all of them")
+    for threads, pinned in ((1, False), (cores, True)):
+        embedder = make_embedder(EmbedderOptions(WEIGHTS, IMAGE_SIZE, "openvino", "f32", threads=threads), 8)
+        assert embedder._compiled.get_property("INFERENCE_NUM_THREADS") == threads
+        assert embedder._compiled.get_property("ENABLE_CPU_PINNING") is pinned, threads
 
 
 def test_threads_share_one_compiled_network(cache, frames):
