@@ -235,18 +235,29 @@ def end_job_servers(grace: float = 1.0, wait: float = 10.0) -> None:
     """As a command ends: stop the job servers Beam started for it (Prism) and wait for them to exit. Beam's own
     exit handler stops them too, but sends SIGINT and then sleeps a whole second before it looks again: a
     second added to every command on Prism, which exits within milliseconds of the signal. A server that has
-    exited is found so by that handler's first look, and left there. SIGINT first; SIGKILL after `grace`
-    seconds, since a command started with SIGINT ignored (in the background of a shell script) passes that on
-    to the server, which then waited out the handler's five rounds; then up to `wait` seconds to exit."""
+    exited is found so by that handler's first look, and left there. SIGINT, or SIGKILL for a server that
+    ignores SIGINT (a command started in the background of a shell script passes that on to the servers it
+    starts, which then waited out the handler's five rounds) or still runs after `grace` seconds; then up to
+    `wait` seconds for them to exit."""
     servers = _job_servers()
     for pid in servers:
-        _signal(pid, signal.SIGINT)
+        _signal(pid, signal.SIGKILL if _ignores(pid, signal.SIGINT) else signal.SIGINT)
     for signum, seconds in ((signal.SIGKILL, grace), (None, wait)):
         deadline = time.monotonic() + seconds
         while (running := [pid for pid in servers if _running(pid)]) and time.monotonic() < deadline:
             time.sleep(0.01)
         for pid in running if signum else ():
             _signal(pid, signum)
+
+
+def _ignores(pid: int, signum: int) -> bool:
+    """Whether process `pid` ignores `signum` (its SigIgn mask in /proc; False where that cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            mask = next(line for line in f if line.startswith(b"SigIgn:")).split()[1]
+        return bool(int(mask, 16) >> (signum - 1) & 1)
+    except (OSError, StopIteration, IndexError, ValueError):
+        return False
 
 
 def _running(pid: int) -> bool:

@@ -210,3 +210,19 @@ def test_a_command_ends_the_job_servers_it_started_and_only_those():
         for process in started.values():
             process.kill()
             process.wait()
+
+
+def test_a_server_that_ignores_sigint_is_known_to_before_it_is_signalled():
+    """A job server started with SIGINT ignored gets SIGKILL at once rather than a SIGINT and a second's wait."""
+    from common.cli import _ignores
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    deaf = subprocess.Popen(sleeper, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    hearing = subprocess.Popen(sleeper)
+    try:
+        assert _ignores(deaf.pid, signal.SIGINT) and not _ignores(deaf.pid, signal.SIGTERM)
+        assert not _ignores(hearing.pid, signal.SIGINT)
+    finally:
+        for process in (deaf, hearing):
+            process.kill()
+            process.wait()
