@@ -196,9 +196,8 @@ def test_a_command_ends_the_job_servers_it_started_and_only_those():
 
     def run(argv):
         sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-        started["server"] = subprocess.Popen([*sleeper, "--job_port", "0"])
-        started["deaf server"] = subprocess.Popen([*sleeper, "--job-port", "0"],
-                                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        started["server"] = subprocess.Popen([*sleeper, "--job_port", "0"], preexec_fn=_sigint(signal.SIG_DFL))
+        started["deaf server"] = subprocess.Popen([*sleeper, "--job-port", "0"], preexec_fn=_sigint(signal.SIG_IGN))
         started["other"] = subprocess.Popen(sleeper)
 
     try:
@@ -217,8 +216,8 @@ def test_a_server_that_ignores_sigint_is_known_to_before_it_is_signalled():
     from common.cli import _ignores
 
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
-    deaf = subprocess.Popen(sleeper, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    hearing = subprocess.Popen(sleeper)
+    deaf = subprocess.Popen(sleeper, preexec_fn=_sigint(signal.SIG_IGN))
+    hearing = subprocess.Popen(sleeper, preexec_fn=_sigint(signal.SIG_DFL))  # whatever the suite was started with
     try:
         assert _ignores(deaf.pid, signal.SIGINT) and not _ignores(deaf.pid, signal.SIGTERM)
         assert not _ignores(hearing.pid, signal.SIGINT)
@@ -226,3 +225,8 @@ def test_a_server_that_ignores_sigint_is_known_to_before_it_is_signalled():
         for process in (deaf, hearing):
             process.kill()
             process.wait()
+
+
+def _sigint(disposition):
+    """A child's SIGINT disposition, set before it runs (kept across exec when ignored, reset when default)."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
