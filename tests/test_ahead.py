@@ -124,3 +124,27 @@ def test_a_decoder_that_cannot_start_fails_each_item_in_the_caller():
             [*pool.submit(1), *pool.drain()]
     finally:
         pool.close()
+
+
+def test_close_after_ctrl_c_while_a_decoder_thread_was_starting_ends_every_thread(monkeypatch):
+    """Ctrl-C raises KeyboardInterrupt in the caller wherever it is, also inside `Thread.start` once the thread
+    runs (it waits there for the thread to say it started). A thread started but not yet listed got no stop
+    from `close`, which then waited for it forever: Ctrl-C on a featurize job in process hung."""
+    real_start, started = threading.Thread.start, []
+
+    def start_then_ctrl_c(thread):
+        real_start(thread)
+        started.append(thread)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+
+    pool = DecodeAhead(lambda decoder, item, emit: item, decoders=2, make_decoder=FakeDecoder)
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        list(pool.submit("a"))
+    monkeypatch.undo()
+    closing = threading.Thread(target=pool.close, daemon=True)
+    closing.start()
+    closing.join(timeout=30)
+    assert not closing.is_alive(), "close() waits for a decoder thread it never stopped"
+    assert not any(thread.is_alive() for thread in started)

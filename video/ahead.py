@@ -69,8 +69,10 @@ class DecodeAhead:
     def _start(self) -> None:
         for number in range(self.decoders):
             thread = threading.Thread(target=self._serve, args=(number,), daemon=True, name=f"decode-ahead-{number}")
-            thread.start()
+            # Listed before it starts: Ctrl-C can raise in `start` once the thread runs, and `close` stops only
+            # the threads it knows of (a thread listed but never started is not alive, and is not waited for).
             self._threads.append(thread)
+            thread.start()
 
     def _serve(self, number: int) -> None:
         decoder = failed = None
