@@ -268,7 +268,7 @@ def run(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    from common.cli import main
+    from common.cli import exit_with, main
     from tfrecords_schema import RecordError
 
     # TensorFlow is not imported here: with the OpenVINO engine (the default on a CPU) nothing in this job needs
@@ -277,4 +277,4 @@ if __name__ == "__main__":
     # The importable module's run, not this script's (see beam_jobs.predict).
     from beam_jobs import featurize
 
-    sys.exit(main(featurize.run, user_errors=(RecordError,)))
+    exit_with(main(featurize.run, user_errors=(RecordError,)))

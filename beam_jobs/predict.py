@@ -439,11 +439,11 @@ def _features_branch(pipeline, files, handler, fmt, spec) -> Branch:
 
 
 if __name__ == "__main__":
-    from common.cli import main
+    from common.cli import exit_with, main
     from tfrecords_schema import RecordError
 
     # The importable module's run, not this script's: run as a script, this file's classes would belong to
     # __main__, which the SDK workers of portable and multi-process runners lack.
     from beam_jobs import predict
 
-    sys.exit(main(predict.run, user_errors=(RecordError,)))
+    exit_with(main(predict.run, user_errors=(RecordError,)))

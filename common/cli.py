@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from common.errors import (
     EXIT_INTERRUPTED,
@@ -284,6 +284,23 @@ def _report_interrupt() -> int:
     end_children()
     print("interrupted: nothing was published", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def exit_with(code: int) -> NoReturn:
+    """End a command's process with `code` (its `__main__` block's `sys.exit`). After Ctrl-C (130) the process
+    ends at once, its output flushed, without the interpreter's shutdown: on Prism the job's bundle may still
+    run in a thread of this process (Beam's SDK harness), and shutting the interpreter down under it aborted
+    (`terminate called without an active exception`, status -6 instead of 130). What that shutdown would do
+    is done by then: the run's staging removed, its lease released, child processes and job servers ended."""
+    if code != EXIT_INTERRUPTED:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None,

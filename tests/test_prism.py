@@ -375,13 +375,24 @@ def test_direct_runner_runs_on_prism_from_beams_cache_and_a_second_run_is_refuse
     assert f"pid {first.process.pid}" in last
 
 
-def test_ctrl_c_on_prism_is_one_line_and_exit_130(clips, prism_args, tmp_path):
+@pytest.fixture(scope="module")
+def many_clips(tmp_path_factory) -> Path:
+    return write_clips(tmp_path_factory.mktemp("prism_many_clips"), per_class=20, seed=22)
+
+
+@pytest.mark.parametrize("when", ["running", "embedding"])
+def test_ctrl_c_on_prism_is_one_line_and_exit_130(clips, many_clips, prism_args, tmp_path, when):
     """Ctrl-C while the job runs on Prism: Beam stops Prism first, and its threads streaming from it must not
-    print tracebacks over the one line."""
+    print tracebacks over the one line. Once the embedder works, the job's bundle goes on in Beam's SDK harness
+    thread: the interpreter's shutdown under it aborted (`terminate called without an active exception`,
+    status -6), and its log lines came after the one line."""
     output = tmp_path / "features"
-    command = [sys.executable, "-m", "beam_jobs.featurize", *featurize_args([clips], output, prism_args)]
+    inputs = [clips] if when == "running" else [many_clips]
+    command = [sys.executable, "-m", "beam_jobs.featurize", *featurize_args(inputs, output, prism_args)]
+    if when == "embedding":  # the product's frames, so that the embedder is still at work when Ctrl-C comes
+        command += ["--image-size", "128", "--max-seq-length", "20"]
     run = LoggedRun(command, job_env())
-    run.wait_for_line("Job state changed to RUNNING")
+    run.wait_for_line("Job state changed to RUNNING" if when == "running" else "uses RANDOM weights")
     os.kill(run.process.pid, signal.SIGINT)
     status, log = run.finish()
     assert status == 130, log[-3000:]
