@@ -29,7 +29,7 @@ install: $(STAMP)
 demo: $(STAMP) graphviz
 	rm -rf $(DEMO)
 	$(PY) -m tools.sample_videos $(DEMO)/clips/train --per-class 30 --seed 1
-	$(PY) -m tools.sample_videos $(DEMO)/clips/heldback --per-class 5 --seed 2
+	$(PY) -m tools.sample_videos $(DEMO)/clips/heldback --per-class 5 --seed 2 --first-index 30
 	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/train --output $(DEMO)/features/train \
 	    --weights random --num-shards 4
 	$(PY) -m beam_jobs.featurize $(RUNNER) --input $(DEMO)/clips/heldback --output $(DEMO)/features/heldback \

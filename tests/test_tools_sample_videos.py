@@ -276,3 +276,31 @@ def test_cli_help_has_an_example(capsys):
         sv.main(["--help"])
     assert exited.value.code == 0
     assert "python -m tools.sample_videos demo_videos --per-class 10" in capsys.readouterr().out
+
+
+def test_first_index_numbers_the_clips_from_it(tmp_path):
+    written = sv.write_sample_set(str(tmp_path), per_class=2, seed=0, classes=["growing"], first_index=30)
+    assert [path.rsplit(".", 1)[0] for path, _ in written] == ["growing/growing_0030", "growing/growing_0031"]
+
+
+def test_the_demos_training_and_held_back_clips_share_no_video_id(tmp_path):
+    """`make demo` trains on one generated set and tests on another; training refuses sets that share a video
+    id, and the two sets were both numbered from 0 (the demo failed at its training step). The Makefile's own
+    two commands, with 2 clips a class."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    commands = [shlex.split(line.split("-m tools.sample_videos", 1)[1]) for line in demo.splitlines()
+                if "-m tools.sample_videos" in line]
+    assert len(commands) == 2, demo
+    ids = []
+    for number, argv in enumerate(commands):
+        argv[0] = str(tmp_path / f"set{number}")
+        argv[argv.index("--per-class") + 1] = "2"
+        assert sv.main(argv) == 0
+        ids.append({p.relative_to(tmp_path / f"set{number}").as_posix()
+                    for p in (tmp_path / f"set{number}").rglob("*") if re.search(r"_\d{4}\.\w+$", p.name)})
+    assert ids[0] and ids[1] and not ids[0] & ids[1]

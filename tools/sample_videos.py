@@ -428,10 +428,11 @@ def _validate_set_args(per_class: int, seed: int, classes: Sequence[str], min_fr
 def write_sample_set(out_dir: str, per_class: int, seed: int = 0, classes: Sequence[str] | None = None,
                      min_frames: int = 24, max_frames: int = 72,
                      sizes: Sequence[tuple[int, int]] | None = None, codecs: Sequence[str] | None = None,
-                     include_order_free: bool = False) -> list[tuple[str, str]]:
+                     include_order_free: bool = False, first_index: int = 0) -> list[tuple[str, str]]:
     """Writes `per_class` clips per class and `out_dir/labels.csv`; returns sorted (relative path, label).
 
-    Clips go to `out_dir/<label>/<label>_<NNNN>.<ext>`. `classes` defaults to `CLASSES`, plus
+    Clips go to `out_dir/<label>/<label>_<NNNN>.<ext>`, NNNN from `first_index` on (sets made apart for
+    training and testing need distinct names: a video id must be in one set only). `classes` defaults to `CLASSES`, plus
     `ORDER_FREE_CLASSES` when `include_order_free`. Clip i of a class and clip i of its reverse class
     come from the same generator (keyed by seed, family and i): the same frames in opposite order, with
     the same length, frame size (drawn from `sizes`, (width, height)) and codec (drawn from `codecs`).
@@ -442,13 +443,15 @@ def write_sample_set(out_dir: str, per_class: int, seed: int = 0, classes: Seque
     sizes = tuple(tuple(size) for size in (sizes or DEFAULT_SIZES))
     codecs = tuple(codecs or DEFAULT_CODECS)
     _validate_set_args(per_class, seed, classes, min_frames, max_frames, sizes, codecs)
+    if first_index < 0:
+        raise ValueError(f"first_index must be >= 0, got {first_index}")
     codec_for = _resolve_codecs(codecs)
 
     written = []
     for label in classes:
         os.makedirs(os.path.join(out_dir, label), exist_ok=True)
         family_index = _FAMILIES.index(_FAMILY[label])
-        for clip_index in range(per_class):
+        for clip_index in range(first_index, first_index + per_class):
             rng = np.random.default_rng([seed, family_index, clip_index])
             num_frames = int(rng.integers(min_frames, max_frames + 1))
             width, height = sizes[int(rng.integers(len(sizes)))]
@@ -512,6 +515,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=_class_list, default=None,
                         help=f"comma-separated classes (default: the six order-dependent ones); "
                              f"known: {', '.join(ALL_CLASSES)}")
+    parser.add_argument("--first-index", type=_non_negative_int, default=0,
+                        help="number the clips from this one on: sets made apart for training and testing "
+                             "need distinct names (default: %(default)s)")
     parser.add_argument("--min-frames", type=int, default=24, help="shortest clip (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=72, help="longest clip (default: %(default)s)")
     parser.add_argument("--extra-classes", action="store_true",
@@ -533,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         written = write_sample_set(args.out, args.per_class, seed=args.seed, classes=classes,
-                                   min_frames=args.min_frames, max_frames=args.max_frames)
+                                   min_frames=args.min_frames, max_frames=args.max_frames,
+                                   first_index=args.first_index)
     except ClipWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
