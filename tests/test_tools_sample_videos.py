@@ -278,9 +278,13 @@ def test_cli_help_has_an_example(capsys):
     assert "python -m tools.sample_videos demo_videos --per-class 10" in capsys.readouterr().out
 
 
-def test_first_index_numbers_the_clips_from_it(tmp_path):
-    written = sv.write_sample_set(str(tmp_path), per_class=2, seed=0, classes=["growing"], first_index=30)
-    assert [path.rsplit(".", 1)[0] for path, _ in written] == ["growing/growing_0030", "growing/growing_0031"]
+def test_first_index_numbers_the_clips_from_it_and_changes_no_frame(tmp_path):
+    """The demo's held-back clips keep the frames they had when both sets were numbered from 0."""
+    plain = sv.write_sample_set(str(tmp_path / "a"), per_class=2, seed=0, classes=["growing"])
+    moved = sv.write_sample_set(str(tmp_path / "b"), per_class=2, seed=0, classes=["growing"], first_index=30)
+    assert [path.rsplit(".", 1)[0] for path, _ in moved] == ["growing/growing_0030", "growing/growing_0031"]
+    for (a, _), (b, _) in zip(plain, moved):
+        assert (tmp_path / "a" / a).read_bytes() == (tmp_path / "b" / b).read_bytes()
 
 
 def test_the_demos_training_and_held_back_clips_share_no_video_id(tmp_path):

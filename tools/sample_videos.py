@@ -432,7 +432,8 @@ def write_sample_set(out_dir: str, per_class: int, seed: int = 0, classes: Seque
     """Writes `per_class` clips per class and `out_dir/labels.csv`; returns sorted (relative path, label).
 
     Clips go to `out_dir/<label>/<label>_<NNNN>.<ext>`, NNNN from `first_index` on (sets made apart for
-    training and testing need distinct names: a video id must be in one set only). `classes` defaults to `CLASSES`, plus
+    training and testing need distinct names: a video id must be in one set only); `first_index` changes the
+    names only, not the frames. `classes` defaults to `CLASSES`, plus
     `ORDER_FREE_CLASSES` when `include_order_free`. Clip i of a class and clip i of its reverse class
     come from the same generator (keyed by seed, family and i): the same frames in opposite order, with
     the same length, frame size (drawn from `sizes`, (width, height)) and codec (drawn from `codecs`).
@@ -451,8 +452,9 @@ def write_sample_set(out_dir: str, per_class: int, seed: int = 0, classes: Seque
     for label in classes:
         os.makedirs(os.path.join(out_dir, label), exist_ok=True)
         family_index = _FAMILIES.index(_FAMILY[label])
-        for clip_index in range(first_index, first_index + per_class):
-            rng = np.random.default_rng([seed, family_index, clip_index])
+        for position in range(per_class):
+            clip_index = first_index + position  # its name; its frames come from the seed and the position
+            rng = np.random.default_rng([seed, family_index, position])
             num_frames = int(rng.integers(min_frames, max_frames + 1))
             width, height = sizes[int(rng.integers(len(sizes)))]
             codec = codec_for[codecs[int(rng.integers(len(codecs)))]]
@@ -516,8 +518,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated classes (default: the six order-dependent ones); "
                              f"known: {', '.join(ALL_CLASSES)}")
     parser.add_argument("--first-index", type=_non_negative_int, default=0,
-                        help="number the clips from this one on: sets made apart for training and testing "
-                             "need distinct names (default: %(default)s)")
+                        help="number the clips from this one on (their names, not their frames): sets made apart "
+                             "for training and testing need distinct names (default: %(default)s)")
     parser.add_argument("--min-frames", type=int, default=24, help="shortest clip (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=72, help="longest clip (default: %(default)s)")
     parser.add_argument("--extra-classes", action="store_true",
