@@ -183,21 +183,14 @@ def end_children(grace: float = 2.0) -> None:
     """After Ctrl-C: end the child processes this process started with multiprocessing (the frame decoders, some
     perhaps still being started), so that none outlives the command or, reading the start-up data of a parent
     that is gone, prints multiprocessing's EOFError after the command's last line. They get SIGTERM, which the
-    decoders do not handle, and SIGKILL if they still run after `grace` seconds: a child inherits an ignored
-    SIGTERM from a command started with it ignored, and multiprocessing's exit handler would then wait for it.
-    Found in /proc by the argument multiprocessing spawns them with (which leaves its resource tracker, that
-    cleans up after them, alone), where a child still being started is not yet in
-    `multiprocessing.active_children()`, and in that list."""
+    decoders do not handle, or SIGKILL (`_end`): a child inherits an ignored SIGTERM from a command started with
+    it ignored, and multiprocessing's exit handler would then wait for it. Found in /proc by the argument
+    multiprocessing spawns them with (which leaves its resource tracker, that cleans up after them, alone),
+    where a child still being started is not yet in `multiprocessing.active_children()`, and in that list."""
     import multiprocessing
 
     children = {p.pid for p in multiprocessing.active_children() if p.pid} | _multiprocessing_children()
-    for pid in children:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while (running := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for pid in running:
-        _signal(pid, signal.SIGKILL)
+    _end(children, signal.SIGTERM, grace)
 
 
 def _multiprocessing_children() -> set[int]:
@@ -235,19 +228,28 @@ def end_job_servers(grace: float = 1.0, wait: float = 10.0) -> None:
     """As a command ends: stop the job servers Beam started for it (Prism) and wait for them to exit. Beam's own
     exit handler stops them too, but sends SIGINT and then sleeps a whole second before it looks again: a
     second added to every command on Prism, which exits within milliseconds of the signal. A server that has
-    exited is found so by that handler's first look, and left there. SIGINT, or SIGKILL for a server that
-    ignores SIGINT (a command started in the background of a shell script passes that on to the servers it
-    starts, which then waited out the handler's five rounds) or still runs after `grace` seconds; then up to
-    `wait` seconds for them to exit."""
-    servers = _job_servers()
-    for pid in servers:
-        _signal(pid, signal.SIGKILL if _ignores(pid, signal.SIGINT) else signal.SIGINT)
-    for signum, seconds in ((signal.SIGKILL, grace), (None, wait)):
-        deadline = time.monotonic() + seconds
-        while (running := [pid for pid in servers if _running(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for pid in running if signum else ():
-            _signal(pid, signum)
+    exited is found so by that handler's first look, and left there. SIGINT, or SIGKILL (`_end`): a command
+    started in the background of a shell script passes an ignored SIGINT on to the servers it starts, which
+    then waited out the handler's five rounds."""
+    _end(_job_servers(), signal.SIGINT, grace, wait)
+
+
+def _end(pids: set[int], signum: int, grace: float, wait: float = 0.0) -> None:
+    """Send `signum` to `pids`, SIGKILL at once to those that ignore it and to those still running after `grace`
+    seconds; then wait up to `wait` seconds for them to exit."""
+    for pid in pids:
+        _signal(pid, signal.SIGKILL if _ignores(pid, signum) else signum)
+    for pid in _still_running(pids, grace):
+        _signal(pid, signal.SIGKILL)
+    _still_running(pids, wait)
+
+
+def _still_running(pids: set[int], seconds: float) -> list[int]:
+    """Those of `pids` still running once they all ended or `seconds` went by."""
+    deadline = time.monotonic() + seconds
+    while (running := [pid for pid in pids if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return running
 
 
 def _ignores(pid: int, signum: int) -> bool:

@@ -191,19 +191,26 @@ def test_a_command_ends_the_job_servers_it_started_and_only_those():
     """Beam's exit handler stops a job server it started (Prism) with SIGINT, then sleeps a whole second before
     it looks again: a second on every command run on Prism. The command stops them itself as it ends, and
     the handler finds them gone; its other children are not its to stop. A server started with SIGINT ignored
-    (a command run in the background of a shell script passes that on) is ended too."""
+    (a command run in the background of a shell script passes that on) is ended too, and so is one that handles
+    SIGINT without exiting."""
     started = {}
 
     def run(argv):
         sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
         started["server"] = subprocess.Popen([*sleeper, "--job_port", "0"], preexec_fn=_sigint(signal.SIG_DFL))
         started["deaf server"] = subprocess.Popen([*sleeper, "--job-port", "0"], preexec_fn=_sigint(signal.SIG_IGN))
+        stubborn = ("import signal, time; signal.signal(signal.SIGINT, lambda *a: None); print('ready', flush=True); "
+                    "time.sleep(120)")
+        started["stubborn server"] = subprocess.Popen([sys.executable, "-c", stubborn, "--job_port", "0"],
+                                                      stdout=subprocess.PIPE, text=True)
+        assert started["stubborn server"].stdout.readline() == "ready\n"  # its handler is in place
         started["other"] = subprocess.Popen(sleeper)
 
     try:
         assert main(run, []) == 0
         assert started["server"].poll() is not None, "the job server still runs after the command"
         assert started["deaf server"].poll() is not None, "the job server ignoring SIGINT still runs"
+        assert started["stubborn server"].poll() is not None, "the job server handling SIGINT still runs"
         assert started["other"].poll() is None
     finally:
         for process in started.values():
