@@ -179,16 +179,41 @@ class _QuietThreadsAfterCtrlC:
             threading.excepthook = self._hook
 
 
+# Child process starts and `end_children` take turns: a starter (video.isolated) holds this lock while it starts a
+# child and first checks `ended_since` with the count it took from `children_ended()` when it was made.
+CHILD_STARTS = threading.Lock()
+_children_ended = 0
+
+
+def children_ended() -> int:
+    """How many times `end_children` has run in this process (a starter keeps the count from when it was made)."""
+    return _children_ended
+
+
+def ended_since(count: int) -> bool:
+    """Whether `end_children` ran since `children_ended()` was `count`: the starter belongs to an interrupted
+    command, and must start no child. On Prism the job's bundle goes on in Beam's SDK harness thread after
+    Ctrl-C and restarted a decoder that had just been killed; the command's `os._exit` (`exit_with`) then left
+    that child reading the start-up data of a parent that was gone (multiprocessing's EOFError, printed after
+    the command's last line). A later command in the same process makes new starters, which start children."""
+    return count != _children_ended
+
+
 def end_children(grace: float = 2.0) -> None:
     """After Ctrl-C: end the child processes this process started with multiprocessing (the frame decoders, some
     perhaps still being started), so that none outlives the command or, reading the start-up data of a parent
-    that is gone, prints multiprocessing's EOFError after the command's last line. They get SIGTERM, which the
-    decoders do not handle, or SIGKILL (`_end`): a child inherits an ignored SIGTERM from a command started with
-    it ignored, and multiprocessing's exit handler would then wait for it. Found in /proc by the argument
-    multiprocessing spawns them with (which leaves its resource tracker, that cleans up after them, alone),
-    where a child still being started is not yet in `multiprocessing.active_children()`, and in that list."""
+    that is gone, prints multiprocessing's EOFError after the command's last line. A start under way is waited
+    for (`CHILD_STARTS`), and the starters that exist now start no more (`ended_since`). The children get
+    SIGTERM, which the decoders do not handle, or SIGKILL (`_end`): a child inherits an ignored SIGTERM from a
+    command started with it ignored, and multiprocessing's exit handler would then wait for it. Found in /proc
+    by the argument multiprocessing spawns them with (which leaves its resource tracker, that cleans up after
+    them, alone), where a child still being started is not yet in `multiprocessing.active_children()`, and in
+    that list."""
     import multiprocessing
 
+    global _children_ended
+    with CHILD_STARTS:
+        _children_ended += 1
     children = {p.pid for p in multiprocessing.active_children() if p.pid} | _multiprocessing_children()
     _end(children, signal.SIGTERM, grace)
 

@@ -4,15 +4,18 @@ variable frame rates, and the isolated child process."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
+import time
 import types
 
 import cv2
 import numpy as np
 import pytest
 
+from common import cli
 from h264_clips import decode_every_frame, write_h264
 from video.frames import (
     DecodeError,
@@ -338,3 +341,91 @@ def test_decoders_started_at_once_from_several_threads_never_run_the_launching_s
             decoder.close()
     assert not marker.exists(), "a decoder child ran the launching script"
     assert (main.__file__, main.__spec__) == (str(script), None)
+
+
+def _decoder_children() -> list[int]:
+    return sorted(cli._multiprocessing_children())
+
+
+def test_after_ctrl_c_ended_its_child_a_decoder_starts_no_other_but_a_decoder_made_later_does(tmp_path):
+    """On Prism the job's bundle goes on in Beam's SDK harness thread after Ctrl-C, and restarted the decoder the
+    command had just ended; the command's immediate exit then left that child reading the start-up data of a
+    parent that was gone (multiprocessing's EOFError after the command's one line). A later command in the same
+    process (tests run them so) makes new decoders, which must start."""
+    path = str(write_numbered_clip(tmp_path / "clip.avi", 30))
+    interrupted, later = IsolatedDecoder(timeout_s=60), None
+    try:
+        assert interrupted.decode(path, 8, 32, "uniform").frame_indices
+        assert _decoder_children()
+        cli.end_children()
+        assert _decoder_children() == []
+        interrupted._process.join(60)  # its threads may still be exiting behind the dead main thread
+        with pytest.raises(DecodeError, match="interrupted"):
+            interrupted.decode(path, 8, 32, "uniform")
+        with pytest.raises(DecodeError, match="interrupted"):
+            next(interrupted.decode_segments(path, 8, 32, "uniform", 0.4, 0.4))
+        assert _decoder_children() == []
+        later = IsolatedDecoder(timeout_s=60)
+        assert later.decode(path, 8, 32, "uniform").frame_indices
+    finally:
+        interrupted.close()
+        if later is not None:
+            later.close()
+
+
+class _HeldStart:
+    """A decoder child process whose `start` waits until the test lets it go."""
+
+    def __init__(self, process, starting: threading.Event, go: threading.Event):
+        self._process, self._starting, self._go = process, starting, go
+
+    def start(self):
+        self._starting.set()
+        assert self._go.wait(60)
+        self._process.start()
+
+    def __getattr__(self, name):
+        return getattr(self._process, name)
+
+
+def test_ctrl_c_waits_for_a_decoder_start_under_way_and_ends_that_child_too():
+    """A decoder thread may be inside a child's start when Ctrl-C ends the children: `end_children` waits for the
+    start to finish (the lock the starts hold), so the new child is ended too, and the start reports the
+    interruption, not a machine failure."""
+    import multiprocessing
+
+    context, starting, go = multiprocessing.get_context("spawn"), threading.Event(), threading.Event()
+    decoder = IsolatedDecoder(timeout_s=60)
+    decoder._context = types.SimpleNamespace(
+        Pipe=context.Pipe, Process=lambda **kwargs: _HeldStart(context.Process(**kwargs), starting, go))
+    outcome = {}
+
+    def start():
+        try:
+            decoder._ensure_started()
+            outcome["started"] = True
+        except BaseException as exc:
+            outcome["raised"] = exc
+
+    starter, ender = threading.Thread(target=start), threading.Thread(target=cli.end_children)
+    starter.start()
+    try:
+        assert starting.wait(60)
+        ender.start()
+        # Let the start go once the ender waits at the lock (or, were there none, has ended the children).
+        with_lock = next(n for n, line in enumerate(inspect.getsourcelines(cli.end_children)[0],
+                                                    cli.end_children.__code__.co_firstlineno)
+                         if "with CHILD_STARTS" in line)
+        deadline = time.monotonic() + 60
+        while ender.is_alive() and time.monotonic() < deadline:
+            frame = sys._current_frames().get(ender.ident)
+            if frame is not None and frame.f_code is cli.end_children.__code__ and frame.f_lineno == with_lock:
+                break
+        go.set()
+        starter.join(60)
+        ender.join(60)
+        assert _decoder_children() == [], "a child started as Ctrl-C ended the others still runs"
+        assert isinstance(outcome.get("raised"), DecodeError) and "interrupted" in str(outcome["raised"])
+    finally:
+        go.set()
+        decoder.close()

@@ -27,13 +27,13 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from typing import Iterator
 
 import av.error
 
+from common import cli
 from video.frames import DecodeError, SampledFrames, decode_and_sample
 from video.segments import WindowFrames, iter_segments
 
@@ -133,19 +133,21 @@ def _serve(connection, decoder_threads: int = 0) -> None:
             connection.send(("bug", traceback.format_exc()))
 
 
-# Held while `__main__` is hidden for a child's start: video.ahead starts decoders from several threads at once,
-# and two hidings that overlapped restored it under each other (a child then ran the launching module again,
-# and `__main__.__spec__` stayed None for the rest of the process).
-_HIDING = threading.Lock()
-
-
 @contextlib.contextmanager
-def _main_module_hidden():
+def _main_module_hidden(made: int):
     """A spawned child normally re-imports the launching module (`python -m beam_jobs.featurize` and, with
     it, TensorFlow): seconds and hundreds of MB per decoder for nothing, since the child needs PyAV only.
-    Hiding `__main__`'s name and path while the child starts keeps it from doing so; one start at a time."""
-    with _HIDING, _hidden(sys.modules.get("__main__")):
-        yield
+    Hiding `__main__`'s name and path while the child starts keeps it from doing so.
+
+    One start at a time (`common.cli.CHILD_STARTS`): video.ahead starts decoders from several threads at once,
+    and two hidings that overlapped restored it under each other (a child then ran the launching module again,
+    and `__main__.__spec__` stayed None for the rest of the process). A decoder made (`made`: the count of
+    `common.cli.end_children`) before Ctrl-C ended the command's children starts no new one: DecodeError."""
+    with cli.CHILD_STARTS:
+        if cli.ended_since(made):
+            raise DecodeError("not decoded: the command was interrupted")
+        with _hidden(sys.modules.get("__main__")):
+            yield
 
 
 @contextlib.contextmanager
@@ -174,14 +176,20 @@ class IsolatedDecoder:
         self._context = multiprocessing.get_context("spawn")
         self._process = None
         self._connection = None
+        self._made = cli.children_ended()
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_serve, args=(child, self.decoder_threads), daemon=True, name="frame-decoder")
-        with _main_module_hidden():
-            self._process.start()
-        child.close()
-        self._connection = parent
+        process = self._context.Process(target=_serve, args=(child, self.decoder_threads), daemon=True, name="frame-decoder")
+        try:
+            with _main_module_hidden(self._made):
+                process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._process, self._connection = process, parent
         try:
             ready = parent.poll(self.start_timeout_s) and parent.recv() == READY
         except (EOFError, OSError):
@@ -190,6 +198,8 @@ class IsolatedDecoder:
             self._process.join(timeout=1)
             code = self._process.exitcode
             self._stop(kill=True)
+            if cli.ended_since(self._made):  # Ctrl-C ended it as it started
+                raise DecodeError("not decoded: the command was interrupted")
             if code is None:
                 raise RuntimeError(f"the frame decoder process did not start within {self.start_timeout_s:g}s")
             raise RuntimeError(f"the frame decoder process exited while starting (exit code {code})")
