@@ -39,6 +39,7 @@ from beam_jobs.matching import (
     read_labels_csv,
     write_listing,
 )
+from beam_jobs.prism_server import prism_server_for
 from beam_jobs.records import SHARD_PATTERN, CountSplits, WriteFeatureRecords, encode_video
 from beam_jobs.sinks import WriteSortedShards, csv_key, csv_line, merge_sorted_shards
 from common import fs
@@ -240,7 +241,8 @@ def run(argv: list[str] | None = None):
     backbone.ensure_available(weights)
     embedder_options(args, args.weights, args.image_size)  # a machine that cannot run the engine: before anything
     frame_options = FrameOptions(args.max_seq_length, args.image_size, args.sampling, args.decode_timeout)
-    with tempfile.TemporaryDirectory(prefix="featurize-listing-") as scratch:
+    beam_options = pipeline_options(beam_args)
+    with prism_server_for(beam_options), tempfile.TemporaryDirectory(prefix="featurize-listing-") as scratch:
         listing, unlabelled, listed = _write_inputs(args, scratch)
         with outputs.OutputRun(args.output, "featurize", args.lease_ttl) as output_run:
             staging = output_run.staging(args.overwrite)
@@ -252,7 +254,7 @@ def run(argv: list[str] | None = None):
                       options.precision)
             for name, local in ((outputs.REFS_FILE, listing), (UNLABELLED_FILE, unlabelled)):
                 fs.copy_file(local, fs.join(staging, name))
-            pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+            pipeline = beam.Pipeline(options=beam_options)
             cores = core_request(args, pipeline.options)
             finish = FinishFeaturize(
                 output=args.output, staging=staging, run_id=output_run.run_id, started_at=started_at, cores=cores,

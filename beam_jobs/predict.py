@@ -60,6 +60,7 @@ from beam_jobs.label_rows import (
     write_per_video,
 )
 from beam_jobs.matching import iter_videos, write_listing
+from beam_jobs.prism_server import prism_server_for
 from beam_jobs.publish_labels import PARTS_DIR, FinishPredict
 from beam_jobs.sinks import WriteSortedShards, csv_line
 from common import fs
@@ -186,7 +187,8 @@ def run(argv: list[str] | None = None):
     started_at = time.time()
     args, beam_args = _parse(argv)
     check_files(args.model)
-    with tempfile.TemporaryDirectory(prefix="predict-listing-") as scratch:
+    beam_options = pipeline_options(beam_args)
+    with prism_server_for(beam_options), tempfile.TemporaryDirectory(prefix="predict-listing-") as scratch:
         if args.features:
             model = load_labelling_model(args)
             record_files = _check_records(args.features, model.spec)
@@ -198,7 +200,7 @@ def run(argv: list[str] | None = None):
             previous = carry_over = None
             if args.features:  # records are labelled afresh: a finished output is replaced only with --overwrite
                 staging = output_run.staging(overwrite=args.overwrite)
-                pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+                pipeline = beam.Pipeline(options=beam_options)
                 branch = _features_branch(pipeline, record_files, model.handler, model.fmt, model.spec)
             else:
                 previous = None if args.overwrite else PreviousRun.read(args.output)
@@ -219,7 +221,7 @@ def run(argv: list[str] | None = None):
                           "run, %d removed", plan.listed, plan.todo, plan.carried, plan.removed)
                 options, embedding = _calibrated(_embedder_options(model.spec, args), args, model.spec, listing,
                                                  listed, staging)
-                pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+                pipeline = beam.Pipeline(options=beam_options)
                 branch = _videos_branch(pipeline, args, model, options, previous, plan_dir, carry, redo, staging)
                 if carry and plan.carried:
                     carry_over = CarryOver(

@@ -363,6 +363,10 @@ def test_direct_runner_runs_on_prism_from_beams_cache_and_a_second_run_is_refuse
     # Beam), and Prism ran the job to its end.
     assert "Running pipeline with PrismRunner." in log and "Falling back" not in log
     assert "Really starting service at localhost:" in log and f"with cmd: ('{cached_binary}'" in log
+    # On Beam's process-wide Prism server as the jobs make it (beam_jobs.prism_server): one Prism, waited for
+    # until it listened before Beam connected (rather than gRPC's one-second reconnect backoff).
+    assert log.count("Really starting service at localhost:") == 1
+    assert re.search(r"Prism at localhost:\d+ accepts connections, \d+ ms after its start", log), log[-3000:]
     assert "PrismRunner: pipeline done!" in log and cached_binary.is_file()
     assert_labelled(read_csv(output / "labels.csv"), expected_probabilities(featurized, clips, model_dir), LABELS)
     assert json.loads((output / "manifest.json").read_text())["videos_labelled"] == 3
@@ -381,14 +385,16 @@ def many_clips(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("when", ["running", "embedding"])
-def test_ctrl_c_on_prism_is_one_line_and_exit_130(clips, many_clips, prism_args, tmp_path, when):
+def test_ctrl_c_on_prism_is_one_line_and_exit_130(clips, many_clips, tmp_path, when):
     """Ctrl-C while the job runs on Prism: Beam stops Prism first, and its threads streaming from it must not
     print tracebacks over the one line. Once the embedder works, the job's bundle goes on in Beam's SDK harness
     thread: the interpreter's shutdown under it aborted (`terminate called without an active exception`,
-    status -6), and its log lines came after the one line."""
+    status -6), and its log lines came after the one line. On Beam's process-wide Prism server, as users get it
+    (a child process here, so that no such server outlives the test in the suite's)."""
     output = tmp_path / "features"
     inputs = [clips] if when == "running" else [many_clips]
-    command = [sys.executable, "-m", "beam_jobs.featurize", *featurize_args(inputs, output, prism_args)]
+    shared_prism = ["--runner", "PrismRunner", "--prism_location", str(_require_prism())]
+    command = [sys.executable, "-m", "beam_jobs.featurize", *featurize_args(inputs, output, shared_prism)]
     if when == "embedding":  # the product's frames, so that the embedder is still at work when Ctrl-C comes
         command += ["--image-size", "128", "--max-seq-length", "20"]
     run = LoggedRun(command, job_env())
@@ -396,6 +402,7 @@ def test_ctrl_c_on_prism_is_one_line_and_exit_130(clips, many_clips, prism_args,
     os.kill(run.process.pid, signal.SIGINT)
     status, log = run.finish()
     assert status == 130, log[-3000:]
+    assert re.search(r"Prism at localhost:\d+ accepts connections", log), log[-3000:]  # beam_jobs.prism_server's
     assert log.strip().splitlines()[-1] == "interrupted: nothing was published"
     assert "Exception in thread" not in log, log[-3000:]
     # What Beam's SDK harness prints itself (not through logging) when Prism goes away under a request it is
