@@ -114,6 +114,9 @@ class EmbedFramesDoFn(beam.DoFn):
         self._shared_embedder = shared.Shared()
 
     def setup(self):
+        from common.shutdown import freeze_at_exit
+
+        freeze_at_exit()  # an SDK worker process exits in 0.07 s instead of 0.35 s
         self._progress = Progress.of(self._job_id, self._expected) if self._job_id else None
         self._embedder = None
 

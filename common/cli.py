@@ -30,6 +30,7 @@ from common.errors import (
     OperationalError,
     UserError,
 )
+from common.shutdown import freeze_at_exit
 
 # OS errors that say the environment failed, not the code: (exit status, what to call it).
 _OS_FAILURES = {
@@ -335,6 +336,7 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
     `user_errors`, such as the record contract's RecordError), the failure's own status on an operational
     failure, 130 on Ctrl-C. Anything else is a bug and raises with its traceback."""
+    freeze_at_exit()  # the command's process exits in milliseconds once its last line is out (common.shutdown)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Beam's type-hint conversion notes are noise at INFO.
     logging.getLogger("apache_beam.typehints").setLevel(logging.WARNING)
