@@ -343,16 +343,18 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     # A failing step's traceback is logged by Beam before the error reaches here, where it is printed again
     # if it is a bug; an operational failure (disk full) must end as one line, not a logged traceback.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
-    try:
-        return _run_command(run, argv, user_errors)
-    finally:
-        end_job_servers()
+    # Quiet until the command's end, not only while `run` runs: after Ctrl-C, Beam's threads streaming from Prism
+    # die as it goes, which may be while the interrupt is reported and the children and job servers are ended.
+    with _QuietThreadsAfterCtrlC():
+        try:
+            return _run_command(run, argv, user_errors)
+        finally:
+            end_job_servers()
 
 
 def _run_command(run, argv, user_errors) -> int:
     try:
-        with _QuietThreadsAfterCtrlC():
-            run(argv)
+        run(argv)
     except (UserError, *user_errors) as exc:  # raised in a Beam step too, which adds the step's name
         print(f"error: {_BEAM_STEP.sub('', str(exc))}", file=sys.stderr)
         return UserError.exit_code

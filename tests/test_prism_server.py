@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
-from beam_jobs.prism_server import listening, runs_on_shared_prism, server_class
+from beam_jobs.prism_server import listening, runs_on_shared_prism, server_class, stop_on_exit_class
 
 # A job server that listens on its port only once the test has opened and closed the FIFO it reads.
 _GATED_SERVER = """
@@ -99,3 +100,58 @@ def test_a_server_that_exits_is_not_waited_for():
     waiter.start()
     waiter.join(60)
     assert found == {"listening": False}
+
+
+class _Server:
+    """A job server that records what is asked of it."""
+
+    def __init__(self):
+        self.asked = []
+
+    def start(self):
+        self.asked.append("start")
+        return "localhost:1"
+
+    def stop(self):
+        self.asked.append("stop")
+
+    def interrupt(self):
+        self.asked.append("interrupt")
+
+
+def test_ctrl_c_signals_prism_and_stops_nothing_inside_the_signal_handler():
+    """Beam's Ctrl-C handler stops the job server, closing its gRPC channel, inside the signal handler: when the
+    signal came as the main thread held a lock of gRPC's (the job's state stream), the close waited for a thread
+    that waited for that lock, and the command hung for good. The jobs' handler signals Prism and raises."""
+    import signal
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    server = _Server()
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        wrapper = stop_on_exit_class()(server)
+        wrapper._original_sigint_handler = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            wrapper._sigint_handler(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert server.asked == ["interrupt"]
+
+
+def test_interrupting_prism_sends_it_sigint():
+    """What the handler does to the server's process: SIGINT, on which Prism ends (a stand-in here)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    process = subprocess.Popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(600)"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"  # its SIGINT handler is Python's by then
+        server = server_class()(PipelineOptions([]))
+        server._server = types.SimpleNamespace(process=process)
+        server.interrupt()
+        assert process.wait(60) != 0
+    finally:
+        process.kill()
+        process.wait()
