@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
 import time
@@ -110,10 +109,7 @@ def server_class():
             takes a lock."""
             process = self._server.process if self._server is not None else None
             if process is not None:
-                try:
-                    os.kill(process.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+                process.send_signal(signal.SIGINT)  # nothing if it has ended; its poll does not wait for a lock
 
     return PrismServer
 

@@ -40,6 +40,7 @@ from video.segments import WindowFrames, iter_segments
 _LOG = logging.getLogger(__name__)
 
 READY = "ready"
+INTERRUPTED = "not decoded: the command was interrupted"  # a start refused or cut short after Ctrl-C
 START_TIMEOUT_S = 120.0
 HEARTBEAT_S = 1.0  # while decoding windows, the child says it is alive at least this often
 _LOG_LIMIT = 1 << 16
@@ -145,7 +146,7 @@ def _main_module_hidden(made: int):
     `common.cli.end_children`) before Ctrl-C ended the command's children starts no new one: DecodeError."""
     with cli.CHILD_STARTS:
         if cli.ended_since(made):
-            raise DecodeError("not decoded: the command was interrupted")
+            raise DecodeError(INTERRUPTED)
         with _hidden(sys.modules.get("__main__")):
             yield
 
@@ -199,7 +200,7 @@ class IsolatedDecoder:
             code = self._process.exitcode
             self._stop(kill=True)
             if cli.ended_since(self._made):  # Ctrl-C ended it as it started
-                raise DecodeError("not decoded: the command was interrupted")
+                raise DecodeError(INTERRUPTED)
             if code is None:
                 raise RuntimeError(f"the frame decoder process did not start within {self.start_timeout_s:g}s")
             raise RuntimeError(f"the frame decoder process exited while starting (exit code {code})")
