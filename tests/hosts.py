@@ -9,6 +9,8 @@ home folder, in a path with a space), is mounted back at its own path: the Pytho
 "image"), and for hosts that are not `isolated` the checkout and its venv as well. An `isolated` host (a
 worker) also gets a tmpfs over the checkout, and the project venv's site-packages mounted read-only at
 `DEPENDENCIES`, in place of the dependencies a worker image holds.
+
+Also what the tests of servers on this one machine share: `free_port`.
 """
 
 from __future__ import annotations
@@ -232,6 +234,14 @@ def base_env() -> dict[str, str]:
            if not k.lower().endswith("_proxy") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     return env
+
+
+def free_port() -> int:
+    """A TCP port free on this machine's loopback now (for a local server a test starts: the GCS emulator, a
+    job service, a stand-in job server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_port(address: str, port: int, process: subprocess.Popen, host: Host, log: str) -> None:

@@ -29,7 +29,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hosts import free_port
 
 pytest.importorskip("gcp_storage_emulator", reason="test extra gcp-storage-emulator is not installed")
 
@@ -48,12 +48,6 @@ BUCKET = "annotation-test"
 IMAGE_SIZE, FRAMES = 32, 4
 GOOGLE_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 JOB_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EmulatedBucket:
@@ -247,7 +241,7 @@ class GcsWorld:
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     work = tmp_path_factory.mktemp("gcs")
-    port = _free_port()
+    port = free_port()
     log = open(work / "emulator.log", "wb")
     # The emulator with Cloud Storage's generation preconditions added (the output lease needs them).
     emulator = subprocess.Popen(

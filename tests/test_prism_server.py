@@ -12,6 +12,7 @@ import threading
 import types
 
 import pytest
+from hosts import free_port
 
 from beam_jobs.prism_server import listening, runs_on_shared_prism, server_class, stop_on_exit_class
 
@@ -27,12 +28,6 @@ server.listen()
 while True:
     server.accept()[0].close()
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -66,7 +61,7 @@ def test_the_server_process_is_waited_for_until_it_listens(tmp_path):
     connections, here held back until the test lets it listen."""
     from apache_beam.portability.api import beam_job_api_pb2_grpc
 
-    gate, port = tmp_path / "gate", _free_port()
+    gate, port = tmp_path / "gate", free_port()
     os.mkfifo(gate)
     server = server_class().Subprocess(beam_job_api_pb2_grpc.JobServiceStub,
                                        [sys.executable, "-c", _GATED_SERVER, str(gate), str(port)], port=port)
@@ -95,7 +90,7 @@ def test_a_server_that_exits_is_not_waited_for():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     found = {}
-    waiter = threading.Thread(target=lambda: found.update(listening=listening(_free_port(), process, wait_s=600)),
+    waiter = threading.Thread(target=lambda: found.update(listening=listening(free_port(), process, wait_s=600)),
                               daemon=True)
     waiter.start()
     waiter.join(60)

@@ -29,17 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hosts import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, FRAMES = 32, 4
 SERVICE_START_S = 60
 JOB_TIMEOUT_S = 600  # a bound, not a target: both jobs take about a minute
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
@@ -84,7 +79,7 @@ def _worker_env() -> dict[str, str]:
 def portable_args(tmp_path_factory):
     """A local job service and a worker pool; the flags that send a job to them."""
     work = tmp_path_factory.mktemp("portable")
-    job_port, pool_port = _free_port(), _free_port()
+    job_port, pool_port = free_port(), free_port()
     services = []
     try:
         for module, args in [
