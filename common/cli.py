@@ -310,6 +310,10 @@ def _signal(pid: int, signum: int) -> None:
 
 def _report_interrupt() -> int:
     end_children()
+    # The one line is the last: on Prism the job's bundle goes on in Beam's SDK harness thread until the process
+    # ends, and its log lines came after the line (an INFO line of a harness still starting, 1 fresh-clone run).
+    # Logging stays off in this process, which is ending (`exit_with`).
+    logging.disable(logging.CRITICAL)
     print("interrupted: nothing was published", file=sys.stderr)
     return EXIT_INTERRUPTED
 
@@ -335,7 +339,8 @@ def main(run: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
          user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `run(argv)` as a command: INFO logging; one stderr line and exit 2 on a UserError (or one of
     `user_errors`, such as the record contract's RecordError), the failure's own status on an operational
-    failure, 130 on Ctrl-C. Anything else is a bug and raises with its traceback."""
+    failure, 130 on Ctrl-C (after which this process logs nothing more: it is ending). Anything else is a bug and
+    raises with its traceback."""
     freeze_at_exit()  # the command's process exits in milliseconds once its last line is out (common.shutdown)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Beam's type-hint conversion notes are noise at INFO.

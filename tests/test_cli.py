@@ -3,6 +3,7 @@ failure (common.errors lists them); a traceback for anything else."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -121,12 +122,28 @@ def test_operational_errors_carry_their_own_status(capsys):
         "error: model.keras is corrupt", "skipped: out is being written by another run (host h, pid 1)"]
 
 
-def test_ctrl_c_is_exit_130_and_one_line(capsys):
+@pytest.fixture
+def logging_back_on():
+    """An interrupted command leaves logging off in its process, which is ending; the suite's goes on."""
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def test_ctrl_c_is_exit_130_and_one_line(capsys, logging_back_on):
     assert main(_raising(KeyboardInterrupt()), []) == 130
     assert capsys.readouterr().err == "interrupted: nothing was published\n"
 
 
-def test_ctrl_c_inside_a_beam_step_is_still_an_interrupt(capsys):
+def test_nothing_is_logged_after_the_line_of_an_interrupted_command(logging_back_on):
+    """On Prism the job's bundle goes on in Beam's SDK harness thread after Ctrl-C: what it logs must not come
+    after the one line."""
+    harness = logging.getLogger("apache_beam.runners.worker.sdk_worker")
+    assert harness.isEnabledFor(logging.ERROR)
+    assert main(_raising(KeyboardInterrupt()), []) == 130
+    assert not harness.isEnabledFor(logging.CRITICAL)
+
+
+def test_ctrl_c_inside_a_beam_step_is_still_an_interrupt(capsys, logging_back_on):
     """Beam's DoFn runner re-raises a KeyboardInterrupt as RuntimeError("KeyboardInterrupt [while running ...]")."""
     def run(argv):
         try:
